@@ -1,0 +1,5 @@
+"""``python -m pyops``."""
+
+from pyops.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""The one exception family of pyops: the text of each error is what the user reads."""
+
+from __future__ import annotations
+
+
+class PyopsError(Exception):
+    """Base of every error pyops raises on purpose.
+
+    ``str(error)`` is a complete sentence for the user; ``hint`` says how to fix it.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(PyopsError):
+    """A value given by the user (a name, a size, a label, an option) is not acceptable."""
+
+
+class HostFileError(PyopsError):
+    """A file on the host that pyops must read is missing or unreadable."""
+
+
+class ImageFormatError(PyopsError):
+    """A disk image or TFS volume is corrupt or not one at all."""
+
+
+class FilesystemFull(PyopsError):
+    """The content does not fit in the size asked for."""
+
+
+class ReleaseError(PyopsError):
+    """A Nanos release (kernel, boot.img, klibs) is missing, incomplete or not valid."""
+
+
+class NotAnElf(PyopsError):
+    """A file that must be an ELF program or library is not one, or is truncated."""
+
+
+class ElfMismatch(PyopsError):
+    """An ELF file is of another class or machine than the one asked for."""
+
+
+class LibraryNotFound(PyopsError):
+    """A library needed by a program was not found in any searched directory."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        library: str = "",
+        needed_by: str = "",
+        searched: tuple[str, ...] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.library = library
+        self.needed_by = needed_by
+        self.searched = searched
+
+
+class ConfigError(PyopsError):
+    """A config.json or a command-line setting is invalid."""
+
+
+class QemuError(PyopsError):
+    """qemu is missing, or cannot start the virtual machine as asked."""
+
+
+class NetworkError(PyopsError):
+    """A network request failed (connection, timeout, TLS)."""
+
+
+class RegistryError(PyopsError):
+    """A registry answered with an error."""
+
+
+class AuthError(RegistryError):
+    """A registry refused the credentials, or needs some that were not given."""
+
+
+class ManifestNotFound(RegistryError):
+    """The image or tag does not exist in the registry."""
+
+
+class PlatformNotFound(RegistryError):
+    """The image has no manifest for the platform asked for."""
+
+
+class DigestMismatch(PyopsError):
+    """Downloaded content does not match its digest."""
+
+
+class UnsafeLayerPath(PyopsError):
+    """A layer member would write outside the image root."""
+
+
+class PackageError(PyopsError):
+    """A package is missing, incomplete or invalid."""
