@@ -1,0 +1,299 @@
+"""The file tree that goes into a Nanos volume: directories, files, symlinks and hard links.
+
+A :class:`Tree` is built by path (``tree.add_file("/etc/hosts", HostFile(...))``) and is
+turned into TFS tuples by :mod:`pyops.tfs`.  Nodes are small frozen dataclasses; a
+directory's entries are the only mutable part, and only :class:`Tree` changes them.
+
+Nanos stores no owners or permission bits (nanos-image-format.md section 2.4), so none are
+modelled here.  File names are ``str`` holding the file system's bytes through
+``os.fsdecode`` (surrogateescape), so any byte string except ``/`` and NUL can be a name.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+from pyops.errors import HostFileError, InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class HostFile:
+    """File contents read from a file on the host when the image is written."""
+
+    path: str
+    size: int
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> HostFile:
+        """Check that ``path`` is a readable regular file (links followed) and record its size."""
+        p = os.fspath(path)
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise HostFileError(f"{p}: no such file") from None
+        except OSError as exc:
+            raise HostFileError(f"{p}: cannot read it ({exc.strerror})") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise HostFileError(f"{p}: not a regular file")
+        if not os.access(p, os.R_OK):
+            raise HostFileError(
+                f"{p}: permission denied", hint="make the file readable by the current user"
+            )
+        return cls(p, st.st_size)
+
+
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """File contents given as bytes."""
+
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageExtent:
+    """One extent of a file stored in an existing volume (see :mod:`pyops.tfs`)."""
+
+    file_sector: int
+    disk_offset: int  # absolute byte offset in the image file
+    length: int  # bytes (whole sectors)
+    uninited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImageData:
+    """File contents stored in an image file, as read back by :mod:`pyops.tfs`."""
+
+    image: str
+    extents: tuple[ImageExtent, ...]
+    size: int
+
+
+Source: TypeAlias = HostFile | Contents | ImageData
+
+# Attribute values are TFS values: str, int, None (a flag), bytes, and nested dicts/lists.
+Attributes: TypeAlias = Mapping[str, Any]
+
+_NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class File:
+    """A regular file.  ``attributes`` are extra TFS keys such as ``readonly`` or ``mtime``."""
+
+    source: Source
+    attributes: Attributes = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.source.size
+
+
+@dataclass(frozen=True, slots=True)
+class Symlink:
+    """A symbolic link; ``target`` is stored verbatim (relative or absolute)."""
+
+    target: str
+    attributes: Attributes = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HardLink:
+    """Another name for the regular file at absolute path ``target`` in the same tree."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Directory:
+    """A directory.  Its entries are changed only through :class:`Tree`."""
+
+    entries: dict[str, Node] = field(default_factory=dict)
+    attributes: Attributes = field(default_factory=dict)
+
+
+Node: TypeAlias = File | Symlink | HardLink | Directory
+
+
+def check_name(name: str, path: str) -> None:
+    """Refuse names Nanos cannot store: empty, ``.``, ``..``, or containing ``/`` or NUL."""
+    if not name or name in (".", ".."):
+        raise InvalidInput(f"invalid file name {name!r} in {path!r}")
+    if "/" in name or "\0" in name:
+        raise InvalidInput(
+            f"invalid file name {name!r} in {path!r}: names cannot contain '/' or NUL"
+        )
+
+
+def split_path(path: str) -> list[str]:
+    """Split an absolute or relative image path into names, refusing NUL, ``.`` and ``..``."""
+    if "\0" in path:
+        raise InvalidInput(f"invalid path {path!r}: paths cannot contain NUL")
+    parts = [p for p in path.split("/") if p]
+    for part in parts:
+        check_name(part, path)
+    return parts
+
+
+class Tree:
+    """A mutable file tree rooted at ``/``, built by absolute paths."""
+
+    def __init__(self) -> None:
+        self.root = Directory()
+
+    # --- building ---------------------------------------------------------------------------
+
+    def add(self, path: str, node: Node, *, replace: bool = True) -> None:
+        """Put ``node`` at ``path``, creating parent directories as needed."""
+        parts = split_path(path)
+        if not parts:
+            if isinstance(node, Directory):
+                self.root.entries.update(node.entries)
+                return
+            raise InvalidInput("the root of an image can only be a directory")
+        parent = self._directory(parts[:-1], create=True, path=path)
+        name = parts[-1]
+        existing = parent.entries.get(name)
+        if existing is not None and not replace:
+            raise InvalidInput(f"{path} is already in the image")
+        if isinstance(existing, Directory) and isinstance(node, Directory):
+            existing.entries.update(node.entries)
+            if node.attributes:
+                parent.entries[name] = Directory(existing.entries, node.attributes)
+            return
+        parent.entries[name] = node
+
+    def add_directory(self, path: str) -> None:
+        """Create the directory ``path`` (and its parents) if it does not exist."""
+        self._directory(split_path(path), create=True, path=path)
+
+    def add_file(self, path: str, source: Source | bytes | str, **attributes: Any) -> None:
+        """Add a regular file from a :class:`HostFile`, bytes, or a host path string."""
+        if isinstance(source, bytes):
+            source = Contents(source)
+        elif isinstance(source, str):
+            source = HostFile.from_path(source)
+        self.add(path, File(source, attributes or _NO_ATTRIBUTES))
+
+    def add_symlink(self, path: str, target: str) -> None:
+        """Add a symbolic link at ``path`` pointing to ``target``."""
+        if not target or "\0" in target:
+            raise InvalidInput(f"invalid symlink target {target!r} for {path}")
+        self.add(path, Symlink(target))
+
+    def add_hardlink(self, path: str, target: str) -> None:
+        """Make ``path`` another name of the regular file at ``target`` (already in the tree)."""
+        node = self.get(target)
+        if isinstance(node, HardLink):
+            target = node.target
+            node = self.get(target)
+        if not isinstance(node, File):
+            raise InvalidInput(f"cannot hard-link {path} to {target}: not a regular file")
+        self.add(path, HardLink("/" + "/".join(split_path(target))))
+
+    def add_host_path(self, host_path: str | os.PathLike[str], path: str) -> None:
+        """Copy a host file, symlink or directory tree to ``path``.
+
+        Symlinks stay symlinks (their text is kept), files that share an inode become hard
+        links, and sockets, fifos and devices are skipped: Nanos cannot store them.
+        """
+        top = os.fspath(host_path)
+        try:
+            st = os.lstat(top)
+        except FileNotFoundError:
+            raise HostFileError(f"{top}: no such file or directory") from None
+        except OSError as exc:
+            raise HostFileError(f"{top}: cannot read it ({exc.strerror})") from exc
+        inodes: dict[tuple[int, int], str] = {}
+        self._add_host(top, st, "/" + "/".join(split_path(path)), inodes)
+
+    def _add_host(
+        self, host: str, st: os.stat_result, path: str, inodes: dict[tuple[int, int], str]
+    ) -> None:
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            self.add(path, Symlink(os.readlink(host)))
+        elif stat.S_ISREG(mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in inodes:
+                self.add(path, HardLink(inodes[key]))
+                return
+            if not os.access(host, os.R_OK):
+                raise HostFileError(f"{host}: permission denied")
+            self.add(path, File(HostFile(host, st.st_size)))
+            if st.st_nlink > 1:
+                inodes[key] = path
+        elif stat.S_ISDIR(mode):
+            self.add_directory(path)
+            try:
+                with os.scandir(host) as it:
+                    entries = sorted(it, key=lambda e: os.fsencode(e.name))
+            except OSError as exc:
+                raise HostFileError(f"{host}: cannot list it ({exc.strerror})") from exc
+            base = path.rstrip("/")
+            for entry in entries:
+                check_name(entry.name, host)
+                self._add_host(
+                    entry.path, entry.stat(follow_symlinks=False), f"{base}/{entry.name}", inodes
+                )
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def get(self, path: str) -> Node:
+        """The node at ``path`` (symlinks are not followed)."""
+        parts = split_path(path)
+        node: Node = self.root
+        for part in parts:
+            if not isinstance(node, Directory) or part not in node.entries:
+                raise InvalidInput(f"{path}: not in the image")
+            node = node.entries[part]
+        return node
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` is in the tree."""
+        try:
+            self.get(path)
+        except InvalidInput:
+            return False
+        return True
+
+    def walk(self) -> Iterator[tuple[str, Node]]:
+        """Every node with its absolute path, depth first, names in byte order."""
+        stack: list[tuple[str, Node]] = [("/", self.root)]
+        while stack:
+            path, node = stack.pop()
+            yield path, node
+            if isinstance(node, Directory):
+                base = path.rstrip("/")
+                for name in sorted(node.entries, key=os.fsencode, reverse=True):
+                    stack.append((f"{base}/{name}", node.entries[name]))
+
+    def resolve_hardlink(self, link: HardLink) -> File:
+        """The file a hard link names."""
+        node = self.get(link.target)
+        if not isinstance(node, File):
+            raise InvalidInput(f"hard link target {link.target} is not a regular file")
+        return node
+
+    def _directory(self, parts: list[str], *, create: bool, path: str) -> Directory:
+        node = self.root
+        for i, part in enumerate(parts):
+            child = node.entries.get(part)
+            if child is None:
+                if not create:
+                    raise InvalidInput(f"{path}: not in the image")
+                child = Directory()
+                node.entries[part] = child
+            elif not isinstance(child, Directory):
+                where = "/" + "/".join(parts[: i + 1])
+                raise InvalidInput(f"cannot create {path}: {where} is not a directory")
+            node = child
+        return node
