@@ -1,0 +1,429 @@
+"""Facts about one ELF file: class, byte order, machine, interpreter and dynamic tags.
+
+This is the only module that imports pyelftools. It uses pyelftools' structure
+definitions (``ELFStructs``) to decode the ELF header, the program headers and the
+dynamic table, but reads only those bytes with ``os.pread``: building pyelftools'
+``DynamicSegment`` walks every section header of the file, which costs milliseconds per
+library, and a resolver reads hundreds of libraries.
+
+Every failure (a file that is not ELF, a truncated one, an unreadable one) leaves this
+module as a :class:`~pyops.errors.PyopsError`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
+from elftools.elf.structs import ELFStructs
+
+from pyops.errors import ElfMismatch, HostFileError, NotAnElf
+
+__all__ = [
+    "DF_1_NODEFLIB",
+    "DF_1_PIE",
+    "ElfInfo",
+    "check_machine",
+    "normalize_machine",
+    "read_elf",
+    "read_version_definitions",
+]
+
+ELF_MAGIC = b"\x7fELF"
+
+# Dynamic tag values (ELF gABI; glibc elf/elf.h).
+_DT_NULL = 0
+_DT_NEEDED = 1
+_DT_STRTAB = 5
+_DT_STRSZ = 10
+_DT_SONAME = 14
+_DT_RPATH = 15
+_DT_RUNPATH = 29
+_DT_FLAGS_1 = 0x6FFFFFFB
+_DT_VERDEF = 0x6FFFFFFC
+_DT_VERDEFNUM = 0x6FFFFFFD
+
+DF_1_NODEFLIB = 0x00000800
+"""``DT_FLAGS_1`` bit: do not search the default directories (``-z nodeflib``)."""
+DF_1_PIE = 0x08000000
+"""``DT_FLAGS_1`` bit: the object is a position-independent executable."""
+
+# Program header types.
+_PT_LOAD = 1
+_PT_DYNAMIC = 2
+_PT_INTERP = 3
+
+# Upper bounds that keep a corrupt header from making us read gigabytes.
+_MAX_PHNUM = 4096
+_MAX_DYN_ENTRIES = 65536
+_MAX_STRING = 65536
+
+# Names users give for an architecture, mapped to the ELF e_machine name.
+_MACHINE_ALIASES = {
+    "x86_64": "EM_X86_64",
+    "amd64": "EM_X86_64",
+    "x86-64": "EM_X86_64",
+    "aarch64": "EM_AARCH64",
+    "arm64": "EM_AARCH64",
+    "i386": "EM_386",
+    "i686": "EM_386",
+    "386": "EM_386",
+    "arm": "EM_ARM",
+    "armhf": "EM_ARM",
+    "riscv64": "EM_RISCV",
+    "ppc64le": "EM_PPC64",
+    "ppc64": "EM_PPC64",
+    "s390x": "EM_S390",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ElfInfo:
+    """What a loader needs to know about one ELF file."""
+
+    path: str
+    """The path the file was read from (as given, for messages)."""
+    elf_class: int
+    """32 or 64 (``EI_CLASS``)."""
+    little_endian: bool
+    """``EI_DATA``: True for ``ELFDATA2LSB``."""
+    machine: str
+    """``e_machine`` as its ELF name, for example ``EM_X86_64`` (``EM_<n>`` if unknown)."""
+    osabi: str
+    """``EI_OSABI`` as its ELF name, for example ``ELFOSABI_SYSV``."""
+    elf_type: str
+    """``e_type``: ``ET_EXEC``, ``ET_DYN``, ..."""
+    interpreter: str | None
+    """The ``PT_INTERP`` path, or None."""
+    dynamic: bool
+    """Whether there is a ``PT_DYNAMIC`` segment."""
+    needed: tuple[str, ...]
+    """``DT_NEEDED`` names, in order."""
+    soname: str | None
+    """``DT_SONAME``."""
+    rpath: str | None
+    """``DT_RPATH``, unsplit (several tags are joined with ``:``)."""
+    runpath: str | None
+    """``DT_RUNPATH``, unsplit."""
+    flags_1: int
+    """``DT_FLAGS_1`` (0 if absent)."""
+
+    @property
+    def is_static(self) -> bool:
+        """True when the kernel runs the file without a dynamic loader."""
+        return self.interpreter is None and not self.needed
+
+    @property
+    def is_pie(self) -> bool:
+        """True for a position-independent executable (``DF_1_PIE``)."""
+        return bool(self.flags_1 & DF_1_PIE)
+
+
+def normalize_machine(machine: str) -> str:
+    """Turn ``x86_64``, ``amd64``, ``arm64``, ``EM_AARCH64``... into the ELF ``EM_*`` name."""
+    value = machine.strip()
+    if value.upper().startswith("EM_"):
+        return value.upper()
+    try:
+        return _MACHINE_ALIASES[value.lower()]
+    except KeyError:
+        known = ", ".join(sorted(_MACHINE_ALIASES))
+        raise ElfMismatch(
+            f"unknown machine {machine!r}", hint=f"use one of: {known}, or an EM_* name"
+        ) from None
+
+
+def check_machine(info: ElfInfo, machine: str) -> None:
+    """Raise :class:`ElfMismatch` unless ``info`` is for ``machine`` (an alias or EM_ name)."""
+    wanted = normalize_machine(machine)
+    if info.machine != wanted:
+        raise ElfMismatch(
+            f"{info.path} is an ELF for {info.machine}, not for {wanted}",
+            hint="build the program for the target machine, or pass the matching --machine",
+        )
+
+
+@lru_cache(maxsize=64)
+def _structs(little_endian: bool, elf_class: int, e_type: str, machine: str, osabi: str) -> Any:
+    # Building ELFStructs costs about half a millisecond; a resolver sees few combinations.
+    structs = ELFStructs(little_endian=little_endian, elfclass=elf_class)
+    structs.create_basic_structs()
+    structs.create_advanced_structs(e_type, machine, osabi)
+    return structs
+
+
+@lru_cache(maxsize=8)
+def _basic_structs(little_endian: bool, elf_class: int) -> Any:
+    structs = ELFStructs(little_endian=little_endian, elfclass=elf_class)
+    structs.create_basic_structs()
+    return structs
+
+
+class _Reader:
+    """Bounded reads at offsets of one open file, failing as a truncated ELF."""
+
+    def __init__(self, fd: int, size: int, name: str) -> None:
+        self.fd = fd
+        self.size = size
+        self.name = name
+
+    def read(self, offset: int, length: int, what: str) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise NotAnElf(
+                f"{self.name} is a truncated or corrupt ELF file ({what} lies past its end)"
+            )
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise NotAnElf(f"{self.name} is a truncated ELF file (short read of {what})")
+        return data
+
+    def string(self, offset: int, what: str) -> str:
+        if offset < 0 or offset >= self.size:
+            raise NotAnElf(f"{self.name} is a corrupt ELF file ({what} lies past its end)")
+        chunk = b""
+        pos = offset
+        while True:
+            part = os.pread(self.fd, min(256, self.size - pos), pos)
+            if not part:
+                raise NotAnElf(f"{self.name} is a truncated ELF file ({what} is not terminated)")
+            end = part.find(b"\0")
+            if end >= 0:
+                chunk += part[:end]
+                break
+            chunk += part
+            pos += len(part)
+            if len(chunk) > _MAX_STRING:
+                raise NotAnElf(f"{self.name} is a corrupt ELF file ({what} is too long)")
+        # Names in dynamic tables are bytes; surrogateescape keeps odd ones round-trippable.
+        return chunk.decode("utf-8", "surrogateescape")
+
+
+def _name(value: object) -> str:
+    # pyelftools maps known numbers to names and leaves unknown ones as ints.
+    return value if isinstance(value, str) else f"EM_{value}"
+
+
+def read_elf(path: str | os.PathLike[str], *, display: str | None = None) -> ElfInfo:
+    """Read the loader-relevant facts of the ELF file at ``path``.
+
+    ``display`` is the name used in messages (for example the path inside an image root).
+    Raises :class:`NotAnElf` for a file that is not ELF, is truncated or is corrupt, and
+    :class:`HostFileError` when the file cannot be opened or read.
+    """
+    name = display if display is not None else os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HostFileError(f"cannot open {name}: {exc.strerror}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        return _parse(_Reader(fd, size, name), name)
+    except (ELFError, ConstructError, ValueError, OverflowError) as exc:
+        raise NotAnElf(f"{name} is a corrupt ELF file ({exc})") from exc
+    except OSError as exc:
+        raise HostFileError(f"cannot read {name}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def _identify(reader: _Reader, name: str) -> tuple[bool, int]:
+    head = os.pread(reader.fd, 16, 0)
+    if head[:4] != ELF_MAGIC:
+        if head[:2] == b"#!":
+            raise NotAnElf(
+                f"{name} is a script, not an ELF program",
+                hint="resolve the interpreter named on its #! line instead",
+            )
+        raise NotAnElf(f"{name} is not an ELF file (invalid ELF header)")
+    if len(head) < 16:
+        raise NotAnElf(f"{name} is a truncated ELF file (shorter than its identification)")
+    if head[4] not in (1, 2):
+        raise NotAnElf(f"{name} is a corrupt ELF file (EI_CLASS is {head[4]})")
+    if head[5] not in (1, 2):
+        raise NotAnElf(f"{name} is a corrupt ELF file (EI_DATA is {head[5]})")
+    return head[5] == 1, 32 if head[4] == 1 else 64
+
+
+def _parse(reader: _Reader, name: str) -> ElfInfo:
+    little_endian, elf_class = _identify(reader, name)
+    basic = _basic_structs(little_endian, elf_class)
+    header = basic.Elf_Ehdr.parse(reader.read(0, basic.Elf_Ehdr.sizeof(), "the ELF header"))
+    e_type = header["e_type"]
+    machine = _name(header["e_machine"])
+    osabi = header["e_ident"]["EI_OSABI"]
+    structs = _structs(little_endian, elf_class, str(e_type), str(header["e_machine"]), osabi)
+
+    phnum = header["e_phnum"]
+    phentsize = header["e_phentsize"]
+    if phnum > _MAX_PHNUM or (phnum and phentsize < structs.Elf_Phdr.sizeof()):
+        raise NotAnElf(f"{name} is a corrupt ELF file (bad program header table)")
+    table = reader.read(header["e_phoff"], phnum * phentsize, "the program headers")
+    loads: list[tuple[int, int, int]] = []
+    interp: tuple[int, int] | None = None
+    dynamic: tuple[int, int] | None = None
+    for index in range(phnum):
+        phdr = structs.Elf_Phdr.parse(table[index * phentsize : (index + 1) * phentsize])
+        p_type = phdr["p_type"]
+        if p_type in ("PT_LOAD", _PT_LOAD):
+            loads.append((phdr["p_vaddr"], phdr["p_filesz"], phdr["p_offset"]))
+        elif p_type in ("PT_INTERP", _PT_INTERP):
+            interp = (phdr["p_offset"], phdr["p_filesz"])
+        elif p_type in ("PT_DYNAMIC", _PT_DYNAMIC):
+            dynamic = (phdr["p_offset"], phdr["p_filesz"])
+
+    interpreter = None
+    if interp is not None:
+        raw = reader.read(interp[0], interp[1], "PT_INTERP")
+        interpreter = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+    needed: list[str] = []
+    soname = rpath = runpath = None
+    flags_1 = 0
+    if dynamic is not None:
+        tags = _dynamic_tags(reader, structs, dynamic)
+        strtab = _strtab_offset(tags, loads, name)
+        needed = [_string(reader, strtab, tags, v, "DT_NEEDED") for t, v in tags if t == _DT_NEEDED]
+        for tag, value in tags:
+            if tag == _DT_SONAME:
+                soname = _string(reader, strtab, tags, value, "DT_SONAME")
+            elif tag == _DT_RPATH:
+                text = _string(reader, strtab, tags, value, "DT_RPATH")
+                rpath = text if rpath is None else f"{rpath}:{text}"
+            elif tag == _DT_RUNPATH:
+                text = _string(reader, strtab, tags, value, "DT_RUNPATH")
+                runpath = text if runpath is None else f"{runpath}:{text}"
+            elif tag == _DT_FLAGS_1:
+                flags_1 = value
+
+    return ElfInfo(
+        path=name,
+        elf_class=elf_class,
+        little_endian=little_endian,
+        machine=machine,
+        osabi=str(osabi),
+        elf_type=str(e_type),
+        interpreter=interpreter,
+        dynamic=dynamic is not None,
+        needed=tuple(needed),
+        soname=soname,
+        rpath=rpath,
+        runpath=runpath,
+        flags_1=flags_1,
+    )
+
+
+def _dynamic_tags(reader: _Reader, structs: Any, segment: tuple[int, int]) -> list[tuple[int, int]]:
+    offset, size = segment
+    entsize = structs.Elf_Dyn.sizeof()
+    count = min(size // entsize, _MAX_DYN_ENTRIES)
+    data = reader.read(offset, count * entsize, "the dynamic table")
+    # An Elf_Dyn is two integers (signed tag, unsigned value). pyelftools' Elf_Dyn would map
+    # known tags to names and leave processor-specific ones as ints; plain numbers are all
+    # the resolver compares, and struct decodes them in one call.
+    order = "<" if structs.little_endian else ">"
+    layout = struct.Struct(order + ("qQ" if structs.elfclass == 64 else "iI"))
+    tags: list[tuple[int, int]] = []
+    for tag, value in layout.iter_unpack(data):
+        if tag == _DT_NULL:
+            break
+        tags.append((tag, value))
+    return tags
+
+
+def _strtab_offset(
+    tags: list[tuple[int, int]], loads: list[tuple[int, int, int]], name: str
+) -> int:
+    address = next((value for tag, value in tags if tag == _DT_STRTAB), None)
+    if address is None:
+        if any(tag in (_DT_NEEDED, _DT_SONAME, _DT_RPATH, _DT_RUNPATH) for tag, _ in tags):
+            raise NotAnElf(f"{name} is a corrupt ELF file (a dynamic table without DT_STRTAB)")
+        return -1
+    # DT_STRTAB is a virtual address; the PT_LOAD segment that covers it maps it to the file
+    # (this is what the loader sees after mapping the segments).
+    for vaddr, filesz, offset in loads:
+        if vaddr <= address < vaddr + filesz:
+            return int(address - vaddr + offset)
+    raise NotAnElf(f"{name} is a corrupt ELF file (DT_STRTAB is outside every PT_LOAD segment)")
+
+
+def _string(
+    reader: _Reader, strtab: int, tags: list[tuple[int, int]], index: int, what: str
+) -> str:
+    size = next((value for tag, value in tags if tag == _DT_STRSZ), None)
+    if size is not None and index >= size:
+        raise NotAnElf(f"{reader.name} is a corrupt ELF file ({what} lies outside .dynstr)")
+    return reader.string(strtab + index, what)
+
+
+def read_version_definitions(
+    path: str | os.PathLike[str], *, display: str | None = None
+) -> tuple[str, ...]:
+    """Return the symbol version names a library defines (``DT_VERDEF``), e.g. ``GLIBC_2.34``.
+
+    The first entry is the library's own base name. Raises like :func:`read_elf`.
+    """
+    name = display if display is not None else os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HostFileError(f"cannot open {name}: {exc.strerror}") from exc
+    try:
+        reader = _Reader(fd, os.fstat(fd).st_size, name)
+        return _version_definitions(reader, name)
+    except (ELFError, ConstructError, ValueError, OverflowError) as exc:
+        raise NotAnElf(f"{name} is a corrupt ELF file ({exc})") from exc
+    except OSError as exc:
+        raise HostFileError(f"cannot read {name}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def _version_definitions(reader: _Reader, name: str) -> tuple[str, ...]:
+    little_endian, elf_class = _identify(reader, name)
+    basic = _basic_structs(little_endian, elf_class)
+    header = basic.Elf_Ehdr.parse(reader.read(0, basic.Elf_Ehdr.sizeof(), "the ELF header"))
+    structs = _structs(
+        little_endian,
+        elf_class,
+        str(header["e_type"]),
+        str(header["e_machine"]),
+        header["e_ident"]["EI_OSABI"],
+    )
+    phentsize = header["e_phentsize"]
+    phnum = min(header["e_phnum"], _MAX_PHNUM)
+    table = reader.read(header["e_phoff"], phnum * phentsize, "the program headers")
+    loads: list[tuple[int, int, int]] = []
+    dynamic = None
+    for index in range(phnum):
+        phdr = structs.Elf_Phdr.parse(table[index * phentsize : (index + 1) * phentsize])
+        if phdr["p_type"] in ("PT_LOAD", _PT_LOAD):
+            loads.append((phdr["p_vaddr"], phdr["p_filesz"], phdr["p_offset"]))
+        elif phdr["p_type"] in ("PT_DYNAMIC", _PT_DYNAMIC):
+            dynamic = (phdr["p_offset"], phdr["p_filesz"])
+    if dynamic is None:
+        return ()
+    tags = _dynamic_tags(reader, structs, dynamic)
+    verdef = next((value for tag, value in tags if tag == _DT_VERDEF), None)
+    count = next((value for tag, value in tags if tag == _DT_VERDEFNUM), 0)
+    if verdef is None:
+        return ()
+    strtab = _strtab_offset(tags, loads, name)
+    offset = _strtab_offset([(_DT_STRTAB, verdef)], loads, name)
+    names: list[str] = []
+    verdef_size = structs.Elf_Verdef.sizeof()
+    for _ in range(min(count, 4096)):
+        entry = structs.Elf_Verdef.parse(reader.read(offset, verdef_size, "DT_VERDEF"))
+        if entry["vd_cnt"]:
+            aux = structs.Elf_Verdaux.parse(
+                reader.read(offset + entry["vd_aux"], structs.Elf_Verdaux.sizeof(), "DT_VERDEF")
+            )
+            names.append(_string(reader, strtab, tags, aux["vda_name"], "DT_VERDEF"))
+        if not entry["vd_next"]:
+            break
+        offset += entry["vd_next"]
+    return tuple(names)
