@@ -22,6 +22,10 @@ class InvalidInput(PyopsError):
     """A value given by the user (a name, a size, a label, an option) is not acceptable."""
 
 
+class InvalidReference(InvalidInput):
+    """An image reference or a digest does not follow the Docker/OCI grammar."""
+
+
 class HostFileError(PyopsError):
     """A file on the host that pyops must read is missing or unreadable."""
 
@@ -98,6 +102,10 @@ class DigestMismatch(PyopsError):
 
 class UnsafeLayerPath(PyopsError):
     """A layer member would write outside the image root."""
+
+
+class LayerError(PyopsError):
+    """A layer archive is truncated, corrupt or in a format pyops cannot read."""
 
 
 class PackageError(PyopsError):
