@@ -257,6 +257,45 @@ class Tree:
             node = node.entries[part]
         return node
 
+    def lookup(self, path: str) -> tuple[str, Node]:
+        """The node at ``path`` with symlinks and hard links followed, and its real path.
+
+        Symlinks resolve inside the tree, as the guest sees them: absolute targets start at
+        the tree's root and ``..`` stops at the root.
+        """
+        pending = split_path(path)
+        done: list[str] = []
+        node: Node = self.root
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if not isinstance(node, Directory) or part not in node.entries:
+                raise InvalidInput(f"{path}: not in the image")
+            child = node.entries[part]
+            if isinstance(child, Symlink):
+                hops += 1
+                if hops > 40:  # Linux's MAXSYMLINKS
+                    raise InvalidInput(f"{path}: too many levels of symbolic links")
+                target = child.target
+                parts = [p for p in target.split("/") if p and p != "."]
+                base = [] if target.startswith("/") else done
+                resolved: list[str] = list(base)
+                for p in parts:
+                    if p == "..":
+                        if resolved:
+                            resolved.pop()
+                    else:
+                        resolved.append(p)
+                pending = resolved + pending
+                done = []
+                node = self.root
+                continue
+            if isinstance(child, HardLink):
+                child = self.resolve_hardlink(child)
+            done.append(part)
+            node = child
+        return "/" + "/".join(done), node
+
     def exists(self, path: str) -> bool:
         """Whether ``path`` is in the tree."""
         try:

@@ -399,7 +399,7 @@ def to_text(value: Any, indent: int = 0) -> str:
     if isinstance(value, Mapping):
         if not value:
             return "()"
-        inner = " ".join(f"{_quote(k)}:{to_text(v, indent)}" for k, v in value.items())
+        inner = " ".join(f"{_quote(k, _NAME_SPECIAL)}:{to_text(v, indent)}" for k, v in value.items())
         return f"({inner})"
     if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
         return "[" + " ".join(to_text(v, indent) for v in value) + "]"
@@ -409,14 +409,17 @@ def to_text(value: Any, indent: int = 0) -> str:
         return "0x" + value.hex()
     if isinstance(value, int):
         return str(value)
-    return _quote(str(value))
+    return _quote(str(value), _VALUE_SPECIAL)
 
 
-_SPECIAL = set("()[]:|/\"\\# \t\r\n")
+# Appendix B of the spec: unquoted names stop at ( ) [ ] : | / and whitespace; unquoted
+# values only at ( ) [ ] and whitespace.  Quotes, backslashes and '#' are quoted in both.
+_NAME_SPECIAL = frozenset("()[]:|/\"\\# \t\r\n")
+_VALUE_SPECIAL = frozenset("()[]\"\\# \t\r\n")
 
 
-def _quote(text: str) -> str:
-    if text and not any(c in _SPECIAL for c in text):
+def _quote(text: str, special: frozenset[str]) -> str:
+    if text and not any(c in special for c in text):
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'

@@ -1,0 +1,252 @@
+"""The ``pyops`` command line: a thin click skin over the library.
+
+This is the only module that prints, draws progress bars or chooses exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+from tqdm import tqdm
+
+from pyops import __version__
+from pyops.errors import PyopsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TqdmProgress:
+    """A :class:`pyops.progress.Progress` drawn with one tqdm bar per key."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, tqdm[Any]] = {}
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        self._bars[key] = tqdm(
+            total=total,
+            desc=label,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            leave=False,
+            disable=None,
+            file=sys.stderr,
+            position=len(self._bars),
+        )
+
+    def advance(self, key: str, amount: int) -> None:
+        bar = self._bars.get(key)
+        if bar is not None:
+            bar.update(amount)
+
+    def finish(self, key: str) -> None:
+        bar = self._bars.pop(key, None)
+        if bar is not None:
+            bar.close()
+
+
+class _Group(click.Group):
+    """Turns PyopsError into a message and an exit code; tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PyopsError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except BrokenPipeError:
+            # The reader of our output went away (``pyops image cat ... | head``): stop quietly.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(1)
+        except OSError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+                err=True,
+            )
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pyops")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Build and boot Nanos unikernel images, with no Docker daemon."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+# --- pyops image ---------------------------------------------------------------------------
+
+
+@cli.group()
+def image() -> None:
+    """Inspect Nanos disk images (ours, Ops's or mkfs's)."""
+
+
+def _open_tree(path: str, boot: bool) -> tuple[Any, Any]:
+    from pyops.disk import open_image
+
+    disk = open_image(path)
+    if boot:
+        tree = disk.boot_tree()
+        if tree is None:
+            raise PyopsError(f"{path} has no boot filesystem (it is a bare volume)")
+        return disk, tree
+    return disk, disk.tree()
+
+
+def _describe(node: Any) -> tuple[str, str, str]:
+    from pyops.tree import Directory, File, HardLink, Symlink
+
+    if isinstance(node, Directory):
+        return "d", "-", ""
+    if isinstance(node, Symlink):
+        return "l", str(len(node.target)), f" -> {node.target}"
+    if isinstance(node, HardLink):
+        return "h", "-", f" => {node.target}"
+    if isinstance(node, File):
+        return "-", str(node.size), ""
+    return "?", "-", ""
+
+
+@image.command("ls")
+@click.argument("image_path", metavar="IMAGE")
+@click.argument("path", default="/")
+@click.option("--boot", is_flag=True, help="Look in the boot filesystem (kernel, klibs).")
+def image_ls(image_path: str, path: str, boot: bool) -> None:
+    """List a directory of an image (or show one entry)."""
+    from pyops.tree import Directory
+
+    _disk, tree = _open_tree(image_path, boot)
+    real, node = tree.lookup(path)
+    if not isinstance(node, Directory):
+        kind, size, extra = _describe(node)
+        click.echo(f"{kind} {size:>12} {real}{extra}")
+        return
+    for name in sorted(node.entries, key=os.fsencode):
+        kind, size, extra = _describe(node.entries[name])
+        click.echo(f"{kind} {size:>12} {name}{extra}")
+
+
+@image.command("tree")
+@click.argument("image_path", metavar="IMAGE")
+@click.option("--boot", is_flag=True, help="Show the boot filesystem (kernel, klibs).")
+def image_tree(image_path: str, boot: bool) -> None:
+    """Show every file of an image as a tree."""
+    from pyops.tree import Directory
+
+    _disk, tree = _open_tree(image_path, boot)
+
+    def show(directory: Directory, prefix: str) -> None:
+        names = sorted(directory.entries, key=os.fsencode)
+        for i, name in enumerate(names):
+            last = i == len(names) - 1
+            child = directory.entries[name]
+            kind, size, extra = _describe(child)
+            size_text = f" ({size} bytes)" if kind == "-" else ""
+            click.echo(f"{prefix}{'└── ' if last else '├── '}{name}{extra}{size_text}")
+            if isinstance(child, Directory):
+                show(child, prefix + ("    " if last else "│   "))
+
+    click.echo("/")
+    show(tree.root, "")
+
+
+@image.command("cat")
+@click.argument("image_path", metavar="IMAGE")
+@click.argument("path")
+@click.option("--boot", is_flag=True, help="Read from the boot filesystem.")
+def image_cat(image_path: str, path: str, boot: bool) -> None:
+    """Write the contents of a file in an image to standard output."""
+    from pyops.tfs import iter_image_data
+    from pyops.tree import Contents, File, ImageData
+
+    _disk, tree = _open_tree(image_path, boot)
+    real, node = tree.lookup(path)
+    if not isinstance(node, File):
+        raise PyopsError(f"{path} is not a regular file in {image_path}")
+    out = click.get_binary_stream("stdout")
+    source = node.source
+    if isinstance(source, Contents):
+        out.write(source.data)
+        return
+    assert isinstance(source, ImageData)
+    written = 0
+    with open(source.image, "rb") as f:
+        for pos, piece in iter_image_data(f, source):
+            if pos > written:
+                out.write(bytes(pos - written))
+            out.write(piece)
+            written = pos + len(piece)
+    if source.size > written:
+        out.write(bytes(source.size - written))
+    out.flush()
+
+
+@image.command("manifest")
+@click.argument("image_path", metavar="IMAGE")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of Nanos syntax.")
+def image_manifest(image_path: str, as_json: bool) -> None:
+    """Show the root tuple of an image: program, arguments, environment and other keys."""
+    import json
+
+    from pyops.disk import open_image
+    from pyops.tfs import format_uuid
+    from pyops.tuples import canonical, to_text
+
+    disk = open_image(image_path)
+    config = {k: canonical(v) for k, v in disk.root.root.items() if k != "children"}
+    if as_json:
+        info = {
+            "manifest": _jsonable(config),
+            "root": {"uuid": format_uuid(disk.root.info.uuid), "label": disk.root.info.label},
+        }
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    for key in sorted(config):
+        click.echo(f"{key}: {to_text(config[key])}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``pyops`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="pyops")
+
+
+# Command groups are defined in the sections below, one per concept.
