@@ -1,0 +1,252 @@
+"""The content-addressed cache under ``PYOPS_HOME`` (default ``~/.pyops``).
+
+Blobs live at ``blobs/<algorithm>/<hex>``, the layout of an OCI image layout
+(image-spec ``image-layout.md``), so a path in the cache is correct by construction: nothing
+gets there without its digest having been checked. Downloads go to
+``blobs/tmp/<hex>.partial``, are hashed in the same pass as they are written, and are moved
+into place with an atomic rename; a partial file survives a cut connection and the next try
+resumes it with an HTTP ``Range`` request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from pyops.errors import DigestMismatch, NetworkError
+from pyops.progress import NULL_PROGRESS, Progress
+from pyops.reference import check_digest
+
+try:  # POSIX only; without it two processes may download the same blob twice.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 16
+_HASH_BLOCK = 1 << 20
+
+
+class BlobStream(Protocol):
+    """An open download of one blob, as given by a :data:`BlobOpener`."""
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of the first chunk: the one asked for, or 0 if the server ignored it."""
+        ...
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes from :attr:`offset` on; raises NetworkError if the connection breaks."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+BlobOpener = Callable[[int], BlobStream]
+"""Opens a download of a blob starting at the given byte offset (``Range: bytes=N-``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """A content-addressed blob cache rooted at :attr:`root`."""
+
+    root: Path
+
+    @classmethod
+    def default(cls, env: Mapping[str, str] | None = None) -> Store:
+        """The store at ``$PYOPS_HOME``, else ``~/.pyops``."""
+        environ = os.environ if env is None else env
+        home = environ.get("PYOPS_HOME")
+        return cls(Path(home).expanduser() if home else Path.home() / ".pyops")
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob with ``digest`` is (or would be) stored."""
+        algorithm, _, encoded = check_digest(digest).partition(":")
+        return self.root / "blobs" / algorithm / encoded
+
+    def _partial_path(self, digest: str) -> Path:
+        algorithm, _, encoded = digest.partition(":")
+        return self.root / "blobs" / "tmp" / f"{algorithm}-{encoded}.partial"
+
+    def has_blob(self, digest: str, size: int | None = None) -> bool:
+        """Whether the blob is cached (with the expected size, when given)."""
+        try:
+            stat = self.blob_path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or stat.st_size == size
+
+    def read_blob(self, digest: str) -> bytes:
+        """The bytes of a cached blob (checked against its digest when it was stored)."""
+        return self.blob_path(digest).read_bytes()
+
+    def put_blob(self, data: bytes, digest: str | None = None) -> str:
+        """Store ``data`` and return its digest; if ``digest`` is given, it must match."""
+        algorithm = digest.partition(":")[0] if digest else "sha256"
+        actual = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+        if digest is not None and actual != check_digest(digest):
+            raise DigestMismatch(f"content has digest {actual}, expected {digest}.")
+        final = self.blob_path(actual)
+        if not final.exists():
+            tmp = self._partial_path(actual).with_suffix(f".{os.getpid()}.new")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        return actual
+
+    def ensure_blob(
+        self,
+        digest: str,
+        size: int,
+        open_blob: BlobOpener,
+        *,
+        label: str | None = None,
+        progress: Progress = NULL_PROGRESS,
+        attempts: int = 3,
+    ) -> Path:
+        """Return the path of the blob, downloading it with ``open_blob`` if it is not cached.
+
+        The bytes are hashed as they are written; the file enters the cache only if its size
+        and digest match, by an atomic rename. A connection that breaks is resumed from the
+        partial file, up to ``attempts`` tries in this call; the partial file is kept for a
+        later call when the tries run out. A mismatch removes the partial file and raises
+        :class:`~pyops.errors.DigestMismatch`.
+        """
+        final = self.blob_path(digest)
+        name = label or digest
+        if self.has_blob(digest, size):
+            return final
+        partial = self._partial_path(digest)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(partial) as handle:
+            # Another process may have finished the blob while we waited for the lock.
+            if self.has_blob(digest, size):
+                return final
+            progress.start(digest, name, size)
+            try:
+                self._download(digest, size, open_blob, handle, name, progress, attempts)
+            finally:
+                progress.finish(digest)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.replace(partial, final)
+        return final
+
+    def _download(
+        self,
+        digest: str,
+        size: int,
+        open_blob: BlobOpener,
+        handle: IO[bytes],
+        name: str,
+        progress: Progress,
+        attempts: int,
+    ) -> None:
+        algorithm = digest.partition(":")[0]
+        have = handle.seek(0, os.SEEK_END)
+        if have > size:
+            handle.truncate(0)
+            have = 0
+        # hashlib state cannot be saved, so a resumed download re-hashes what it has.
+        hasher = _hash_prefix(handle, algorithm, have)
+        progress.advance(digest, have)
+        for attempt in range(1, attempts + 1):
+            if have == size:
+                break
+            if have:
+                log.info("%s: resuming at byte %d of %d", name, have, size)
+            stream = open_blob(have)
+            try:
+                if stream.offset != have:
+                    # 200 instead of 206: the server ignored Range; start again.
+                    handle.seek(0)
+                    handle.truncate(0)
+                    progress.advance(digest, -have)
+                    have = 0
+                    hasher = hashlib.new(algorithm)
+                handle.seek(have)
+                for chunk in stream.chunks():
+                    if have + len(chunk) > size:
+                        self._discard(handle)
+                        raise DigestMismatch(
+                            f"{name}: the registry sent more than the {size} bytes "
+                            "its descriptor announces.",
+                        )
+                    handle.write(chunk)
+                    hasher.update(chunk)
+                    have += len(chunk)
+                    progress.advance(digest, len(chunk))
+            except NetworkError:
+                handle.flush()
+                if attempt == attempts:
+                    raise
+                log.info("%s: download cut at byte %d, retrying", name, have)
+                continue
+            finally:
+                stream.close()
+            if have < size:
+                handle.flush()
+                if attempt == attempts:
+                    raise NetworkError(
+                        f"{name}: the download ended after {have} of {size} bytes.",
+                        hint="Run the command again to resume it.",
+                    )
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if actual != digest:
+            self._discard(handle)
+            raise DigestMismatch(
+                f"{name}: the downloaded content has digest {actual}, expected {digest}; "
+                "it was discarded.",
+                hint="The registry or a proxy served corrupt data; try again.",
+            )
+
+    @staticmethod
+    def _discard(handle: IO[bytes]) -> None:
+        handle.seek(0)
+        handle.truncate(0)
+        handle.flush()
+
+
+def _hash_prefix(handle: IO[bytes], algorithm: str, length: int) -> hashlib._Hash:
+    hasher = hashlib.new(algorithm)
+    handle.seek(0)
+    remaining = length
+    while remaining:
+        block = handle.read(min(_HASH_BLOCK, remaining))
+        if not block:
+            break
+        hasher.update(block)
+        remaining -= len(block)
+    return hasher
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[IO[bytes]]:
+    """Open ``path`` for reading and appending, holding an exclusive lock on it.
+
+    An empty partial file is removed on the way out, so a failed download leaves nothing that
+    looks like progress.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    handle = os.fdopen(fd, "r+b")
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield handle
+    finally:
+        try:
+            if path.exists() and os.path.getsize(path) == 0:
+                path.unlink()
+        finally:
+            handle.close()
