@@ -1,0 +1,323 @@
+"""Booting a Nanos disk with ``qemu-system-x86_64``: the command line, the accelerator, the run.
+
+The command line follows Ops's for x86-64 guests (ops-reference.md section 6.3): a q35
+machine, the disk on virtio-scsi, ``isa-debug-exit`` for the exit code, user networking with
+TCP forwards.  Unlike Ops it is built as a list (paths with spaces work) and the accelerator
+is chosen for the host: KVM when ``/dev/kvm`` is usable on an x86-64 Linux host, HVF on an
+Intel Mac, TCG otherwise (an x86-64 guest on an ARM host is always emulated).
+
+The exit code: with the root key ``debug_exit`` the kernel ends by writing the program's
+status to the isa-debug-exit port (nanos ``src/kernel/init.c``, ``platform/pc/service.c``:
+``QEMU_HALT``), which makes qemu exit with ``status * 2 + 1``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import platform
+import shlex
+import shutil
+import socket
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyops.errors import ConfigError, QemuError
+
+log = logging.getLogger(__name__)
+
+QEMU_X86_64 = "qemu-system-x86_64"
+
+
+class Accel(enum.StrEnum):
+    """Which hypervisor runs the guest."""
+
+    AUTO = "auto"
+    KVM = "kvm"
+    HVF = "hvf"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """The facts about the host that shape the qemu command line."""
+
+    system: str  # platform.system(): "Linux", "Darwin", ...
+    machine: str  # normalised: "x86_64" or "arm64"
+    kvm: bool  # /dev/kvm usable and the CPU has vmx/svm
+    hvf: bool  # macOS Hypervisor.framework available
+
+    @classmethod
+    def detect(cls) -> Host:
+        """Look at this machine."""
+        system = platform.system()
+        machine = normalise_machine(platform.machine())
+        return cls(system, machine, _kvm_usable(system), _hvf_usable(system))
+
+
+def normalise_machine(machine: str) -> str:
+    """``x86_64``/``amd64`` → ``x86_64``; ``aarch64``/``arm64`` → ``arm64``."""
+    m = machine.lower()
+    if m in ("x86_64", "amd64", "x64"):
+        return "x86_64"
+    if m in ("aarch64", "arm64", "armv8l"):
+        return "arm64"
+    return m
+
+
+def _kvm_usable(system: str) -> bool:
+    if system != "Linux":
+        return False
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    # /dev/kvm can exist where guests still cannot run (some sandboxes and nested setups);
+    # like Ops, also require the CPU to advertise hardware virtualisation.
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return "vmx" in flags or "svm" in flags
+    except OSError:
+        return False
+    return False
+
+
+def _hvf_usable(system: str) -> bool:
+    if system != "Darwin":
+        return False
+    try:
+        out = subprocess.run(
+            ["sysctl", "-n", "kern.hv_support"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.stdout.strip() == "1"
+
+
+@dataclass(frozen=True, slots=True)
+class PortForward:
+    """A TCP (or UDP) port on the host forwarded to one in the guest."""
+
+    host: int
+    guest: int
+    protocol: str = "tcp"
+
+    @classmethod
+    def parse(cls, text: str, protocol: str = "tcp") -> PortForward:
+        """``8080`` (same on both sides) or ``HOST:GUEST``."""
+        parts = text.split(":")
+        try:
+            if len(parts) == 1:
+                host = guest = int(parts[0])
+            elif len(parts) == 2:
+                host, guest = int(parts[0]), int(parts[1])
+            else:
+                raise ValueError(text)
+        except ValueError:
+            raise ConfigError(
+                f"invalid port {text!r}", hint="write PORT or HOST_PORT:GUEST_PORT, e.g. 8080:80"
+            ) from None
+        for p in (host, guest):
+            if not 0 < p < 65536:
+                raise ConfigError(f"invalid port {text!r}: ports are 1 to 65535")
+        return cls(host, guest, protocol)
+
+
+@dataclass(frozen=True, slots=True)
+class VmConfig:
+    """How to run a disk: memory, CPUs, accelerator, forwarded ports."""
+
+    memory: str = "2G"
+    cpus: int | None = None
+    accel: Accel = Accel.AUTO
+    ports: tuple[PortForward, ...] = ()
+    extra_disks: tuple[str, ...] = ()
+    qemu: str | None = None  # the qemu binary; default: qemu-system-x86_64 on PATH
+    extra_args: tuple[str, ...] = field(default=())
+
+
+def choose_accel(requested: Accel, host: Host) -> Accel:
+    """The accelerator to use for an x86-64 guest on ``host``; refuses one that cannot work."""
+    if requested == Accel.AUTO:
+        if host.machine == "x86_64" and host.system == "Linux" and host.kvm:
+            return Accel.KVM
+        if host.machine == "x86_64" and host.system == "Darwin" and host.hvf:
+            return Accel.HVF
+        return Accel.TCG
+    if requested == Accel.KVM:
+        if host.system != "Linux" or host.machine != "x86_64":
+            raise QemuError(
+                f"KVM cannot run x86-64 guests on this {host.system} {host.machine} host",
+                hint="use --accel tcg (or auto)",
+            )
+        if not host.kvm:
+            raise QemuError(
+                "KVM is not usable here: /dev/kvm is missing or not writable, or the CPU "
+                "has no hardware virtualisation (vmx/svm)",
+                hint="add yourself to the kvm group, or use --accel tcg (slower)",
+            )
+    if requested == Accel.HVF:
+        if host.system != "Darwin" or host.machine != "x86_64":
+            raise QemuError(
+                "HVF runs x86-64 guests only on Intel Macs"
+                + (" (Apple Silicon emulates them with TCG)" if host.system == "Darwin" else ""),
+                hint="use --accel tcg (or auto)",
+            )
+        if not host.hvf:
+            raise QemuError(
+                "the macOS Hypervisor framework is not available (kern.hv_support is not 1)",
+                hint="use --accel tcg",
+            )
+    return requested
+
+
+def qemu_command(disk: str | os.PathLike[str], config: VmConfig, host: Host) -> list[str]:
+    """The full qemu argv for booting ``disk``; nothing is run."""
+    accel = choose_accel(config.accel, host)
+    binary = config.qemu or QEMU_X86_64
+    argv = [
+        binary,
+        "-machine", "q35",
+        "-device", "pcie-root-port,port=0x10,chassis=1,id=pci.1,bus=pcie.0,multifunction=on,addr=0x3",
+        "-device", "pcie-root-port,port=0x11,chassis=2,id=pci.2,bus=pcie.0,addr=0x3.0x6",
+        "-device", "pcie-root-port,port=0x12,chassis=3,id=pci.4,bus=pcie.0,addr=0x3.0x4",
+        "-device", "virtio-scsi-pci,bus=pci.2,addr=0x0,id=scsi0",
+        "-device", "scsi-hd,bus=scsi0.0,drive=hd0",
+        "-vga", "none",
+        "-device", "isa-debug-exit",
+        "-m", config.memory,
+    ]  # fmt: skip
+    if config.cpus:
+        argv += ["-smp", str(config.cpus)]
+    argv += ["-device", "virtio-rng-pci"]
+    for i, _extra in enumerate(config.extra_disks, start=1):
+        argv += ["-device", f"scsi-hd,bus=scsi0.0,drive=hd{i}"]
+    if accel == Accel.KVM:
+        argv += ["-accel", "kvm", "-cpu", "host"]
+    elif accel == Accel.HVF:
+        # Intel Macs: rdtscp is not passed through by HVF (ops: -cpu host,-rdtscp)
+        argv += ["-accel", "hvf", "-cpu", "host,-rdtscp"]
+    else:
+        argv += ["-accel", "tcg", "-cpu", "max"]
+    argv += ["-drive", f"file={_drive_path(disk)},format=raw,if=none,id=hd0"]
+    for i, extra in enumerate(config.extra_disks, start=1):
+        argv += ["-drive", f"file={_drive_path(extra)},format=raw,if=none,id=hd{i}"]
+    netdev = "user,id=n0"
+    for fwd in config.ports:
+        netdev += f",hostfwd={fwd.protocol}::{fwd.host}-:{fwd.guest}"
+    argv += [
+        "-device", "virtio-net,bus=pci.4,addr=0x0,netdev=n0,mac=52:54:00:12:34:56",
+        "-netdev", netdev,
+        "-display", "none",
+        "-serial", "stdio",
+        "-monitor", "none",
+        "-no-reboot",
+    ]  # fmt: skip
+    argv += list(config.extra_args)
+    return argv
+
+
+def _drive_path(path: str | os.PathLike[str]) -> str:
+    # qemu's option parser splits on commas; a literal comma is written twice.
+    return os.fspath(Path(path).absolute()).replace(",", ",,")
+
+
+def find_qemu(binary: str | None = None) -> str:
+    """The path of the qemu binary, or an error that says how to install it."""
+    name = binary or QEMU_X86_64
+    found = shutil.which(name)
+    if found is None:
+        raise QemuError(
+            f"{name} was not found",
+            hint="install qemu: 'apt-get install qemu-system-x86' on Debian/Ubuntu, "
+            "'brew install qemu' on macOS",
+        )
+    return found
+
+
+def check_ports_free(ports: Sequence[PortForward]) -> None:
+    """Refuse host ports that are already taken, before qemu fails with a vaguer message."""
+    for fwd in ports:
+        kind = socket.SOCK_STREAM if fwd.protocol == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", fwd.host))
+            except OSError:
+                raise QemuError(
+                    f"host port {fwd.host} is already in use",
+                    hint=f"stop what listens on {fwd.host}, or forward another port "
+                    f"(-p OTHER:{fwd.guest})",
+                ) from None
+
+
+def run_vm(
+    disk: str | os.PathLike[str],
+    config: VmConfig = VmConfig(),
+    *,
+    host: Host | None = None,
+    stdout: int | None = None,
+    stdin: int | None = subprocess.DEVNULL,
+    timeout: float | None = None,
+) -> int:
+    """Boot ``disk`` in the foreground and return the guest program's exit code.
+
+    The console goes to ``stdout`` (default: this process's).  ``timeout`` kills qemu after
+    that many seconds and raises :class:`QemuError`, as does a qemu that fails to start.
+    """
+    if not Path(disk).is_file():
+        raise QemuError(f"{os.fspath(disk)}: no such disk image")
+    argv = qemu_command(disk, config, host or Host.detect())
+    argv[0] = find_qemu(argv[0])
+    check_ports_free(config.ports)
+    log.debug("running %s", shlex.join(argv))
+    try:
+        # qemu's stderr is read so that its own failures (exit status 1) are not mistaken
+        # for a guest that exited with 0 through isa-debug-exit.
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise QemuError(f"cannot start {argv[0]}: {exc.strerror}") from exc
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise QemuError(f"the virtual machine did not stop within {timeout:g} s") from None
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    return interpret_exit(proc.returncode, err.decode("utf-8", "replace"), argv)
+
+
+def interpret_exit(status: int, stderr: str, argv: Sequence[str]) -> int:
+    """The guest's exit code from qemu's exit status and messages, or a :class:`QemuError`.
+
+    isa-debug-exit makes qemu exit with ``(value << 1) | 1``; 0 means an ACPI power-off.
+    qemu itself fails with status 1 too, but then it says why on stderr.
+    """
+    errors = [
+        line
+        for line in stderr.splitlines()
+        if line.startswith(("qemu-system", "qemu:")) and "terminating on signal" not in line
+    ]
+    if status < 0:
+        raise QemuError(
+            f"qemu was killed by signal {-status}"
+            + (": " + "; ".join(errors) if errors else ""),
+            hint=f"the command was: {shlex.join(argv)}",
+        )
+    if status & 1 and not (status == 1 and errors):
+        return (status >> 1) & 0x7F
+    if status == 0:
+        return 0
+    raise QemuError(
+        "qemu failed" + (": " + "; ".join(errors) if errors else f" with status {status}"),
+        hint=f"the command was: {shlex.join(argv)}",
+    )
