@@ -8,10 +8,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from layer_fixtures import D, Entry, F, H, S, tar_bytes, write_layer
 
 from pyops.errors import DigestMismatch, LayerError, UnsafeLayerPath
 from pyops.layers import resolve_in_root, split_image_path, unpack_layers
+
+from .layer_fixtures import D, Entry, F, H, S, tar_bytes, write_layer
 
 
 @pytest.fixture()

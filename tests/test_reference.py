@@ -111,7 +111,12 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
 def test_check_digest() -> None:
     assert check_digest(D) == D
     assert check_digest("sha512:" + "0" * 128).startswith("sha512:")
-    for bad in ["sha256:" + "0" * 63, "sha256" + "0" * 64, "sha1:" + "0" * 40, "sha256:" + "g" * 64]:
+    for bad in [
+        "sha256:" + "0" * 63,
+        "sha256" + "0" * 64,
+        "sha1:" + "0" * 40,
+        "sha256:" + "g" * 64,
+    ]:
         with pytest.raises(InvalidReference):
             check_digest(bad)
 
