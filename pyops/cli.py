@@ -252,6 +252,60 @@ def main(argv: Sequence[str] | None = None) -> None:
 # Command groups are defined in the sections below, one per concept.
 
 
+# -- pull: fetch an image from a registry into the store ---------------------------------------
+
+
+@cli.command("pull")
+@click.argument("image")
+@click.option("--platform", default="linux/amd64", show_default=True, help="os/arch[/variant].")
+@click.option("--insecure", is_flag=True, help="Use plain HTTP for a non-loopback registry.")
+@click.option("--username", help="Registry user name (the password is read from stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
+@click.option(
+    "--extract",
+    type=click.Path(file_okay=False),
+    help="Also apply the layers to this (new or empty) directory.",
+)
+def pull_command(
+    image: str,
+    platform: str,
+    insecure: bool,
+    username: str | None,
+    password_stdin: bool,
+    extract: str | None,
+) -> None:
+    """Pull IMAGE into the cache (PYOPS_HOME, default ~/.pyops), with no Docker daemon."""
+    from pathlib import Path
+
+    from pyops.auth import Credentials
+    from pyops.layers import unpack_layers
+    from pyops.pull import pull
+    from pyops.store import Store
+
+    credentials = None
+    if password_stdin or username:
+        if not (password_stdin and username):
+            raise click.UsageError("--username and --password-stdin go together.")
+        password = click.get_text_stream("stdin").read().rstrip("\r\n")
+        credentials = Credentials(username, password)
+    progress = TqdmProgress()
+    pulled = pull(
+        image,
+        store=Store.default(),
+        platform=platform,
+        credentials=credentials,
+        insecure=insecure,
+        progress=progress,
+    )
+    click.echo(f"{pulled.ref.registry}/{pulled.ref.repository}@{pulled.digest}")
+    for layer in pulled.layers:
+        click.echo(f"  {layer}")
+    if extract is not None:
+        diff_ids = pulled.config.diff_ids or None
+        unpack_layers(pulled.layers, Path(extract), diff_ids=diff_ids, progress=progress)
+        click.echo(f"extracted to {extract}")
+
+
 # --- ldd: the dependency closure of a program --------------------------------------------
 
 
