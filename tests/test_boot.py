@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pyops.disk import write_disk
+from pyops.disk import open_image, write_disk
 from pyops.manifest import Manifest
 from pyops.qemu import Accel, Host, VmConfig, choose_accel, run_vm
-from pyops.tree import Tree
+from pyops.tfs import read_file_bytes
+from pyops.tree import File, ImageData, Tree
 
 from .conftest import compile_c
 
@@ -111,6 +112,12 @@ def test_program_sees_arguments_environment_files_links_and_can_write(
     ], "\n".join(lines)
     assert code == 3
     assert not [line for line in lines if "assert" in line or "panic" in line.lower()]
+
+    # The kernel appended to the root log while it ran; our reader follows that too.
+    after = open_image(disk).tree()
+    _path, written = after.lookup("/tmp/new.txt")
+    assert isinstance(written, File) and isinstance(written.source, ImageData)
+    assert read_file_bytes(written.source) == b"written in the guest\n"
 
 
 def test_klibs_from_the_boot_filesystem_are_loaded(
