@@ -173,7 +173,8 @@ class RegistryClient:
             query["service"] = challenge.params["service"]
         headers: dict[str, str] = {}
         creds = self.credentials
-        if creds is not None and creds.basic is not None:
+        has_secret = creds is not None and (creds.basic is not None or bool(creds.identity_token))
+        if has_secret:
             realm_host = urlsplit(realm).netloc
             if urlsplit(realm).scheme != "https" and not (
                 is_loopback_host(realm_host) or self.insecure
@@ -183,19 +184,36 @@ class RegistryClient:
                     "refused.",
                     hint="Use --insecure only if you trust that network.",
                 )
-            query["account"] = creds.username
-            raw = f"{creds.username}:{creds.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        with self.http.request("GET", realm, headers=headers, params=query) as response:
-            body = response.read(_TOKEN_SIZE_LIMIT)
-            status = response.status
+        status, body = 404, b""
+        if creds is not None and creds.identity_token:
+            # OAuth2 refresh-token grant (distribution docs/spec/auth/oauth.md); a 404 means
+            # the token server only speaks the GET flow.
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "service": challenge.params.get("service", ""),
+                "scope": " ".join(scopes),
+                "client_id": "pyops",
+            }
+            with self.http.request("POST", realm, data=form) as response:
+                body = response.read(_TOKEN_SIZE_LIMIT)
+                status = response.status
+        if status == 404:
+            if creds is not None and creds.basic is not None:
+                query["account"] = creds.username
+                raw = f"{creds.username}:{creds.password}".encode()
+                headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+            with self.http.request("GET", realm, headers=headers, params=query) as response:
+                body = response.read(_TOKEN_SIZE_LIMIT)
+                status = response.status
         with self._lock:
             self.token_requests += 1
-        if status in (401, 403):
-            if creds is not None and creds.basic is not None:
+        if status in (400, 401, 403):
+            if has_secret and creds is not None:
                 raise AuthError(
                     f"{image}: the token server {urlsplit(realm).netloc} refused the "
-                    f"credentials of {creds.username!r} (wrong user name or password?).",
+                    f"credentials of {creds.username or 'the identity token'!r} "
+                    "(wrong user name or password?).",
                     hint=_LOGIN_HINT,
                 )
             raise AuthError(
@@ -276,7 +294,9 @@ class RegistryClient:
 
     def _refused(self, challenge: Challenge, image: str, repository: str, body: bytes) -> AuthError:
         creds = self.credentials
-        has_creds = creds is not None and (creds.basic is not None or bool(creds.registry_token))
+        has_creds = creds is not None and (
+            creds.basic is not None or bool(creds.registry_token or creds.identity_token)
+        )
         if challenge.scheme == "basic" or challenge.params.get("error") == "invalid_token":
             if has_creds:
                 return AuthError(

@@ -33,6 +33,7 @@ import pytest
 import requests
 
 USER, PASSWORD = "alice", "s3cret"
+REFRESH_TOKEN = "refresh-alice"
 TOOLS = ("docker-registry", "skopeo", "umoci", "htpasswd", "openssl")
 
 
@@ -132,9 +133,21 @@ class TokenServer:
         return {"type": kind, "name": name, "actions": granted}
 
     def handle(self, handler: BaseHTTPRequestHandler) -> tuple[int, dict[str, Any]]:
-        query = parse_qs(urlsplit(handler.path).query)
-        self.requests.append(query)
         user = ""
+        if handler.command == "POST":
+            # OAuth2 refresh-token grant (distribution docs/spec/auth/oauth.md).
+            length = int(handler.headers.get("Content-Length", "0"))
+            form = parse_qs(handler.rfile.read(length).decode())
+            self.requests.append(form)
+            if form.get("grant_type") != ["refresh_token"]:
+                return 400, {"error": "unsupported_grant_type"}
+            if form.get("refresh_token") != [REFRESH_TOKEN]:
+                return 400, {"error": "invalid_grant"}
+            user = USER
+            query = {"service": form.get("service", [""]), "scope": form["scope"][0].split()}
+        else:
+            query = parse_qs(urlsplit(handler.path).query)
+            self.requests.append(query)
         header = handler.headers.get("Authorization", "")
         if header.startswith("Basic "):
             name, _, password = base64.b64decode(header[6:]).decode().partition(":")
@@ -166,6 +179,12 @@ class TokenServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802
+                self._answer()
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._answer()
+
+            def _answer(self) -> None:
                 status, body = server_self.handle(self)
                 data = json.dumps(body).encode()
                 self.send_response(status)

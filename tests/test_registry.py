@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from pyops.store import Store
 
 from .fake_registry import FakeRegistry, serve, sha256
 from .layer_fixtures import F, tar_bytes
-from .registry_server import PASSWORD, USER, Registries, registries  # noqa: F401
+from .registry_server import PASSWORD, REFRESH_TOKEN, USER, Registries, registries  # noqa: F401
 
 
 class CountingHttp(HttpClient):
@@ -146,6 +148,18 @@ def test_private_repository_needs_credentials(
         pull(ref, store=Store(store.root / "other"), credentials=Credentials(USER, "wrong"))
 
 
+def test_identity_token_uses_oauth2_refresh_grant(
+    registries: Registries,  # noqa: F811
+    store: Store,
+) -> None:
+    ref = f"{registries.token.host}/{registries.images.private}"
+    pulled = pull(ref, store=store, credentials=Credentials(identity_token=REFRESH_TOKEN))
+    assert len(pulled.layers) == 4
+    assert registries.token_server.requests[-1]["grant_type"] == ["refresh_token"]
+    with pytest.raises(AuthError, match="refused the credentials"):
+        pull(ref, store=Store(store.root / "2"), credentials=Credentials(identity_token="bad"))
+
+
 def test_basic_auth(
     registries: Registries,  # noqa: F811
     store: Store,
@@ -161,7 +175,7 @@ def test_basic_auth(
     # From ~/.docker/config.json (an old-style URL key).
     config_dir = tmp_path / "docker"
     config_dir.mkdir()
-    auth = __import__("base64").b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     (config_dir / "config.json").write_text(
         json.dumps({"auths": {f"http://{registries.basic.host}/v1/": {"auth": auth}}})
     )
@@ -250,8 +264,6 @@ def test_token_reused_until_expiry(registries: Registries) -> None:  # noqa: F81
         for _ in range(3):
             client.fetch_manifest("test/demo", "1", image="demo")
         assert client.token_requests == 1
-        import time
-
         time.sleep(1.2)
         client.fetch_manifest("test/demo", "1", image="demo")
         assert client.token_requests == 2
@@ -396,3 +408,70 @@ def test_cli_pull_and_extract(fake: FakeRegistry, tmp_path: Path, store: Store) 
     missing = CliRunner().invoke(cli, ["pull", ref.replace(":1", ":2")])
     assert missing.exit_code == 1
     assert "error:" in missing.output and "test/fake:2" in missing.output
+
+
+# -- credentials from config.json ------------------------------------------------------------
+
+
+def _write_config(tmp_path: Path, doc: Mapping[str, object]) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_docker_config_entries(tmp_path: Path) -> None:
+    auth = base64.b64encode(b"bob:pa:ss:word").decode()  # split at the first colon only
+    path = _write_config(
+        tmp_path,
+        {
+            "auths": {
+                "https://index.docker.io/v1/": {"auth": auth},
+                "ghcr.io": {"username": "u", "password": "p"},
+                "quay.io": {"identitytoken": "refresh"},
+                "reg.example:5000": {"registrytoken": "ready"},
+                "empty.example": {},
+            }
+        },
+    )
+    assert load_docker_credentials("docker.io", config_path=path) == Credentials(
+        "bob", "pa:ss:word"
+    )
+    assert load_docker_credentials("ghcr.io", config_path=path) == Credentials("u", "p")
+    assert load_docker_credentials("quay.io", config_path=path) == Credentials(
+        identity_token="refresh"
+    )
+    assert load_docker_credentials("reg.example:5000", config_path=path) == Credentials(
+        registry_token="ready"
+    )
+    assert load_docker_credentials("empty.example", config_path=path) is None
+    assert load_docker_credentials("unknown.example", config_path=path) is None
+    assert load_docker_credentials("x", config_path=tmp_path / "missing.json") is None
+    assert "pa:ss" not in repr(Credentials("bob", "pa:ss:word"))
+
+
+def test_cred_helpers_take_precedence_and_missing_helpers_are_soft(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-hubhelper"
+    helper.write_text(
+        "#!/bin/sh\nread server\n"
+        'echo "{\\"Username\\": \\"<token>\\", \\"Secret\\": \\"$server\\"}"\n'
+    )
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    auth = base64.b64encode(b"a:b").decode()
+    path = _write_config(
+        tmp_path,
+        {
+            "auths": {"docker.io": {"auth": auth}, "gone.example": {"auth": auth}},
+            "credHelpers": {"index.docker.io": "hubhelper", "gone.example": "not-installed"},
+        },
+    )
+    # Docker Hub's helper is asked for the Hub server URL; "<token>" means an identity token.
+    assert load_docker_credentials("docker.io", config_path=path) == Credentials(
+        identity_token="https://index.docker.io/v1/"
+    )
+    assert load_docker_credentials("gone.example", config_path=path) is None
+    assert "docker-credential-not-installed" in caplog.text
