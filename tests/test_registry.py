@@ -475,3 +475,47 @@ def test_cred_helpers_take_precedence_and_missing_helpers_are_soft(
     )
     assert load_docker_credentials("gone.example", config_path=path) is None
     assert "docker-credential-not-installed" in caplog.text
+
+
+def test_scheme_choice() -> None:
+    assert RegistryClient("registry.example.com").base_url == "https://registry.example.com"
+    assert RegistryClient("10.0.0.5:5000").base_url == "https://10.0.0.5:5000"
+    assert RegistryClient("10.0.0.5:5000", insecure=True).base_url == "http://10.0.0.5:5000"
+    assert RegistryClient("localhost:5000").base_url == "http://localhost:5000"
+    assert RegistryClient("[::1]:5000").base_url == "http://[::1]:5000"
+
+
+def test_nested_index_and_docker_list(fake: FakeRegistry, store: Store) -> None:
+    layers = [_layer(F("etc/marker", b"nested"))]
+    _fake_image(fake, layers)
+    child, media_type = fake.manifests["test/fake:1"]
+    arm = {"mediaType": oci.OCI_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 10}
+    inner = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_INDEX,
+        "manifests": [
+            {**arm, "platform": {"os": "linux", "architecture": "arm64"}},
+            {
+                "mediaType": media_type,
+                "digest": sha256(child),
+                "size": len(child),
+                "platform": {"os": "linux", "architecture": "amd64"},
+            },
+        ],
+    }
+    inner_bytes = json.dumps(inner).encode()
+    fake.manifests[f"test/fake:{sha256(inner_bytes)}"] = (inner_bytes, oci.OCI_INDEX)
+    outer = {
+        "schemaVersion": 2,
+        "mediaType": oci.DOCKER_LIST,
+        "manifests": [
+            {"mediaType": oci.OCI_INDEX, "digest": sha256(inner_bytes), "size": len(inner_bytes)}
+        ],
+    }
+    outer_bytes = json.dumps(outer).encode()
+    fake.manifests["test/fake:nested"] = (outer_bytes, oci.DOCKER_LIST)
+    pulled = pull(f"127.0.0.1:{fake.port}/test/fake:nested", store=store)
+    assert pulled.digest == sha256(child)
+    assert store.has_blob(sha256(outer_bytes)) and store.has_blob(sha256(inner_bytes))
+    with pytest.raises(PlatformNotFound, match="linux/riscv64"):
+        pull(f"127.0.0.1:{fake.port}/test/fake:nested", store=store, platform="linux/riscv64")
