@@ -32,7 +32,6 @@ from pyops.tfs import (
     SLACK,
     Volume,
     VolumeInfo,
-    plan_volume,
     read_volume,
     root_tuple,
     volume_tree,
@@ -205,40 +204,34 @@ def write_disk(
     boot_offset = len(boot) + KLOG_SIZE
     root_offset = boot_offset + BOOTFS_SIZE
     boot_root = boot_tuple(kernel_file, klib_map)
-    boot_plan = plan_volume(boot_root)
-    if boot_plan.minimum_size > BOOTFS_SIZE:
-        raise FilesystemFull(
-            "the kernel and klibs do not fit in the 12 MiB boot filesystem",
-            hint="request fewer klibs",
-        )
     root = root_tuple(tree, manifest.root_items())
-    root_plan = plan_volume(root)
+    root_size: int | None = None
     if size is not None:
         total = (size + SECTOR - 1) // SECTOR * SECTOR
-        root_size: int | None = total - root_offset
-        if root_size < root_plan.minimum_size:
-            need = root_offset + root_plan.minimum_size
+        root_size = max(total - root_offset, SECTOR)
+
+    with atomic_output(output) as (fd, _tmp):
+        os.pwrite(fd, boot, 0)
+        try:
+            boot_info = write_volume(
+                fd, boot_offset, boot_root, size=BOOTFS_SIZE, what="the boot filesystem"
+            )
+        except FilesystemFull as exc:
+            raise FilesystemFull(
+                "the kernel and klibs do not fit in the 12 MiB boot filesystem",
+                hint="request fewer klibs",
+            ) from exc
+        try:
+            root_info = write_volume(
+                fd, root_offset, root, label=label, uuid=uuid, size=root_size, progress=progress
+            )
+        except FilesystemFull as exc:
+            need = root_offset + exc.needed
             raise FilesystemFull(
                 f"an image size of {size} bytes is too small: this content needs at least "
                 f"{need} bytes ({need / 1048576:.1f} MiB)",
                 hint="give a larger size, or none to size the image automatically",
-            )
-    else:
-        root_size = None
-
-    with atomic_output(output) as (fd, _tmp):
-        os.pwrite(fd, boot, 0)
-        boot_info = write_volume(fd, boot_offset, boot_root, plan=boot_plan, size=BOOTFS_SIZE)
-        root_info = write_volume(
-            fd,
-            root_offset,
-            root,
-            label=label,
-            uuid=uuid,
-            size=root_size,
-            plan=root_plan,
-            progress=progress,
-        )
+            ) from exc
         end = root_offset + root_info.size
         os.ftruncate(fd, end)
         table = partition_entry(

@@ -37,6 +37,8 @@ class ImageFormatError(PyopsError):
 class FilesystemFull(PyopsError):
     """The content does not fit in the size asked for."""
 
+    needed: int = 0  # bytes the content needs, when known
+
 
 class ReleaseError(PyopsError):
     """A Nanos release (kernel, boot.img, klibs) is missing, incomplete or not valid."""

@@ -24,9 +24,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from pyops.errors import FilesystemFull, HostFileError, ImageFormatError, InvalidInput
 from pyops.progress import NULL_PROGRESS, Progress
@@ -121,6 +122,10 @@ def check_label(label: str) -> bytes:
 # --- from a Tree to tuples -------------------------------------------------------------------
 
 
+def _name_key(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
 def tree_to_tuple(tree: Tree) -> dict[str, Any]:
     """The ``children`` tuple of the root directory, ready for :func:`write_volume`.
 
@@ -133,7 +138,7 @@ def tree_to_tuple(tree: Tree) -> dict[str, Any]:
     def convert(directory: Directory, path: str) -> dict[str, Any]:
         children: dict[str, Any] = {}
         base = path.rstrip("/")
-        for name in sorted(directory.entries, key=os.fsencode):
+        for name in sorted(directory.entries, key=_name_key):
             node = directory.entries[name]
             child_path = f"{base}/{name}"
             if isinstance(node, Directory):
@@ -210,28 +215,30 @@ def _sectors(nbytes: int) -> int:
     return (nbytes + SECTOR - 1) // SECTOR
 
 
-def _extension_sector(k: int) -> int:
-    """First sector of the k-th (0-based) 1,024-sector log extension."""
-    return 1 + k * EXTENSION_SECTORS
-
-
-def frame_log(records: list[bytes]) -> list[bytearray]:
+def frame_log(records: list[bytes], extension_sector: Callable[[int], int]) -> list[bytearray]:
     """Split records into log extensions exactly as C mkfs does (section 2.3).
 
-    Each extension but the last ends with a link to the next one; the last ends with
-    END_OF_LOG.  Extension ``k`` is placed at :func:`_extension_sector` ``(k)``.
+    Each extension but the last ends with a link to the next one, which starts at sector
+    ``extension_sector(k)`` for the k-th extension (0-based); the last ends with END_OF_LOG.
     """
     extensions: list[bytearray] = []
     cur = bytearray(_EXTENSION_HEADER)
+    limit = EXTENSION_BYTES - (21 + 21 + 32)
     for record in records:
         total = len(record)
+        # Most records are small: one 02 frame with one-byte lengths, written at once.
+        if total < 128 and len(cur) < limit:
+            cur.append(TUPLE_AVAILABLE)
+            cur.append(total)
+            cur.append(total)
+            cur += record
+            continue
         written = 0
         while written < total:
             # 21 = longest link frame, 21 = longest 02 header, 32 = least data worth a segment
-            if len(cur) + 21 + 21 + 32 >= EXTENSION_BYTES:
-                next_sector = _extension_sector(len(extensions) + 1)
+            if len(cur) >= limit:
                 cur.append(LOG_EXTENSION_LINK)
-                cur += encode_varint(next_sector)
+                cur += encode_varint(extension_sector(len(extensions) + 1))
                 cur += encode_varint(EXTENSION_SECTORS)
                 cur.append(END_OF_LOG)
                 extensions.append(cur)
@@ -250,9 +257,9 @@ def frame_log(records: list[bytes]) -> list[bytearray]:
     return extensions
 
 
-@dataclass(frozen=True, slots=True)
-class _Placement:
+class _Placement(NamedTuple):
     file: FileEntry
+    start: int  # first volume sector (a file's extents are contiguous)
     extents: tuple[tuple[int, int, int], ...]  # (file sector, volume sector, sectors)
 
 
@@ -261,45 +268,85 @@ def _place(files: list[FileEntry], data_start: int) -> tuple[list[_Placement], i
     sector = data_start
     for entry in files:
         nsec = _sectors(entry.source.size)
-        extents = []
-        done = 0
-        while done < nsec:
-            n = min(MAX_EXTENT_SECTORS, nsec - done)
-            extents.append((done, sector, n))
-            sector += n
-            done += n
-        out.append(_Placement(entry, tuple(extents)))
+        if nsec <= MAX_EXTENT_SECTORS:
+            extents: tuple[tuple[int, int, int], ...] = ((0, sector, nsec),) if nsec else ()
+        else:
+            parts = []
+            done = 0
+            while done < nsec:
+                n = min(MAX_EXTENT_SECTORS, nsec - done)
+                parts.append((done, sector + done, n))
+                done += n
+            extents = tuple(parts)
+        out.append(_Placement(entry, sector, extents))
+        sector += nsec
     return out, sector
 
 
 def _file_records(encoder: Encoder, placements: list[_Placement]) -> list[bytes]:
+    """C mkfs's per-file updates: extents = {}, one update per extent, then filelength.
+
+    This is :meth:`Encoder.update` unrolled for speed (``test_tfs`` checks its bytes against
+    the spec's examples): once a symbol has been written, its reference never changes, so
+    the references are computed once.
+    """
     records: list[bytes] = []
+    varint = encode_varint
+    refs: dict[str, bytes] = {}
+
+    def name(text: str) -> bytes:
+        ref = refs.get(text)
+        if ref is None:
+            out = bytearray()
+            encoder.name(out, text)
+            ref = bytes(out)
+            if not ref[0] & 0x80:  # a reference now, and forever after
+                refs[text] = ref
+        return ref
+
     for placement in placements:
         entry = placement.file
-        extents: dict[str, Any] = {}
-        out = bytearray()
-        encoder.update(out, entry, "extents", extents)
-        records.append(bytes(out))
+        index = encoder.index_of(entry)
+        if index is None:  # pragma: no cover - every file is in the snapshot
+            raise ValueError("file not in the snapshot")
+        ref = b"\x11" + varint(index)
+        records.append(ref + name("extents") + b"\x90")
+        extents_ref = b"\x11" + varint(encoder.new_index())
         for file_sector, volume_sector, nsec in placement.extents:
-            out = bytearray()
-            encoder.update(
-                out,
-                extents,
-                str(file_sector),
-                {"offset": volume_sector, "length": nsec, "allocated": nsec},
+            key = name(str(file_sector))
+            encoder.new_index()
+            length = varint(nsec)
+            records.append(
+                b"".join(
+                    (
+                        extents_ref,
+                        key,
+                        b"\x93",
+                        name("offset"),
+                        b"\xb0",
+                        varint(volume_sector),
+                        name("length"),
+                        b"\xb0",
+                        length,
+                        name("allocated"),
+                        b"\xb0",
+                        length,
+                    )
+                )
             )
-            records.append(bytes(out))
-        out = bytearray()
-        encoder.update(out, entry, "filelength", entry.source.size)
-        records.append(bytes(out))
+        records.append(ref + name("filelength") + b"\xb0" + varint(entry.source.size))
     return records
+
+
+# The first log extension is at sector 1; then C mkfs's two reserved runs; then the data.
+FIRST_DATA_SECTOR = 1 + EXTENSION_SECTORS + RESERVED_GAP_SECTORS  # 3,073
 
 
 @dataclass(frozen=True, slots=True)
 class VolumePlan:
-    """Everything about a volume except the file data: computed before anything is written."""
+    """Where everything goes in a volume, and the encoded log."""
 
-    records_bytes: tuple[bytearray, ...]  # the framed log extensions
+    extensions: tuple[tuple[int, bytearray], ...]  # (sector, framed bytes)
     placements: tuple[_Placement, ...]
     data_start: int
     data_end: int
@@ -307,30 +354,45 @@ class VolumePlan:
     minimum_size: int  # bytes: every extension and extent inside
 
 
-def plan_volume(root: dict[str, Any]) -> VolumePlan:
-    """Encode the log and place the data of the volume whose root tuple is ``root``."""
+def place_files(root: dict[str, Any]) -> tuple[list[_Placement], int]:
+    """Place the data of every file of ``root``, in encoding order, from sector 3,073.
+
+    Log extensions beyond the first go after the data (as Ops places them), so data
+    placement never depends on the size of the log and can start before it is encoded.
+    """
     if not isinstance(root.get("children", {}), dict):
         raise InvalidInput("the root's 'children' must be a tuple")
+    return _place(_distinct_files(root), FIRST_DATA_SECTOR)
+
+
+def encode_log(
+    root: dict[str, Any], placements: list[_Placement], data_end: int
+) -> VolumePlan:
+    """Encode the snapshot and the file updates, and frame them into extensions."""
     encoder = Encoder()
     snapshot = bytearray()
     encoder.value(snapshot, root)
-    files = _distinct_files(root)
-    n_ext = 1
-    while True:
-        data_start = _extension_sector(n_ext) + RESERVED_GAP_SECTORS
-        placements, data_end = _place(files, data_start)
-        records = [bytes(snapshot), *_file_records(encoder.copy(), placements)]
-        extensions = frame_log(records)
-        if len(extensions) <= n_ext:
-            break
-        n_ext = len(extensions)
-    last = len(extensions) - 1
-    log_used_end = _extension_sector(last) + _sectors(len(extensions[last]))
-    used_end = max(log_used_end, data_end if files and data_end > data_start else 0)
-    minimum = max(used_end, _extension_sector(last) + EXTENSION_SECTORS) * SECTOR
+    records = [bytes(snapshot), *_file_records(encoder, placements)]
+
+    def extension_sector(k: int) -> int:
+        return 1 if k == 0 else data_end + (k - 1) * EXTENSION_SECTORS
+
+    framed = frame_log(records, extension_sector)
+    extensions = tuple((extension_sector(k), ext) for k, ext in enumerate(framed))
+    last_sector, last = extensions[-1]
+    used_end = max(last_sector + _sectors(len(last)), data_end if placements else 0)
+    if data_end == FIRST_DATA_SECTOR and len(extensions) == 1:
+        used_end = 1 + _sectors(len(last))  # no data: only sector 0 and the log
+    minimum = max(used_end, last_sector + EXTENSION_SECTORS) * SECTOR
     return VolumePlan(
-        tuple(extensions), tuple(placements), data_start, data_end, used_end, minimum
+        extensions, tuple(placements), FIRST_DATA_SECTOR, data_end, used_end, minimum
     )
+
+
+def plan_volume(root: dict[str, Any]) -> VolumePlan:
+    """Encode the log and place the data of the volume whose root tuple is ``root``."""
+    placements, data_end = place_files(root)
+    return encode_log(root, placements, data_end)
 
 
 def default_volume_size(used_end_sectors: int) -> int:
@@ -342,7 +404,7 @@ def default_volume_size(used_end_sectors: int) -> int:
 def derive_uuid(plan: VolumePlan, label: bytes, salt: bytes = b"") -> bytes:
     """A UUID from the volume's metadata: same tree, names, sizes and layout, same UUID."""
     h = hashlib.sha256(b"pyops-tfs-uuid\0" + salt + b"\0" + label + b"\0")
-    for ext in plan.records_bytes:
+    for _sector, ext in plan.extensions:
         h.update(ext)
     return h.digest()[:16]
 
@@ -357,11 +419,44 @@ def initial_extension(uuid: bytes, label: bytes) -> bytes:
     sector += uuid
     sector += label + b"\0"
     sector.append(LOG_EXTENSION_LINK)
-    sector += encode_varint(_extension_sector(0))
+    sector += encode_varint(1)
     sector += encode_varint(EXTENSION_SECTORS)
     sector.append(END_OF_LOG)
     sector += bytes(SECTOR - len(sector))
     return bytes(sector)
+
+
+class _DataCopier:
+    """Copies file data in a background thread while the log is being encoded.
+
+    The copies are system calls (``copy_file_range``) that release the GIL, so on two cores
+    the encoding and the data transfer overlap.
+    """
+
+    def __init__(self, fd: int, offset: int, placements: list[_Placement], progress: Progress):
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(fd, offset, placements, progress), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, fd: int, offset: int, placements: list[_Placement], progress: Progress) -> None:
+        try:
+            for placement in placements:
+                if self._stop.is_set():
+                    return
+                _write_data(fd, offset, placement)
+                progress.advance("tfs", placement.file.source.size)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller in join()
+            self.error = exc
+
+    def join(self, cancel: bool = False) -> None:
+        if cancel:
+            self._stop.set()
+        self._thread.join()
+        if self.error is not None and not cancel:
+            raise self.error
 
 
 def write_volume(
@@ -372,7 +467,7 @@ def write_volume(
     label: str = "",
     uuid: bytes | None = None,
     size: int | None = None,
-    plan: VolumePlan | None = None,
+    what: str = "the volume",
     progress: Progress = NULL_PROGRESS,
 ) -> VolumeInfo:
     """Write a TFS volume whose root tuple is ``root`` at byte ``offset`` of the open file ``fd``.
@@ -383,37 +478,52 @@ def write_volume(
     file's final length.
     """
     label_bytes = check_label(label)
-    if plan is None:
-        plan = plan_volume(root)
+    placements, data_end = place_files(root)
+    if size is not None and _sectors(size) < data_end:
+        raise _too_small(what, data_end * SECTOR, size)
+    total = sum(p.file.source.size for p in placements)
+    progress.start("tfs", "writing files", total)
+    copier = _DataCopier(fd, offset, placements, progress)
+    try:
+        plan = encode_log(root, placements, data_end)
+    except BaseException:
+        copier.join(cancel=True)
+        progress.finish("tfs")
+        raise
+    try:
+        copier.join()
+    finally:
+        progress.finish("tfs")
     if size is None:
         volume_size = max(default_volume_size(plan.used_end), plan.minimum_size)
     else:
         volume_size = _sectors(size) * SECTOR
         if volume_size < plan.minimum_size:
-            raise FilesystemFull(
-                f"the volume needs at least {plan.minimum_size} bytes "
-                f"({_mib(plan.minimum_size)}), but its size was set to {size} bytes",
-                hint="give a larger size, or leave it out to size the volume automatically",
-            )
+            raise _too_small(what, plan.minimum_size, size)
     if uuid is None:
         uuid = derive_uuid(plan, label_bytes)
-    for k, ext in enumerate(plan.records_bytes):
-        os.pwrite(fd, ext, offset + _extension_sector(k) * SECTOR)
-    total = sum(p.file.source.size for p in plan.placements)
-    progress.start("tfs", "writing files", total)
-    try:
-        for placement in plan.placements:
-            _write_data(fd, offset, placement)
-            progress.advance("tfs", placement.file.source.size)
-    finally:
-        progress.finish("tfs")
+    for sector, ext in plan.extensions:
+        os.pwrite(fd, ext, offset + sector * SECTOR)
     os.pwrite(fd, initial_extension(uuid, label_bytes), offset)
-    extensions = tuple(
-        (_extension_sector(k), EXTENSION_SECTORS) for k in range(len(plan.records_bytes))
-    )
     return VolumeInfo(
-        uuid, label, volume_size, extensions, plan.data_start, plan.data_end, len(plan.placements)
+        uuid,
+        label,
+        volume_size,
+        tuple((sector, EXTENSION_SECTORS) for sector, _ext in plan.extensions),
+        plan.data_start,
+        plan.data_end,
+        len(placements),
     )
+
+
+def _too_small(what: str, needed: int, size: int) -> FilesystemFull:
+    error = FilesystemFull(
+        f"{what} needs at least {needed} bytes ({_mib(needed)}), "
+        f"but its size was set to {size} bytes",
+        hint="give a larger size, or leave it out to size it automatically",
+    )
+    error.needed = needed
+    return error
 
 
 def _mib(n: int) -> str:
@@ -424,7 +534,7 @@ def _write_data(fd: int, offset: int, placement: _Placement) -> None:
     source = placement.file.source
     if source.size == 0:
         return
-    start = offset + placement.extents[0][1] * SECTOR  # extents are contiguous
+    start = offset + placement.start * SECTOR
     if isinstance(source, Contents):
         os.pwrite(fd, source.data, start)
     elif isinstance(source, HostFile):

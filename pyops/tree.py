@@ -204,6 +204,7 @@ class Tree:
 
         Symlinks stay symlinks (their text is kept), files that share an inode become hard
         links, and sockets, fifos and devices are skipped: Nanos cannot store them.
+        File contents are read only when the image is written.
         """
         top = os.fspath(host_path)
         try:
@@ -212,38 +213,63 @@ class Tree:
             raise HostFileError(f"{top}: no such file or directory") from None
         except OSError as exc:
             raise HostFileError(f"{top}: cannot read it ({exc.strerror})") from exc
+        parts = split_path(path)
+        dest = "/" + "/".join(parts)
         inodes: dict[tuple[int, int], str] = {}
-        self._add_host(top, st, "/" + "/".join(split_path(path)), inodes)
+        if stat.S_ISDIR(st.st_mode):
+            directory = self._directory(parts, create=True, path=path)
+            self._add_host_dir(top, directory, dest, inodes)
+            return
+        node = self._host_node(top, st, dest, inodes)
+        if node is not None:
+            self.add(dest, node)
 
-    def _add_host(
+    def _host_node(
         self, host: str, st: os.stat_result, path: str, inodes: dict[tuple[int, int], str]
-    ) -> None:
+    ) -> Node | None:
         mode = st.st_mode
-        if stat.S_ISLNK(mode):
-            self.add(path, Symlink(os.readlink(host)))
-        elif stat.S_ISREG(mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in inodes:
-                self.add(path, HardLink(inodes[key]))
-                return
-            if not os.access(host, os.R_OK):
-                raise HostFileError(f"{host}: permission denied")
-            self.add(path, File(HostFile(host, st.st_size)))
+        if stat.S_ISREG(mode):
             if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                first = inodes.get(key)
+                if first is not None:
+                    return HardLink(first)
                 inodes[key] = path
-        elif stat.S_ISDIR(mode):
-            self.add_directory(path)
+            return File(HostFile(host, st.st_size))
+        if stat.S_ISLNK(mode):
             try:
-                with os.scandir(host) as it:
-                    entries = sorted(it, key=lambda e: os.fsencode(e.name))
+                return Symlink(os.readlink(host))
             except OSError as exc:
-                raise HostFileError(f"{host}: cannot list it ({exc.strerror})") from exc
-            base = path.rstrip("/")
-            for entry in entries:
-                check_name(entry.name, host)
-                self._add_host(
-                    entry.path, entry.stat(follow_symlinks=False), f"{base}/{entry.name}", inodes
-                )
+                raise HostFileError(f"{host}: cannot read the link ({exc.strerror})") from exc
+        return None  # sockets, fifos, devices
+
+    def _add_host_dir(
+        self, host: str, directory: Directory, path: str, inodes: dict[tuple[int, int], str]
+    ) -> None:
+        try:
+            with os.scandir(host) as it:
+                entries = sorted(it, key=lambda e: e.name.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            raise HostFileError(f"{host}: cannot list it ({exc.strerror})") from exc
+        base = path.rstrip("/")
+        children = directory.entries
+        for entry in entries:
+            name = entry.name
+            child_path = f"{base}/{name}"
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise HostFileError(f"{entry.path}: cannot read it ({exc.strerror})") from exc
+            if stat.S_ISDIR(st.st_mode):
+                sub = children.get(name)
+                if not isinstance(sub, Directory):
+                    sub = Directory()
+                    children[name] = sub
+                self._add_host_dir(entry.path, sub, child_path, inodes)
+            else:
+                node = self._host_node(entry.path, st, child_path, inodes)
+                if node is not None:
+                    children[name] = node
 
     # --- reading ----------------------------------------------------------------------------
 

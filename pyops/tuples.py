@@ -115,22 +115,34 @@ class Encoder:
 
     def name(self, out: bytearray, name: str) -> None:
         """Append a symbol in name position (a reference if it was seen before)."""
-        raw = encode_name(name)
+        # Hot path: short headers are written inline (see encode_header for the general form).
+        raw = name.encode("utf-8", "surrogateescape")
         index = self._symbols.get(raw)
         if index is not None:
             if index < 8:
                 out.append(index)
+            elif index < 1024:
+                out.append(0x08 | (index >> 7))
+                out.append(index & 0x7F)
             else:
                 out += encode_header(False, TYPE_BUFFER, index)
             return
         n = len(raw)
         if n < 8:
             out.append(0x80 | n)
+        elif n < 1024:
+            out.append(0x88 | (n >> 7))
+            out.append(n & 0x7F)
         else:
             out += encode_header(True, TYPE_BUFFER, n)
         out += raw
         self.count += 1
         self._symbols[raw] = self.count
+
+    def new_index(self) -> int:
+        """Number a tuple that will never be referred to by identity (a fresh ``{}``)."""
+        self.count += 1
+        return self.count
 
     def value(self, out: bytearray, value: Any) -> None:
         """Append one value (recursively for tuples and vectors)."""
@@ -139,6 +151,9 @@ class Encoder:
             n = len(raw)
             if n < 8:
                 out.append(0xC0 | n)
+            elif n < 1024:
+                out.append(0xC8 | (n >> 7))
+                out.append(n & 0x7F)
             else:
                 out += encode_header(True, TYPE_STRING, n)
             out += raw
