@@ -98,7 +98,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"tree: {args.tree} x{args.copies}: {result['entries']} entries, {total * args.copies / 1e9:.2f} GB")
+    size_gb = total * args.copies / 1e9
+    print(f"tree: {args.tree} x{args.copies}: {result['entries']} entries, {size_gb:.2f} GB")
     print(f"tar cf:        {result['tar_s']:.2f} s   peak {result['tar_peak_mb']:.0f} MB")
     print(f"pyops volume:  {result['pyops_s']:.2f} s   peak {result['pyops_peak_mb']:.0f} MB")
     print(f"ratio pyops/tar: {result['ratio']:.2f}  (target <= 1.30; peak memory target < 200 MB)")

@@ -87,7 +87,9 @@ class Manifest:
         return cls(
             program=_text(program, "program"),
             arguments=tuple(_text(a, "argument") or "" for a in arguments),
-            environment={str(k): _text(v, "environment value") or "" for k, v in environment.items()},
+            environment={
+                str(k): _text(v, "environment value") or "" for k, v in environment.items()
+            },
             cwd=_text(root.get("cwd"), "cwd"),
             klibs=_text(root.get("klibs"), "klibs"),
             extra=extra,

@@ -182,7 +182,8 @@ def qemu_command(disk: str | os.PathLike[str], config: VmConfig, host: Host) -> 
     argv = [
         binary,
         "-machine", "q35",
-        "-device", "pcie-root-port,port=0x10,chassis=1,id=pci.1,bus=pcie.0,multifunction=on,addr=0x3",
+        "-device",
+        "pcie-root-port,port=0x10,chassis=1,id=pci.1,bus=pcie.0,multifunction=on,addr=0x3",
         "-device", "pcie-root-port,port=0x11,chassis=2,id=pci.2,bus=pcie.0,addr=0x3.0x6",
         "-device", "pcie-root-port,port=0x12,chassis=3,id=pci.4,bus=pcie.0,addr=0x3.0x4",
         "-device", "virtio-scsi-pci,bus=pci.2,addr=0x0,id=scsi0",
@@ -309,8 +310,7 @@ def interpret_exit(status: int, stderr: str, argv: Sequence[str]) -> int:
     ]
     if status < 0:
         raise QemuError(
-            f"qemu was killed by signal {-status}"
-            + (": " + "; ".join(errors) if errors else ""),
+            f"qemu was killed by signal {-status}" + (": " + "; ".join(errors) if errors else ""),
             hint=f"the command was: {shlex.join(argv)}",
         )
     if status & 1 and not (status == 1 and errors):

@@ -365,9 +365,7 @@ def place_files(root: dict[str, Any]) -> tuple[list[_Placement], int]:
     return _place(_distinct_files(root), FIRST_DATA_SECTOR)
 
 
-def encode_log(
-    root: dict[str, Any], placements: list[_Placement], data_end: int
-) -> VolumePlan:
+def encode_log(root: dict[str, Any], placements: list[_Placement], data_end: int) -> VolumePlan:
     """Encode the snapshot and the file updates, and frame them into extensions."""
     encoder = Encoder()
     snapshot = bytearray()
@@ -384,9 +382,7 @@ def encode_log(
     if data_end == FIRST_DATA_SECTOR and len(extensions) == 1:
         used_end = 1 + _sectors(len(last))  # no data: only sector 0 and the log
     minimum = max(used_end, last_sector + EXTENSION_SECTORS) * SECTOR
-    return VolumePlan(
-        extensions, tuple(placements), FIRST_DATA_SECTOR, data_end, used_end, minimum
-    )
+    return VolumePlan(extensions, tuple(placements), FIRST_DATA_SECTOR, data_end, used_end, minimum)
 
 
 def plan_volume(root: dict[str, Any]) -> VolumePlan:
@@ -553,7 +549,9 @@ def _copy_host_file(source: HostFile, dst: int, dst_offset: int) -> None:
     try:
         src = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise HostFileError(f"{source.path}: no such file (it was removed during the build)")
+        raise HostFileError(
+            f"{source.path}: no such file (it was removed during the build)"
+        ) from None
     except OSError as exc:
         raise HostFileError(f"{source.path}: cannot read it ({exc.strerror})") from exc
     try:

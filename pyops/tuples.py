@@ -267,7 +267,9 @@ class Decoder:
     def __init__(self) -> None:
         self.dictionary: list[Any] = [None]  # index 0 is never assigned
 
-    def decode(self, data: bytes | memoryview, pos: int = 0, end: int | None = None) -> Any:
+    def decode(
+        self, data: bytes | bytearray | memoryview, pos: int = 0, end: int | None = None
+    ) -> Any:
         """Decode one record from ``data[pos:end]`` and return its value.
 
         Raises :class:`ImageFormatError` on any malformed input.
@@ -414,7 +416,9 @@ def to_text(value: Any, indent: int = 0) -> str:
     if isinstance(value, Mapping):
         if not value:
             return "()"
-        inner = " ".join(f"{_quote(k, _NAME_SPECIAL)}:{to_text(v, indent)}" for k, v in value.items())
+        inner = " ".join(
+            f"{_quote(k, _NAME_SPECIAL)}:{to_text(v, indent)}" for k, v in value.items()
+        )
         return f"({inner})"
     if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
         return "[" + " ".join(to_text(v, indent) for v in value) + "]"
@@ -429,8 +433,8 @@ def to_text(value: Any, indent: int = 0) -> str:
 
 # Appendix B of the spec: unquoted names stop at ( ) [ ] : | / and whitespace; unquoted
 # values only at ( ) [ ] and whitespace.  Quotes, backslashes and '#' are quoted in both.
-_NAME_SPECIAL = frozenset("()[]:|/\"\\# \t\r\n")
-_VALUE_SPECIAL = frozenset("()[]\"\\# \t\r\n")
+_NAME_SPECIAL = frozenset('()[]:|/"\\# \t\r\n')
+_VALUE_SPECIAL = frozenset('()[]"\\# \t\r\n')
 
 
 def _quote(text: str, special: frozenset[str]) -> str:

@@ -192,7 +192,7 @@ def build_sample_tree(tmp_path: Path) -> Tree:
     tree.add_file("/data/host.txt", str(host))
     tree.add_file("/data/empty", b"")
     tree.add_file("/names/with space", b"1")
-    tree.add_file('/names/quote"and\'', b"2")
+    tree.add_file("/names/quote\"and'", b"2")
     tree.add_file("/names/ünïcødé ☃", b"3")
     tree.add_symlink("/data/link", "host.txt")
     tree.add_symlink("/abs", "/etc/motd")
@@ -344,9 +344,11 @@ def test_truncated_volume(tmp_path: Path) -> None:
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_reader_on_mutated_volumes_never_crashes(tmp_path: Path, data: st.DataObject) -> None:
-    original = bytearray((tmp_path / "base.img").read_bytes()) if (
-        tmp_path / "base.img"
-    ).exists() else None
+    original = (
+        bytearray((tmp_path / "base.img").read_bytes())
+        if (tmp_path / "base.img").exists()
+        else None
+    )
     if original is None:
         (tmp_path / "base.img").write_bytes(small_volume(tmp_path)[: 8 * 1024])
         original = bytearray((tmp_path / "base.img").read_bytes())
@@ -375,11 +377,16 @@ file_names = st.text(
 ).filter(lambda s: s not in (".", ".."))
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(
+    max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
 @given(
     st.dictionaries(
         file_names,
-        st.one_of(st.binary(max_size=2000), st.dictionaries(file_names, st.binary(max_size=700), max_size=4)),
+        st.one_of(
+            st.binary(max_size=2000),
+            st.dictionaries(file_names, st.binary(max_size=700), max_size=4),
+        ),
         max_size=12,
     )
 )

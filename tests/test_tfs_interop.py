@@ -90,7 +90,7 @@ def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(200):
             (sub / f"f{i}").write_bytes(f"{d}/{i}\n".encode() * (i % 7))
         (sub / "link").symlink_to("f1")
-        (sub / "ünï \"q\"").write_bytes(b"x")
+        (sub / 'ünï "q"').write_bytes(b"x")
     block = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB, not all zeros
     with open(root / "large.bin", "wb") as f:
         for i in range(100):
@@ -185,7 +185,7 @@ def test_we_read_volumes_made_by_nanos_mkfs(tmp_path: Path) -> None:
         f" empty:(contents:(host:{src / 'empty'}))"
         f" dir:(children:(forty:(contents:(host:{src / 'forty'})) ln:(linktarget:../hello)))"
         ")"
-        " program:/hello arguments:[hello \"a b\"] environment:(A:1 B:\"two words\")"
+        ' program:/hello arguments:[hello "a b"] environment:(A:1 B:"two words")'
         " mounts:(data:/mnt))"
     )
     image = tmp_path / "mkfs.img"
@@ -230,11 +230,14 @@ def test_we_read_bootable_disks_made_by_nanos_mkfs(tmp_path: Path) -> None:
     subprocess.run(
         [
             str(mkfs),
-            "-b", str(release / "boot.img"),
-            "-k", str(release / "kernel.img"),
+            "-b",
+            str(release / "boot.img"),
+            "-k",
+            str(release / "kernel.img"),
             str(image),
         ],  # fmt: skip
-        input=f"(children:(hello:(contents:(host:{tmp_path / 'hello.txt'}))) program:/hello)".encode(),
+        input=f"(children:(hello:(contents:(host:{tmp_path / 'hello.txt'})))"
+        " program:/hello)".encode(),
         check=True,
         capture_output=True,
     )
