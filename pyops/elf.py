@@ -1,10 +1,11 @@
 """Facts about one ELF file: class, byte order, machine, interpreter and dynamic tags.
 
-This is the only module that imports pyelftools. It uses pyelftools' structure
-definitions (``ELFStructs``) to decode the ELF header, the program headers and the
-dynamic table, but reads only those bytes with ``os.pread``: building pyelftools'
-``DynamicSegment`` walks every section header of the file, which costs milliseconds per
-library, and a resolver reads hundreds of libraries.
+This is the only module that imports pyelftools. The ELF header is decoded with
+pyelftools' structure definitions (``ELFStructs``), which name the machine, OS ABI and
+type; the fixed integer records after it (program headers, dynamic entries, version
+definitions) are decoded with :mod:`struct`. Only the bytes needed are read, with
+``os.pread``: pyelftools' ``ELFFile`` and ``DynamicSegment`` walk every section header of
+the file, which costs milliseconds per library, and a resolver reads hundreds of them.
 
 Every failure (a file that is not ELF, a truncated one, an unreadable one) leaves this
 module as a :class:`~pyops.errors.PyopsError`.
@@ -148,20 +149,50 @@ def check_machine(info: ElfInfo, machine: str) -> None:
         )
 
 
-@lru_cache(maxsize=64)
-def _structs(little_endian: bool, elf_class: int, e_type: str, machine: str, osabi: str) -> Any:
-    # Building ELFStructs costs about half a millisecond; a resolver sees few combinations.
+@lru_cache(maxsize=8)
+def _basic_structs(little_endian: bool, elf_class: int) -> Any:
+    # Building ELFStructs costs a fraction of a millisecond; keep one per layout.
     structs = ELFStructs(little_endian=little_endian, elfclass=elf_class)
     structs.create_basic_structs()
-    structs.create_advanced_structs(e_type, machine, osabi)
     return structs
 
 
 @lru_cache(maxsize=8)
-def _basic_structs(little_endian: bool, elf_class: int) -> Any:
-    structs = ELFStructs(little_endian=little_endian, elfclass=elf_class)
-    structs.create_basic_structs()
-    return structs
+def _layouts(little_endian: bool, elf_class: int) -> tuple[struct.Struct, struct.Struct]:
+    # Program headers and dynamic entries are fixed records of integers (ELF gABI). pyelftools'
+    # construct parser takes ~10 us per record, struct well under one: a resolver reads
+    # tens of thousands of them, so they are decoded here; the header, whose fields have
+    # names (machine, OS ABI, type), still goes through pyelftools.
+    order = "<" if little_endian else ">"
+    if elf_class == 64:
+        # p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+        phdr = struct.Struct(order + "IIQQQQQQ")
+        dyn = struct.Struct(order + "qQ")
+    else:
+        # p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align
+        phdr = struct.Struct(order + "IIIIIIII")
+        dyn = struct.Struct(order + "iI")
+    return phdr, dyn
+
+
+def _program_headers(
+    reader: _Reader, header: Any, little_endian: bool, elf_class: int
+) -> list[tuple[int, int, int, int]]:
+    """(p_type, p_offset, p_vaddr, p_filesz) of each program header."""
+    phdr, _ = _layouts(little_endian, elf_class)
+    phnum = header["e_phnum"]
+    phentsize = header["e_phentsize"]
+    if phnum > _MAX_PHNUM or (phnum and phentsize < phdr.size):
+        raise NotAnElf(f"{reader.name} is a corrupt ELF file (bad program header table)")
+    table = reader.read(header["e_phoff"], phnum * phentsize, "the program headers")
+    out = []
+    for index in range(phnum):
+        fields = phdr.unpack_from(table, index * phentsize)
+        if elf_class == 64:
+            out.append((fields[0], fields[2], fields[3], fields[5]))
+        else:
+            out.append((fields[0], fields[1], fields[2], fields[4]))
+    return out
 
 
 class _Reader:
@@ -256,25 +287,18 @@ def _parse(reader: _Reader, name: str) -> ElfInfo:
     e_type = header["e_type"]
     machine = _name(header["e_machine"])
     osabi = header["e_ident"]["EI_OSABI"]
-    structs = _structs(little_endian, elf_class, str(e_type), str(header["e_machine"]), osabi)
-
-    phnum = header["e_phnum"]
-    phentsize = header["e_phentsize"]
-    if phnum > _MAX_PHNUM or (phnum and phentsize < structs.Elf_Phdr.sizeof()):
-        raise NotAnElf(f"{name} is a corrupt ELF file (bad program header table)")
-    table = reader.read(header["e_phoff"], phnum * phentsize, "the program headers")
     loads: list[tuple[int, int, int]] = []
     interp: tuple[int, int] | None = None
     dynamic: tuple[int, int] | None = None
-    for index in range(phnum):
-        phdr = structs.Elf_Phdr.parse(table[index * phentsize : (index + 1) * phentsize])
-        p_type = phdr["p_type"]
-        if p_type in ("PT_LOAD", _PT_LOAD):
-            loads.append((phdr["p_vaddr"], phdr["p_filesz"], phdr["p_offset"]))
-        elif p_type in ("PT_INTERP", _PT_INTERP):
-            interp = (phdr["p_offset"], phdr["p_filesz"])
-        elif p_type in ("PT_DYNAMIC", _PT_DYNAMIC):
-            dynamic = (phdr["p_offset"], phdr["p_filesz"])
+    for p_type, p_offset, p_vaddr, p_filesz in _program_headers(
+        reader, header, little_endian, elf_class
+    ):
+        if p_type == _PT_LOAD:
+            loads.append((p_vaddr, p_filesz, p_offset))
+        elif p_type == _PT_INTERP:
+            interp = (p_offset, p_filesz)
+        elif p_type == _PT_DYNAMIC:
+            dynamic = (p_offset, p_filesz)
 
     interpreter = None
     if interp is not None:
@@ -285,7 +309,7 @@ def _parse(reader: _Reader, name: str) -> ElfInfo:
     soname = rpath = runpath = None
     flags_1 = 0
     if dynamic is not None:
-        tags = _dynamic_tags(reader, structs, dynamic)
+        tags = _dynamic_tags(reader, little_endian, elf_class, dynamic)
         strtab = _strtab_offset(tags, loads, name)
         needed = [_string(reader, strtab, tags, v, "DT_NEEDED") for t, v in tags if t == _DT_NEEDED]
         for tag, value in tags:
@@ -317,18 +341,16 @@ def _parse(reader: _Reader, name: str) -> ElfInfo:
     )
 
 
-def _dynamic_tags(reader: _Reader, structs: Any, segment: tuple[int, int]) -> list[tuple[int, int]]:
+def _dynamic_tags(
+    reader: _Reader, little_endian: bool, elf_class: int, segment: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """(d_tag, d_val) of each dynamic entry before DT_NULL."""
+    _, dyn = _layouts(little_endian, elf_class)
     offset, size = segment
-    entsize = structs.Elf_Dyn.sizeof()
-    count = min(size // entsize, _MAX_DYN_ENTRIES)
-    data = reader.read(offset, count * entsize, "the dynamic table")
-    # An Elf_Dyn is two integers (signed tag, unsigned value). pyelftools' Elf_Dyn would map
-    # known tags to names and leave processor-specific ones as ints; plain numbers are all
-    # the resolver compares, and struct decodes them in one call.
-    order = "<" if structs.little_endian else ">"
-    layout = struct.Struct(order + ("qQ" if structs.elfclass == 64 else "iI"))
+    count = min(size // dyn.size, _MAX_DYN_ENTRIES)
+    data = reader.read(offset, count * dyn.size, "the dynamic table")
     tags: list[tuple[int, int]] = []
-    for tag, value in layout.iter_unpack(data):
+    for tag, value in dyn.iter_unpack(data):
         if tag == _DT_NULL:
             break
         tags.append((tag, value))
@@ -343,12 +365,16 @@ def _strtab_offset(
         if any(tag in (_DT_NEEDED, _DT_SONAME, _DT_RPATH, _DT_RUNPATH) for tag, _ in tags):
             raise NotAnElf(f"{name} is a corrupt ELF file (a dynamic table without DT_STRTAB)")
         return -1
-    # DT_STRTAB is a virtual address; the PT_LOAD segment that covers it maps it to the file
-    # (this is what the loader sees after mapping the segments).
+    return _file_offset(address, loads, name, "DT_STRTAB")
+
+
+def _file_offset(address: int, loads: list[tuple[int, int, int]], name: str, what: str) -> int:
+    # Dynamic tags hold virtual addresses; the PT_LOAD segment that covers one maps it to
+    # the file (this is what the loader sees after mapping the segments).
     for vaddr, filesz, offset in loads:
         if vaddr <= address < vaddr + filesz:
             return int(address - vaddr + offset)
-    raise NotAnElf(f"{name} is a corrupt ELF file (DT_STRTAB is outside every PT_LOAD segment)")
+    raise NotAnElf(f"{name} is a corrupt ELF file ({what} is outside every PT_LOAD segment)")
 
 
 def _string(
@@ -387,43 +413,39 @@ def _version_definitions(reader: _Reader, name: str) -> tuple[str, ...]:
     little_endian, elf_class = _identify(reader, name)
     basic = _basic_structs(little_endian, elf_class)
     header = basic.Elf_Ehdr.parse(reader.read(0, basic.Elf_Ehdr.sizeof(), "the ELF header"))
-    structs = _structs(
-        little_endian,
-        elf_class,
-        str(header["e_type"]),
-        str(header["e_machine"]),
-        header["e_ident"]["EI_OSABI"],
-    )
-    phentsize = header["e_phentsize"]
-    phnum = min(header["e_phnum"], _MAX_PHNUM)
-    table = reader.read(header["e_phoff"], phnum * phentsize, "the program headers")
     loads: list[tuple[int, int, int]] = []
     dynamic = None
-    for index in range(phnum):
-        phdr = structs.Elf_Phdr.parse(table[index * phentsize : (index + 1) * phentsize])
-        if phdr["p_type"] in ("PT_LOAD", _PT_LOAD):
-            loads.append((phdr["p_vaddr"], phdr["p_filesz"], phdr["p_offset"]))
-        elif phdr["p_type"] in ("PT_DYNAMIC", _PT_DYNAMIC):
-            dynamic = (phdr["p_offset"], phdr["p_filesz"])
+    for p_type, p_offset, p_vaddr, p_filesz in _program_headers(
+        reader, header, little_endian, elf_class
+    ):
+        if p_type == _PT_LOAD:
+            loads.append((p_vaddr, p_filesz, p_offset))
+        elif p_type == _PT_DYNAMIC:
+            dynamic = (p_offset, p_filesz)
     if dynamic is None:
         return ()
-    tags = _dynamic_tags(reader, structs, dynamic)
+    tags = _dynamic_tags(reader, little_endian, elf_class, dynamic)
     verdef = next((value for tag, value in tags if tag == _DT_VERDEF), None)
     count = next((value for tag, value in tags if tag == _DT_VERDEFNUM), 0)
     if verdef is None:
         return ()
     strtab = _strtab_offset(tags, loads, name)
-    offset = _strtab_offset([(_DT_STRTAB, verdef)], loads, name)
+    offset = _file_offset(verdef, loads, name, "DT_VERDEF")
+    # Elf_Verdef: vd_version, vd_flags, vd_ndx, vd_cnt (half words), vd_hash, vd_aux, vd_next;
+    # Elf_Verdaux: vda_name, vda_next. The same layout for both classes.
+    order = "<" if little_endian else ">"
+    verdef_layout = struct.Struct(order + "HHHHIII")
+    verdaux_layout = struct.Struct(order + "II")
     names: list[str] = []
-    verdef_size = structs.Elf_Verdef.sizeof()
     for _ in range(min(count, 4096)):
-        entry = structs.Elf_Verdef.parse(reader.read(offset, verdef_size, "DT_VERDEF"))
-        if entry["vd_cnt"]:
-            aux = structs.Elf_Verdaux.parse(
-                reader.read(offset + entry["vd_aux"], structs.Elf_Verdaux.sizeof(), "DT_VERDEF")
+        fields = verdef_layout.unpack(reader.read(offset, verdef_layout.size, "DT_VERDEF"))
+        vd_cnt, vd_aux, vd_next = fields[3], fields[5], fields[6]
+        if vd_cnt:
+            aux = verdaux_layout.unpack(
+                reader.read(offset + vd_aux, verdaux_layout.size, "DT_VERDEF")
             )
-            names.append(_string(reader, strtab, tags, aux["vda_name"], "DT_VERDEF"))
-        if not entry["vd_next"]:
+            names.append(_string(reader, strtab, tags, aux[0], "DT_VERDEF"))
+        if not vd_next:
             break
-        offset += entry["vd_next"]
+        offset += vd_next
     return tuple(names)
