@@ -1059,21 +1059,30 @@ class Resolver:
         # The executable's own name is "" for glibc (elf/rtld.c); only its soname matches.
         search.register(main, ())
 
-        interp_file: LoadedFile | None = None
         if info.interpreter is not None:
-            interp_file = self._interpreter(search, info)
-        if libc == "glibc" and search.glibc is None:
-            dirs = self._layout_dirs(info)
-            search.glibc = _GlibcSetup(dirs, dirs[0].strip("/"), self._ld_so_cache(), [])
+            self._interpreter(search, info)
+        if libc == "glibc":
+            if search.glibc is None:
+                # No usable interpreter (a missing one, or a library given as the program):
+                # guess the default directories from the layout of the root.
+                dirs = self._layout_dirs(info)
+                search.glibc = _GlibcSetup(
+                    dirs, dirs[0].strip("/"), self._ld_so_cache(), self._ld_so_conf()
+                )
+            if self.env.get("LD_LIBRARY_PATH"):
+                # ld.so(8): LD_LIBRARY_PATH elements are separated by ':' or ';', and tokens
+                # are expanded for the executable (elf/dl-load.c, _dl_init_paths).
+                search.env_dirs = search.glibc_dirs(self.env["LD_LIBRARY_PATH"], main, ":;")
 
-        if libc is not None and not any(m.name == info.interpreter for m in search.missing):
+        # musl's search path comes from its loader's location, so nothing more can be found
+        # without it; glibc's can still be listed (the loader is reported missing).
+        if libc == "glibc" or (libc == "musl" and search.interp is not None):
             queue = [main]
             queue.extend(self._preloads(search))
             search.load_closure(queue)
 
-        extras: list[RuntimeExtra] = []
-        if libc is not None:
-            extras = self._runtime_extras(search)
+        # Data files matter for static programs too (Go's resolver reads /etc/hosts).
+        extras = self._runtime_extras(search)
 
         missing = tuple(search.missing)
         fatal = [m for m in missing if m.fatal]
@@ -1088,7 +1097,7 @@ class Resolver:
         )
         return Resolution(
             program=self._file(main, None),
-            interpreter=interp_file if interp_obj is None else self._file(interp_obj, main.path),
+            interpreter=None if interp_obj is None else self._file(interp_obj, main.path),
             libraries=libraries,
             missing=missing,
             runtime_extras=tuple(extras),
@@ -1097,7 +1106,7 @@ class Resolver:
             include_runtime_extras=include_runtime_extras,
         )
 
-    def _interpreter(self, search: _Search, info: ElfInfo) -> LoadedFile | None:
+    def _interpreter(self, search: _Search, info: ElfInfo) -> None:
         fs = self._fs
         interp_path = info.interpreter
         assert interp_path is not None
@@ -1107,7 +1116,7 @@ class Resolver:
             search.missing.append(
                 Missing(interp_path, search.main.path, (interp_path,), "interpreter not found")
             )
-            return None
+            return
         interp_info = fs.elf(node)
         if (interp_info.elf_class, interp_info.machine) != (info.elf_class, info.machine):
             raise ElfMismatch(
@@ -1129,11 +1138,6 @@ class Resolver:
         search.register(interp, (interp_path,))
         if search.libc == "glibc":
             search.glibc = self._glibc_setup(interp, interp_info)
-            if self.env.get("LD_LIBRARY_PATH"):
-                # ld.so(8): LD_LIBRARY_PATH elements are separated by ':' or ';', and tokens
-                # are expanded for the executable (elf/dl-load.c, _dl_init_paths).
-                search.env_dirs = search.glibc_dirs(self.env["LD_LIBRARY_PATH"], search.main, ":;")
-        return None
 
     def _preloads(self, search: _Search) -> list[_Obj]:
         names: list[str] = []
@@ -1164,7 +1168,7 @@ class Resolver:
             extras.append(self._data_file(path, "read by user and host-name lookups"))
         if search.libc != "glibc":
             return extras
-        libc = search.by_soname.get("libc.so.6")
+        libc = search.by_soname.get("libc.so.6") or search.by_name.get("libc.so.6")
         if libc is None:
             return extras
         modern = "GLIBC_2.34" in self._versions(libc)

@@ -716,3 +716,34 @@ def test_cli(cc: str, tmp_path: Path, chain_libs: tuple[Path, Path]) -> None:
     assert wrong.exit_code != 0 and "EM_AARCH64" in wrong.output
     bad_env = runner.invoke(cli, ["ldd", "--env", "NOEQUALS", str(prog)])
     assert bad_env.exit_code != 0
+
+
+@needs_x86_64_glibc
+def test_preload_from_the_image_environment(cc: str, tmp_path: Path) -> None:
+    pre = shared(cc, tmp_path / "pre" / "libpre.so", "int pre(void) { return 0; }\n")
+    prog = compile_to(cc, tmp_path / "prog", probe_source())
+    ran, mapped, err = run_probe([str(prog)], env=clean_env(LD_PRELOAD=str(pre)))
+    assert ran, err
+    res = resolve(prog, env={"LD_PRELOAD": str(pre)})
+    assert_same_as_loader(res, mapped)
+    assert res.libraries[0].path == str(pre)
+    assert f"{pre} (preloaded)" in format_tree(res)
+    # A preload that cannot be found is skipped by the loader, with a warning.
+    ran, _, err = run_probe([str(prog)], env=clean_env(LD_PRELOAD="libabsent.so"))
+    assert ran and "libabsent.so" in err
+    res = resolve(prog, env={"LD_PRELOAD": "libabsent.so"})
+    assert [(m.name, m.fatal) for m in res.missing] == [("libabsent.so", False)]
+
+
+@needs_x86_64_glibc
+def test_missing_interpreter(cc: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    prog = compile_to(cc, root / "usr/bin/app", probe_source())
+    interp = read_elf(prog).interpreter
+    with pytest.raises(LibraryNotFound) as caught:
+        resolve("/usr/bin/app", root, env={})
+    assert caught.value.library == interp and caught.value.hint is not None
+    res = resolve("/usr/bin/app", root, env={}, allow_missing=True)
+    assert res.interpreter is None
+    assert res.missing[0].name == interp and res.missing[0].reason == "interpreter not found"
+    assert {m.name for m in res.missing} >= set(read_elf(prog).needed)
