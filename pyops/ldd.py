@@ -25,9 +25,9 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from pyops.elf import DF_1_NODEFLIB, ElfInfo, check_machine, read_elf, read_version_definitions
 from pyops.errors import (
@@ -496,6 +496,11 @@ class _Obj:
     runpath_dirs: list[str] | None = None
 
 
+# One search step: the object found, True to go on searching, None when a bad file stopped
+# the search (glibc open_verify "lose").
+_Step: TypeAlias = "_Obj | None | bool"
+
+
 @dataclass
 class _GlibcSetup:
     system_dirs: list[str]
@@ -662,8 +667,7 @@ class _Search:
         searched: list[str] = []
         stop: str | None = None
 
-        def attempt(path: str, via: str) -> _Obj | None | bool:
-            # True: not here, go on; None: a hard error stopped the search.
+        def attempt(path: str, via: str) -> _Step:
             nonlocal stop
             node = self.fs.lookup(self.absolute(path))
             if node is None:
@@ -684,7 +688,7 @@ class _Search:
                 return same
             return self.new_object(name, path, node, detail, requester, via)
 
-        def search_dirs(dirs: list[str], via: str) -> _Obj | None | bool:
+        def search_dirs(dirs: list[str], via: str) -> _Step:
             for directory in dirs:
                 searched.append(directory.rstrip("/") or "/" if directory else ".")
                 if directory.startswith("/"):
@@ -712,12 +716,12 @@ class _Search:
         self,
         name: str,
         requester: _Obj,
-        search_dirs: Any,
-        attempt: Any,
+        search_dirs: Callable[[list[str], str], _Step],
+        attempt: Callable[[str, str], _Step],
         searched: list[str],
-    ) -> _Obj | None | bool:
+    ) -> _Step:
         assert self.glibc is not None
-        result: _Obj | None | bool = True
+        result: _Step = True
         # 1. DT_RPATH of the requester and of each object up the loading chain, then of the
         #    executable, unless the requester has DT_RUNPATH (ld.so(8), _dl_map_object).
         if requester.info.runpath is None:
