@@ -747,3 +747,43 @@ def test_missing_interpreter(cc: str, tmp_path: Path) -> None:
     assert res.interpreter is None
     assert res.missing[0].name == interp and res.missing[0].reason == "interpreter not found"
     assert {m.name for m in res.missing} >= set(read_elf(prog).needed)
+
+
+@needs_x86_64_glibc
+def test_dot_dot_and_links_never_climb_out_of_the_root(
+    cc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    debian_root(cc, root)
+    stub = shared(
+        cc, tmp_path / "stub" / "libz.so.1", "int zver(void) { return 1; }\n", soname="libz.so.1"
+    )
+    compile_to(cc, root / "usr/bin/app", probe_source("zver"), str(stub))
+    # On the host these all lead to directories holding libz.so.1 (the stub's, and the
+    # host's own when zlib is installed); inside the root they lead nowhere.
+    depth = "/".join([".."] * (len(root.parts) + 2))
+    (root / "opt").mkdir()
+    (root / "opt/up").symlink_to(f"{depth}{tmp_path / 'stub'}")
+    (root / "opt/abs").symlink_to(str(tmp_path / "stub"))
+    search = ":".join(
+        [
+            f"/{depth}{tmp_path / 'stub'}",
+            "/opt/up",
+            "/opt/abs",
+            "/opt/../../../usr/lib/x86_64-linux-gnu/../../../../..",
+        ]
+    )
+    log = AccessLog(monkeypatch)
+    res = resolve("/usr/bin/app", root, env={"LD_LIBRARY_PATH": search}, allow_missing=True)
+    monkeypatch.undo()
+    assert [m.name for m in res.missing] == ["libz.so.1"]
+    assert all(p.startswith(f"{root}/") or p == str(root) for p in log.paths)
+    # The same library placed at the root's own /<stub dir> is found through each form.
+    inside = root / str(tmp_path / "stub").lstrip("/")
+    inside.mkdir(parents=True)
+    shutil.copy2(stub, inside / "libz.so.1")
+    for element in search.split(":")[:3]:
+        found = resolve("/usr/bin/app", root, env={"LD_LIBRARY_PATH": element})
+        libz = next(lib for lib in found.libraries if lib.name == "libz.so.1")
+        assert libz.real_path == str(tmp_path / "stub" / "libz.so.1")
+        assert libz.host_path == str(inside / "libz.so.1")
