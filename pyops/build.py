@@ -1,0 +1,240 @@
+"""The recipes: a host program and its libraries into a Nanos image, and that image booted.
+
+Each step is a function of its inputs; :func:`build_image` is the list of steps:
+resolve the program's closure -> lay out the tree -> add the files every image needs ->
+the manifest -> write the disk (skipped when an identical one exists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyops import __version__
+from pyops.disk import DiskInfo, write_disk
+from pyops.errors import InvalidInput
+from pyops.ldd import Resolution, resolve
+from pyops.manifest import Manifest
+from pyops.progress import NULL_PROGRESS, Progress
+from pyops.release import NanosRelease
+from pyops.tree import Contents, Directory, File, HardLink, HostFile, Symlink, Tree
+
+# Files Ops adds to every image built from a host program (ops-reference.md section 3.4).
+RESOLV_CONF = b"nameserver 8.8.8.8\n"
+HOSTNAME = b"uniboot\n"
+PASSWD = b"root:x:0:0:root:/root:/bin/nologin\n"
+CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # macOS, BSDs
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildConfig:
+    """What goes into an image built from a host program."""
+
+    program: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    name: str | None = None
+    target_root: str | None = None
+    klibs: tuple[str, ...] = ()
+    size: int | None = None
+    extra_manifest: Mapping[str, object] = field(default_factory=dict)
+
+
+def image_name(program: str) -> str:
+    """Ops's default image name: the program's file name up to its first dot."""
+    base = os.path.basename(program.rstrip("/")) or "image"
+    return base.split(".", 1)[0] or base
+
+
+def check_image_name(name: str) -> str:
+    """Refuse names that would not make a plain file name."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}", name):
+        raise InvalidInput(
+            f"invalid image name {name!r}",
+            hint="use letters, digits, '.', '_', '+' and '-', starting with a letter or digit",
+        )
+    return name
+
+
+def program_path(program: str, target_root: str | None) -> tuple[str, str]:
+    """The program's path inside the image and on the host.
+
+    Without a target root the image uses the program's absolute host path (Ops does too);
+    with one, the program is a path inside that root.
+    """
+    if target_root:
+        inside = "/" + program.lstrip("/")
+        return inside, os.path.join(target_root, inside.lstrip("/"))
+    host = os.path.abspath(program)
+    return host, host
+
+
+def closure_tree(resolution: Resolution, tree: Tree | None = None) -> Tree:
+    """A tree holding every path of the closure, symlinks as symlinks."""
+    tree = tree or Tree()
+    root = resolution.root or "/"
+    for path in resolution.paths():
+        host = os.path.join(root, path.lstrip("/"))
+        if os.path.islink(host):
+            tree.add_symlink(path, os.readlink(host))
+        else:
+            tree.add_file(path, HostFile.from_path(host))
+    return tree
+
+
+def add_standard_files(tree: Tree, root: str | None) -> None:
+    """The files Ops puts in every image, unless the tree already has its own."""
+    if not tree.exists("/etc/resolv.conf"):
+        tree.add_file("/etc/resolv.conf", RESOLV_CONF)
+    if not tree.exists("/proc/sys/kernel/hostname"):
+        tree.add_file("/proc/sys/kernel/hostname", HOSTNAME)
+    if not tree.exists("/etc/passwd"):
+        tree.add_file("/etc/passwd", PASSWD)
+    if not tree.exists("/etc/ssl/certs/ca-certificates.crt"):
+        base = root or "/"
+        for bundle in CA_BUNDLES:
+            host = os.path.join(base, bundle.lstrip("/"))
+            if os.path.isfile(host):
+                tree.add_file("/etc/ssl/certs/ca-certificates.crt", HostFile.from_path(host))
+                break
+
+
+def manifest_for(
+    config: BuildConfig, program_in_image: str, release: NanosRelease, name: str
+) -> Manifest:
+    """The root tuple: argv[0] as typed (as Ops does), Ops's environment, and ``debug_exit``
+    so that the program's exit code reaches qemu's exit status."""
+    environment = {
+        "USER": "root",
+        "PWD": "/",
+        "OPS_VERSION": f"pyops-{__version__}",
+        "NANOS_VERSION": release.version,
+        "NANOS_ARCH": "amd64",
+        "IMAGE_NAME": name,
+    }
+    environment.update(config.env)
+    extra: dict[str, object] = {"debug_exit": "t"}
+    extra.update(config.extra_manifest)
+    return Manifest(
+        program=program_in_image,
+        arguments=(config.program, *config.args),
+        environment=environment,
+        klibs="bootfs" if config.klibs else None,
+        extra=extra,
+    )
+
+
+def tree_key(tree: Tree) -> str:
+    """A digest of everything the tree puts in an image: names, links, sizes and, for host
+    files, their identity (path, size, modification time)."""
+    h = hashlib.sha256()
+    for path, node in tree.walk():
+        h.update(path.encode("utf-8", "surrogateescape") + b"\0")
+        if isinstance(node, Directory):
+            h.update(b"d" + json.dumps(dict(node.attributes), sort_keys=True).encode())
+        elif isinstance(node, Symlink):
+            h.update(b"l" + node.target.encode("utf-8", "surrogateescape"))
+        elif isinstance(node, HardLink):
+            h.update(b"h" + node.target.encode("utf-8", "surrogateescape"))
+        elif isinstance(node, File):
+            src = node.source
+            h.update(b"f" + json.dumps(dict(node.attributes), sort_keys=True).encode())
+            if isinstance(src, Contents):
+                h.update(hashlib.sha256(src.data).digest())
+            elif isinstance(src, HostFile):
+                st = os.stat(src.path)
+                h.update(f"{src.path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+            else:
+                h.update(repr(src).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltImage:
+    """An image on disk and whether this call wrote it."""
+
+    path: Path
+    written: bool
+    info: DiskInfo | None
+
+
+def build_image(
+    config: BuildConfig,
+    release: NanosRelease,
+    output: str | os.PathLike[str],
+    *,
+    progress: Progress = NULL_PROGRESS,
+    force: bool = False,
+) -> BuiltImage:
+    """Build a bootable image of a host program at ``output``.
+
+    When an image built from the very same inputs is already there, it is reused.
+    """
+    name = config.name or image_name(config.program)
+    program_in_image, program_host = program_path(config.program, config.target_root)
+    resolution = resolve(
+        program_host if not config.target_root else program_in_image,
+        config.target_root,
+        env=config.env,
+        include_runtime_extras=True,
+    )
+    tree = closure_tree(resolution)
+    add_standard_files(tree, config.target_root)
+    manifest = manifest_for(config, program_in_image, release, name)
+    klibs = {k: release.klib(k) for k in config.klibs}
+
+    key_material = {
+        "tree": tree_key(tree),
+        "manifest": json.dumps(manifest.to_dict(), sort_keys=True, default=str),
+        "release": [release.version, os.fspath(release.kernel), os.fspath(release.boot_img)],
+        "klibs": sorted(klibs),
+        "size": config.size,
+        "pyops": __version__,
+    }
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()
+    out = Path(output)
+    key_file = out.with_name(out.name + ".key")
+    if not force and out.is_file() and key_file.is_file() and key_file.read_text() == key:
+        return BuiltImage(out, False, None)
+    info = write_disk(
+        out,
+        tree,
+        manifest,
+        boot_img=release.boot_img,
+        kernel=release.kernel,
+        klibs=klibs,
+        size=config.size,
+        progress=progress,
+    )
+    tmp = key_file.with_name(key_file.name + ".tmp")
+    tmp.write_text(key)
+    os.replace(tmp, key_file)
+    return BuiltImage(out, True, info)
+
+
+def parse_env(items: Sequence[str]) -> dict[str, str]:
+    """``K=V`` pairs (the value may contain '='); a bare ``K`` takes the host's value."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise InvalidInput(f"invalid environment setting {item!r}", hint="write -e NAME=VALUE")
+        if not sep:
+            if key not in os.environ:
+                raise InvalidInput(
+                    f"-e {key}: no value given and {key} is not set here",
+                    hint=f"write -e {key}=VALUE",
+                )
+            value = os.environ[key]
+        env[key] = value
+    return env
