@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -210,6 +212,129 @@ def pkg_rm(name: str) -> None:
     from pyops.package import remove_package
 
     remove_package(name)
+
+
+# --- pyops build / run -----------------------------------------------------------------------
+
+
+def _images_dir() -> Path:
+    from pyops.store import Store
+
+    return Path(Store.default().root) / "images"
+
+
+def _build_options(f: F) -> F:
+    options = [
+        click.argument("program"),
+        click.option("-a", "--args", "args", multiple=True, help="A program argument (repeat)."),
+        click.option("-e", "--env", "env", multiple=True, help="NAME=VALUE in the guest (repeat)."),
+        click.option("-i", "--imagename", "name", help="Image name (default: program name)."),
+        click.option("--target-root", help="Take the program and libraries from this root."),
+        click.option("--klib", "klibs", multiple=True, help="Add a Nanos klib (repeat)."),
+        click.option("--size", help="Total image size, e.g. 512M (default: fit content)."),
+        click.option("--nanos-version", help="Nanos release to use (default: newest installed)."),
+        click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _parse_size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*", text)
+    if not m:
+        raise PyopsError(f"invalid size {text!r}", hint="write bytes, or a number with K, M or G")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def _do_build(
+    program: str,
+    args: tuple[str, ...],
+    env: tuple[str, ...],
+    name: str | None,
+    target_root: str | None,
+    klibs: tuple[str, ...],
+    size: str | None,
+    nanos_version: str | None,
+    force: bool,
+) -> Path:
+    from pyops.build import BuildConfig, build_image, check_image_name, image_name, parse_env
+    from pyops.release import get_release
+
+    from pyops.release import installed_releases
+
+    progress = TqdmProgress()
+    # Like Ops, never update Nanos behind the user's back: without --nanos-version the newest
+    # installed release is used, and the network is asked only when none is installed.
+    offline = nanos_version is None and bool(installed_releases())
+    release = get_release(nanos_version, download=not offline, progress=progress)
+    image = check_image_name(name or image_name(program))
+    config = BuildConfig(
+        program=program,
+        args=args,
+        env=parse_env(env),
+        name=image,
+        target_root=target_root,
+        klibs=klibs,
+        size=_parse_size(size),
+    )
+    built = build_image(
+        config, release, _images_dir() / f"{image}.img", progress=progress, force=force
+    )
+    return built.path
+
+
+@cli.command()
+@_build_options
+def build(**kw: Any) -> None:
+    """Build a Nanos image of a host PROGRAM and its libraries; print its path."""
+    click.echo(_do_build(**kw))
+
+
+@cli.command()
+@_build_options
+@click.option("-p", "--port", "ports", multiple=True, help="Forward PORT or HOST:GUEST (TCP).")
+@click.option("-m", "--memory", default="2G", show_default=True, help="Guest memory.")
+@click.option("--smp", type=int, default=None, help="Number of virtual CPUs.")
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "hvf", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="Hypervisor: KVM on Linux, HVF on Intel Macs, TCG (emulation) otherwise.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Print the qemu command line.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    /,
+    ports: tuple[str, ...],
+    memory: str,
+    smp: int | None,
+    accel: str,
+    verbose: bool,
+    **kw: Any,
+) -> None:
+    """Build (or reuse) the image of a host PROGRAM and boot it; exit with its exit code."""
+    import shlex
+
+    from pyops.qemu import Accel, Host, PortForward, VmConfig, qemu_command, run_vm
+
+    config = VmConfig(
+        memory=memory,
+        cpus=smp,
+        accel=Accel(accel),
+        ports=tuple(PortForward.parse(p) for p in ports),
+    )
+    host = Host.detect()
+    qemu_command(Path("/dev/null"), config, host)  # refuse a bad accelerator before building
+    disk = _do_build(**kw)
+    if verbose:
+        click.echo(shlex.join(qemu_command(disk, config, host)), err=True)
+    code = run_vm(disk, config, host=host, stdin=None)
+    ctx.exit(code)
 
 
 # --- pyops image ---------------------------------------------------------------------------
