@@ -261,9 +261,7 @@ def _do_build(
     force: bool,
 ) -> Path:
     from pyops.build import BuildConfig, build_image, check_image_name, image_name, parse_env
-    from pyops.release import get_release
-
-    from pyops.release import installed_releases
+    from pyops.release import get_release, installed_releases
 
     progress = TqdmProgress()
     # Like Ops, never update Nanos behind the user's back: without --nanos-version the newest
