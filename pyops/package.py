@@ -25,7 +25,11 @@ What the sysroot holds, besides the program, its interpreter and its libraries:
   the machine that built it, and the image builder writes its own from the name servers it is
   given (Ops: ``NameServers``);
 - the image's CA bundle, at every place TLS libraries look for one (the list Go's
-  ``crypto/x509/root_linux.go`` uses, plus OpenSSL's ``OPENSSLDIR/cert.pem``), when present.
+  ``crypto/x509/root_linux.go`` uses, plus OpenSSL's ``OPENSSLDIR/cert.pem``), when present;
+- the image's ``/etc/ld.so.cache``, when present: a library the resolver found through it in a
+  directory the loader does not search by default (``/usr/local/lib``, vendor directories)
+  is found the same way at run time, since the packaged paths are the image's
+  (registry-and-elf.md section 8.6).
 
 ``package.manifest`` follows Ops (section 5.2):
 
@@ -124,6 +128,8 @@ CA_BUNDLES = (
     "/etc/ssl/cert.pem",  # Alpine
     "/usr/lib/ssl/cert.pem",  # OpenSSL's OPENSSLDIR/cert.pem
 )
+DATA_FILES = (*CA_BUNDLES, "/etc/ld.so.cache")
+"""Files packaged with the closure when the image has them (see the module doc)."""
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 _MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
@@ -283,7 +289,7 @@ def from_docker(
         manifest = _manifest(pulled, found, resolution.program.real_path, root)
         if not copy:
             # The path the program was found at stays valid too (it is argv[0]).
-            paths = _closure_paths(resolution) | set(found.chain) | _ca_bundle_paths(root)
+            paths = _closure_paths(resolution) | set(found.chain) | _data_paths(root)
             _copy_paths(root, sysroot, sorted(paths))
             _remove_tree(root)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -466,9 +472,10 @@ def _closure_paths(resolution: Resolution) -> set[str]:
     return {entry for item in files for entry in item.chain}
 
 
-def _ca_bundle_paths(root: Path) -> set[str]:
+def _data_paths(root: Path) -> set[str]:
+    """The :data:`DATA_FILES` that are regular files in ``root``, with the links to them."""
     paths: set[str] = set()
-    for candidate in CA_BUNDLES:
+    for candidate in DATA_FILES:
         chain = _chain(root, candidate)
         if chain is not None and os.path.isfile(os.path.join(root, chain[-1].lstrip("/"))):
             paths.update(chain)

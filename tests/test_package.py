@@ -26,6 +26,7 @@ from pyops.net import HttpClient, HttpResponse
 from pyops.package import (
     MANIFEST_FILE,
     Package,
+    _data_paths,
     check_package_name,
     default_package_name,
     from_docker,
@@ -459,6 +460,24 @@ def test_ops_packages_and_stale_folders(tmp_path: Path) -> None:
     assert remove_package("broken", tmp_path) == base / "broken"
     # The dead process's folder went with it; a live process's folder stays.
     assert sorted(os.listdir(base)) == [mine.name, "lua_5.2.4"]
+
+
+def test_data_files_with_their_links(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/ssl/certs").mkdir(parents=True)
+    (root / "etc/ssl/certs/ca-certificates.crt").write_text(FAKE_CA)
+    os.symlink("certs/ca-certificates.crt", root / "etc/ssl/cert.pem")  # Alpine
+    (root / "var").mkdir()
+    (root / "var/ld.so.cache").write_bytes(b"glibc-ld.so.cache1.1")
+    os.symlink("/var/ld.so.cache", root / "etc/ld.so.cache")
+    (root / "etc/pki/tls/certs/ca-bundle.crt").mkdir(parents=True)  # not a file: skipped
+    os.symlink("/nowhere", root / "etc/ssl/ca-bundle.pem")  # dangling: skipped
+    assert _data_paths(root) == {
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/ssl/cert.pem",
+        "/etc/ld.so.cache",
+        "/var/ld.so.cache",
+    }
 
 
 # -- the CLI ---------------------------------------------------------------------------------
