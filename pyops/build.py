@@ -7,6 +7,7 @@ the manifest -> write the disk (skipped when an identical one exists).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyops import __version__
+from pyops.config import OpsConfig
 from pyops.disk import DiskInfo, write_disk
 from pyops.errors import InvalidInput
 from pyops.ldd import Resolution, resolve
@@ -47,6 +49,65 @@ class BuildConfig:
     klibs: tuple[str, ...] = ()
     size: int | None = None
     extra_manifest: Mapping[str, object] = field(default_factory=dict)
+    extra_paths: tuple[tuple[str, str], ...] = ()
+    """(host path, image path) of files and directories to add (config Files, Dirs, MapDirs)."""
+    name_servers: tuple[str, ...] = ()
+
+
+def merge_config(
+    ops: OpsConfig,
+    program: str | None,
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    name: str | None = None,
+    target_root: str | None = None,
+    klibs: Sequence[str] = (),
+    size: int | None = None,
+    cwd: str | None = None,
+) -> BuildConfig:
+    """A :class:`BuildConfig` from a config.json and command-line values.
+
+    A command-line value overrides the file only when it is given; environment variables
+    from both are merged, the command line winning.
+    """
+    program = program or ops.program
+    if not program:
+        raise InvalidInput("no program given", hint="name one, or set Program in config.json")
+    here = cwd or os.getcwd()
+    extra: list[tuple[str, str]] = []
+    for entry in (*ops.files, *ops.dirs):
+        # Ops reads every Files entry from the cwd, even absolute ones; pyops reads an
+        # absolute entry from that absolute path (ops-reference.md, quirk 4).
+        host = entry if os.path.isabs(entry) else os.path.join(here, entry)
+        extra.append((host, "/" + entry.lstrip("/")))
+    for pattern, guest in sorted(ops.map_dirs.items()):
+        base = pattern if os.path.isabs(pattern) else os.path.join(ops.base_dir, pattern)
+        matches = sorted(glob.glob(base))
+        if not matches:
+            raise InvalidInput(f"MapDirs: {pattern!r} matches no file")
+        for match in matches:
+            extra.append((match, guest.rstrip("/") + "/" + os.path.basename(match)))
+    passthrough: dict[str, object] = {}
+    for flag in ops.debugflags:
+        passthrough[flag] = "t"
+    if ops.reboot_on_exit:
+        passthrough["reboot_on_exit"] = "t"
+    if ops.no_trace:
+        passthrough["notrace"] = list(ops.no_trace)
+    passthrough.update(ops.manifest_passthrough)
+    return BuildConfig(
+        program=program,
+        args=tuple(args) if args else (ops.args or ()),
+        env={**ops.env, **(env or {})},
+        name=name or ops.run.image_name,
+        target_root=target_root or ops.target_root,
+        klibs=tuple(klibs) if klibs else ops.klibs,
+        size=size if size is not None else ops.base_volume_size,
+        extra_manifest=passthrough,
+        extra_paths=tuple(extra),
+        name_servers=ops.name_servers,
+    )
 
 
 def image_name(program: str) -> str:
@@ -124,8 +185,16 @@ def manifest_for(
     environment.update(config.env)
     extra: dict[str, object] = {"debug_exit": "t"}
     extra.update(config.extra_manifest)
+    # ManifestPassthrough comes last in Ops and may set even program and environment.
+    program = str(extra.pop("program", program_in_image))
+    passed_env = extra.pop("environment", None)
+    if isinstance(passed_env, Mapping):
+        environment.update({str(k): str(v) for k, v in passed_env.items()})
+    for key in ("arguments", "cwd", "klibs", "children"):
+        if key in extra:
+            raise InvalidInput(f"ManifestPassthrough cannot set {key!r}; use Args or Klibs")
     return Manifest(
-        program=program_in_image,
+        program=program,
         arguments=(config.program, *config.args),
         environment=environment,
         klibs="bootfs" if config.klibs else None,
@@ -189,6 +258,11 @@ def build_image(
         include_runtime_extras=True,
     )
     tree = closure_tree(resolution)
+    for host, path in config.extra_paths:
+        tree.add_host_path(host, path)
+    if config.name_servers and not tree.exists("/etc/resolv.conf"):
+        lines = "".join(f"nameserver {ns}\n" for ns in config.name_servers)
+        tree.add_file("/etc/resolv.conf", lines.encode())
     add_standard_files(tree, config.target_root)
     manifest = manifest_for(config, program_in_image, release, name)
     klibs = {k: release.klib(k) for k in config.klibs}

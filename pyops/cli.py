@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -225,7 +224,8 @@ def _images_dir() -> Path:
 
 def _build_options(f: F) -> F:
     options = [
-        click.argument("program"),
+        click.argument("program", required=False),
+        click.option("-c", "--config", "config_file", help="An Ops config.json."),
         click.option("-a", "--args", "args", multiple=True, help="A program argument (repeat)."),
         click.option("-e", "--env", "env", multiple=True, help="NAME=VALUE in the guest (repeat)."),
         click.option("-i", "--imagename", "name", help="Image name (default: program name)."),
@@ -240,17 +240,15 @@ def _build_options(f: F) -> F:
     return f
 
 
-def _parse_size(text: str | None) -> int | None:
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*", text)
-    if not m:
-        raise PyopsError(f"invalid size {text!r}", hint="write bytes, or a number with K, M or G")
-    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+def _load_ops_config(config_file: str | None) -> Any:
+    from pyops.config import OpsConfig, load_config
+
+    return load_config(config_file) if config_file else OpsConfig()
 
 
 def _do_build(
-    program: str,
+    program: str | None,
+    config_file: str | None,
     args: tuple[str, ...],
     env: tuple[str, ...],
     name: str | None,
@@ -259,25 +257,40 @@ def _do_build(
     size: str | None,
     nanos_version: str | None,
     force: bool,
+    ops: Any = None,
 ) -> Path:
-    from pyops.build import BuildConfig, build_image, check_image_name, image_name, parse_env
+    import dataclasses
+
+    from pyops.build import build_image, check_image_name, image_name, merge_config, parse_env
+    from pyops.config import parse_size
     from pyops.release import get_release, installed_releases
 
-    progress = TqdmProgress()
-    # Like Ops, never update Nanos behind the user's back: without --nanos-version the newest
-    # installed release is used, and the network is asked only when none is installed.
-    offline = nanos_version is None and bool(installed_releases())
-    release = get_release(nanos_version, download=not offline, progress=progress)
-    image = check_image_name(name or image_name(program))
-    config = BuildConfig(
-        program=program,
+    if ops is None:
+        ops = _load_ops_config(config_file)
+    config = merge_config(
+        ops,
+        program,
         args=args,
         env=parse_env(env),
-        name=image,
+        name=name,
         target_root=target_root,
         klibs=klibs,
-        size=_parse_size(size),
+        size=parse_size(size, "--size") if size else None,
     )
+    progress = TqdmProgress()
+    version = nanos_version or ops.nanos_version
+    # Like Ops, never update Nanos behind the user's back: without a version the newest
+    # installed release is used, and the network is asked only when none is installed.
+    offline = version is None and bool(installed_releases())
+    release = get_release(version, download=not offline, progress=progress)
+    if ops.kernel or ops.boot:
+        release = dataclasses.replace(
+            release,
+            kernel=Path(ops.kernel) if ops.kernel else release.kernel,
+            boot_img=Path(ops.boot) if ops.boot else release.boot_img,
+        )
+    image = check_image_name(config.name or image_name(config.program))
+    config = dataclasses.replace(config, name=image)
     built = build_image(
         config, release, _images_dir() / f"{image}.img", progress=progress, force=force
     )
@@ -294,25 +307,24 @@ def build(**kw: Any) -> None:
 @cli.command()
 @_build_options
 @click.option("-p", "--port", "ports", multiple=True, help="Forward PORT or HOST:GUEST (TCP).")
-@click.option("-m", "--memory", default="2G", show_default=True, help="Guest memory.")
+@click.option("-m", "--memory", default=None, help="Guest memory (default 2G).")
 @click.option("--smp", type=int, default=None, help="Number of virtual CPUs.")
 @click.option(
     "--accel",
     type=click.Choice(["auto", "kvm", "hvf", "tcg"]),
-    default="auto",
-    show_default=True,
-    help="Hypervisor: KVM on Linux, HVF on Intel Macs, TCG (emulation) otherwise.",
+    default=None,
+    help="Hypervisor: KVM on Linux, HVF on Intel Macs, TCG (emulation) otherwise. [auto]",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Print the qemu command line.")
+@click.option("-v", "--verbose", is_flag=True, default=None, help="Print the qemu command line.")
 @click.pass_context
 def run(
     ctx: click.Context,
     /,
     ports: tuple[str, ...],
-    memory: str,
+    memory: str | None,
     smp: int | None,
-    accel: str,
-    verbose: bool,
+    accel: str | None,
+    verbose: bool | None,
     **kw: Any,
 ) -> None:
     """Build (or reuse) the image of a host PROGRAM and boot it; exit with its exit code."""
@@ -320,16 +332,21 @@ def run(
 
     from pyops.qemu import Accel, Host, PortForward, VmConfig, qemu_command, run_vm
 
+    ops = _load_ops_config(kw["config_file"])
+    settings = ops.run
+    if accel is None:
+        accel = "tcg" if settings.accel is False else "auto"
     config = VmConfig(
-        memory=memory,
-        cpus=smp,
+        memory=memory or settings.memory or "2G",
+        cpus=smp if smp is not None else settings.cpus,
         accel=Accel(accel),
-        ports=tuple(PortForward.parse(p) for p in ports),
+        ports=tuple(PortForward.parse(p) for p in (ports or settings.ports))
+        + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
     )
     host = Host.detect()
     qemu_command(Path("/dev/null"), config, host)  # refuse a bad accelerator before building
-    disk = _do_build(**kw)
-    if verbose:
+    disk = _do_build(**kw, ops=ops)
+    if verbose or (verbose is None and settings.verbose):
         click.echo(shlex.join(qemu_command(disk, config, host)), err=True)
     code = run_vm(disk, config, host=host, stdin=None)
     ctx.exit(code)

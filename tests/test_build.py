@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -231,3 +232,32 @@ def test_cli_errors_are_one_line(home: Path, release: NanosRelease, tmp_path: Pa
     assert "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["run", "/bin/true", "-p", "nonsense"])
     assert result.exit_code == 1 and "invalid port" in result.output
+
+
+@pytest.mark.boot
+def test_run_takes_arguments_environment_and_files_from_config_json(
+    tmp_path: Path, home: Path, release: NanosRelease, hello: Path
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "Program": str(hello),
+                "Args": ["5", "from config"],
+                "Env": {"FOO": "from config.json"},
+                "RunConfig": {"Memory": "512M"},
+            }
+        )
+    )
+    result = pyops("run", "-c", str(config))
+    assert result.returncode == 5, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("arg", "env"))]
+    assert lines == [
+        f"arg 0: {hello}",
+        "arg 1: 5",
+        "arg 2: from config",
+        "env FOO=from config.json",
+    ]
+    # a flag given on the command line wins over the file
+    result = pyops("run", "-c", str(config), "-e", "FOO=flag")
+    assert "env FOO=flag" in result.stdout

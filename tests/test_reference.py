@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pyops.errors import InvalidInput, InvalidReference
@@ -131,6 +131,9 @@ _tag = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)
     tag=st.one_of(st.none(), _tag),
 )
 def test_round_trip(registry: str, path: list[str], tag: str | None) -> None:
+    # Without a registry, a first component with a '.' is taken as a host (as Docker does),
+    # which makes the case a different one; those are covered by the tables above.
+    assume(registry or "." not in path[0])
     text = registry + "/".join(path) + (f":{tag}" if tag else "")
     ref = ImageRef.parse(text)
     assert ref.tag == (tag or "latest")
