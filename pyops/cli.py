@@ -51,6 +51,18 @@ class TqdmProgress:
             bar.close()
 
 
+def _credentials(username: str | None, password_stdin: bool) -> Any:
+    """Registry credentials from --username and --password-stdin (given together or not)."""
+    from pyops.auth import Credentials
+
+    if not (password_stdin or username):
+        return None
+    if not (password_stdin and username):
+        raise click.UsageError("--username and --password-stdin go together.")
+    password = click.get_text_stream("stdin").read().rstrip("\r\n")
+    return Credentials(username, password)
+
+
 class _Group(click.Group):
     """Turns PyopsError into a message and an exit code; tracebacks only with --debug."""
 
@@ -134,15 +146,9 @@ def pkg_from_docker(
 
     Prints the package name.
     """
-    from pyops.auth import Credentials
     from pyops.package import from_docker
 
-    credentials = None
-    if password_stdin or username:
-        if not (password_stdin and username):
-            raise click.UsageError("--username and --password-stdin go together.")
-        password = click.get_text_stream("stdin").read().rstrip("\r\n")
-        credentials = Credentials(username, password)
+    credentials = _credentials(username, password_stdin)
     made = from_docker(
         image,
         program,
@@ -603,17 +609,11 @@ def pull_command(
     """Pull IMAGE into the cache (PYOPS_HOME, default ~/.pyops), with no Docker daemon."""
     from pathlib import Path
 
-    from pyops.auth import Credentials
     from pyops.layers import unpack_layers
     from pyops.pull import pull
     from pyops.store import Store
 
-    credentials = None
-    if password_stdin or username:
-        if not (password_stdin and username):
-            raise click.UsageError("--username and --password-stdin go together.")
-        password = click.get_text_stream("stdin").read().rstrip("\r\n")
-        credentials = Credentials(username, password)
+    credentials = _credentials(username, password_stdin)
     progress = TqdmProgress()
     pulled = pull(
         image,
