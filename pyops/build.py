@@ -7,6 +7,7 @@ the manifest -> write the disk (skipped when an identical one exists).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -22,6 +23,7 @@ from pyops.disk import DiskInfo, write_disk
 from pyops.errors import InvalidInput
 from pyops.ldd import Resolution, resolve
 from pyops.manifest import Manifest
+from pyops.package import Package
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.release import NanosRelease
 from pyops.tree import Contents, Directory, File, HardLink, HostFile, Symlink, Tree
@@ -258,15 +260,33 @@ def build_image(
         include_runtime_extras=True,
     )
     tree = closure_tree(resolution)
+    _add_user_files(tree, config)
+    add_standard_files(tree, config.target_root)
+    manifest = manifest_for(config, program_in_image, release, name)
+    return write_image(tree, manifest, release, config, output, progress=progress, force=force)
+
+
+def _add_user_files(tree: Tree, config: BuildConfig) -> None:
     for host, path in config.extra_paths:
         tree.add_host_path(host, path)
     if config.name_servers and not tree.exists("/etc/resolv.conf"):
         lines = "".join(f"nameserver {ns}\n" for ns in config.name_servers)
         tree.add_file("/etc/resolv.conf", lines.encode())
-    add_standard_files(tree, config.target_root)
-    manifest = manifest_for(config, program_in_image, release, name)
-    klibs = {k: release.klib(k) for k in config.klibs}
 
+
+def write_image(
+    tree: Tree,
+    manifest: Manifest,
+    release: NanosRelease,
+    config: BuildConfig,
+    output: str | os.PathLike[str],
+    *,
+    progress: Progress = NULL_PROGRESS,
+    force: bool = False,
+) -> BuiltImage:
+    """Write ``tree`` and ``manifest`` as a disk at ``output``, unless the disk there was
+    made from the same inputs (a key of them is kept beside it in ``NAME.img.key``)."""
+    klibs = {k: release.klib(k) for k in config.klibs}
     key_material = {
         "tree": tree_key(tree),
         "manifest": json.dumps(manifest.to_dict(), sort_keys=True, default=str),
@@ -280,6 +300,7 @@ def build_image(
     key_file = out.with_name(out.name + ".key")
     if not force and out.is_file() and key_file.is_file() and key_file.read_text() == key:
         return BuiltImage(out, False, None)
+    key_file.unlink(missing_ok=True)
     info = write_disk(
         out,
         tree,
@@ -294,6 +315,83 @@ def build_image(
     tmp.write_text(key)
     os.replace(tmp, key_file)
     return BuiltImage(out, True, info)
+
+
+def package_tree(package: Package, args: Sequence[str], cwd: str | None = None) -> Tree:
+    """The image tree of a package: its sysroot, plus each argument that names a file in
+    the current directory, copied into the program's working directory (as Ops's
+    ``pkg load`` does with ``Args[1]``), replacing a file of that name there."""
+    tree = Tree()
+    tree.add_host_path(package.sysroot, "/")
+    if not os.path.isabs(package.program):
+        # Ops's own packages name the program as <folder>/<exe> beside the sysroot.
+        tree.add_file("/" + os.path.basename(package.program), str(package.path / package.program))
+    here = cwd or os.getcwd()
+    workdir = package.working_dir or "/"
+    # The kernel changes to cwd before exec and fails if it is missing; the closure alone
+    # does not contain it.
+    tree.add_directory(workdir)
+    for arg in args:
+        if not arg or arg.startswith("-") or os.path.isabs(arg) or ".." in arg.split("/"):
+            continue
+        host = os.path.join(here, arg)
+        if os.path.isfile(host):
+            tree.add_file(workdir.rstrip("/") + "/" + arg, HostFile.from_path(host))
+    return tree
+
+
+def package_manifest(
+    package: Package,
+    release: NanosRelease,
+    config: BuildConfig,
+    name: str,
+) -> Manifest:
+    """The root tuple for a package: its program and argv, its environment (the image's,
+    then config.json's, then the flags'), its working directory as ``cwd``."""
+    program = package.program
+    if not os.path.isabs(program):
+        program = "/" + os.path.basename(program)
+    argv0 = package.args[0] if package.args else program
+    arguments = (argv0, *config.args) if config.args else (package.args or (argv0,))
+    base = manifest_for(
+        BuildConfig(
+            program=argv0,
+            env={**package.env, **config.env},
+            klibs=config.klibs,
+            extra_manifest=config.extra_manifest,
+        ),
+        program,
+        release,
+        name,
+    )
+    environment = dict(base.environment)
+    if package.working_dir and "PWD" not in config.env:
+        environment["PWD"] = package.working_dir
+    return dataclasses.replace(
+        base,
+        arguments=tuple(arguments),
+        environment=environment,
+        cwd=package.working_dir or None,
+    )
+
+
+def build_package_image(
+    package: Package,
+    config: BuildConfig,
+    release: NanosRelease,
+    output: str | os.PathLike[str],
+    *,
+    cwd: str | None = None,
+    progress: Progress = NULL_PROGRESS,
+    force: bool = False,
+) -> BuiltImage:
+    """Build a bootable image of a local package (``pyops pkg load``)."""
+    name = config.name or package.name
+    tree = package_tree(package, config.args, cwd)
+    _add_user_files(tree, config)
+    add_standard_files(tree, None)
+    manifest = package_manifest(package, release, config, name)
+    return write_image(tree, manifest, release, config, output, progress=progress, force=force)
 
 
 def parse_env(items: Sequence[str]) -> dict[str, str]:

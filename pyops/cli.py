@@ -219,6 +219,75 @@ def pkg_rm(name: str) -> None:
     remove_package(name)
 
 
+@pkg.command("load")
+@click.argument("name")
+@click.option("-a", "--args", "args", multiple=True, help="Program arguments (repeat).")
+@click.option("-e", "--env", "env", multiple=True, help="NAME=VALUE in the guest (repeat).")
+@click.option("-p", "--port", "ports", multiple=True, help="Forward PORT or HOST:GUEST (TCP).")
+@click.option("-c", "--config", "config_file", help="An Ops config.json.")
+@click.option("-i", "--imagename", "image_name", help="Image name (default: the package).")
+@click.option("-m", "--memory", default=None, help="Guest memory (default 2G).")
+@click.option("--smp", type=int, default=None, help="Number of virtual CPUs.")
+@click.option(
+    "--accel", type=click.Choice(["auto", "kvm", "hvf", "tcg"]), default=None, help="[auto]"
+)
+@click.option("--nanos-version", help="Nanos release to use (default: newest installed).")
+@click.option("-l", "--local", is_flag=True, help="Accepted for Ops compatibility.")
+@click.option("-v", "--verbose", is_flag=True, default=None, help="Print the qemu command line.")
+@click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date.")
+@click.pass_context
+def pkg_load(
+    ctx: click.Context,
+    /,
+    name: str,
+    args: tuple[str, ...],
+    env: tuple[str, ...],
+    ports: tuple[str, ...],
+    config_file: str | None,
+    image_name: str | None,
+    memory: str | None,
+    smp: int | None,
+    accel: str | None,
+    nanos_version: str | None,
+    local: bool,
+    verbose: bool | None,
+    force: bool,
+) -> None:
+    """Build an image from local package NAME and boot it; exit with its exit code.
+
+    Without -a the package's own arguments (the image's Entrypoint and Cmd) are used.  An
+    argument naming a file in the current directory is copied into the program's working
+    directory in the image.
+    """
+    import dataclasses
+    import shlex
+
+    from pyops.build import build_package_image, check_image_name, merge_config, parse_env
+    from pyops.package import load_package
+    from pyops.qemu import Host, qemu_command, run_vm
+
+    del local  # packages are always local here; the flag exists for Ops's muscle memory
+    package = load_package(name)
+    ops = _load_ops_config(config_file)
+    config = merge_config(ops, package.program, args=args, env=parse_env(env), name=image_name)
+    image = check_image_name(config.name or package.name)
+    config = dataclasses.replace(config, name=image)
+    release = _release_for(nanos_version or ops.nanos_version, ops)
+    built = build_package_image(
+        package,
+        config,
+        release,
+        _images_dir() / f"{image}.img",
+        force=force,
+        progress=TqdmProgress(),
+    )
+    vm = _vm_config(ops, ports, memory, smp, accel)
+    host = Host.detect()
+    if verbose or (verbose is None and ops.run.verbose):
+        click.echo(shlex.join(qemu_command(built.path, vm, host)), err=True)
+    ctx.exit(run_vm(built.path, vm, host=host, stdin=None))
+
+
 # --- pyops build / run -----------------------------------------------------------------------
 
 
@@ -252,6 +321,45 @@ def _load_ops_config(config_file: str | None) -> Any:
     return load_config(config_file) if config_file else OpsConfig()
 
 
+def _release_for(version: str | None, ops: Any) -> Any:
+    """The Nanos release to build with, with config.json's Kernel and Boot applied."""
+    import dataclasses
+
+    from pyops.release import get_release, installed_releases
+
+    # Like Ops, never update Nanos behind the user's back: without a version the newest
+    # installed release is used, and the network is asked only when none is installed.
+    offline = version is None and bool(installed_releases())
+    release = get_release(version, download=not offline, progress=TqdmProgress())
+    if ops.kernel or ops.boot:
+        release = dataclasses.replace(
+            release,
+            kernel=Path(ops.kernel) if ops.kernel else release.kernel,
+            boot_img=Path(ops.boot) if ops.boot else release.boot_img,
+        )
+    return release
+
+
+def _vm_config(
+    ops: Any, ports: tuple[str, ...], memory: str | None, smp: int | None, accel: str | None
+) -> Any:
+    """qemu settings: flags first, then config.json's RunConfig, then defaults."""
+    from pyops.qemu import Accel, Host, PortForward, VmConfig, qemu_command
+
+    settings = ops.run
+    if accel is None:
+        accel = "tcg" if settings.accel is False else "auto"
+    config = VmConfig(
+        memory=memory or settings.memory or "2G",
+        cpus=smp if smp is not None else settings.cpus,
+        accel=Accel(accel),
+        ports=tuple(PortForward.parse(p) for p in (ports or settings.ports))
+        + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
+    )
+    qemu_command(Path("/dev/null"), config, Host.detect())  # refuse a bad accelerator early
+    return config
+
+
 def _do_build(
     program: str | None,
     config_file: str | None,
@@ -269,7 +377,6 @@ def _do_build(
 
     from pyops.build import build_image, check_image_name, image_name, merge_config, parse_env
     from pyops.config import parse_size
-    from pyops.release import get_release, installed_releases
 
     if ops is None:
         ops = _load_ops_config(config_file)
@@ -284,17 +391,7 @@ def _do_build(
         size=parse_size(size, "--size") if size else None,
     )
     progress = TqdmProgress()
-    version = nanos_version or ops.nanos_version
-    # Like Ops, never update Nanos behind the user's back: without a version the newest
-    # installed release is used, and the network is asked only when none is installed.
-    offline = version is None and bool(installed_releases())
-    release = get_release(version, download=not offline, progress=progress)
-    if ops.kernel or ops.boot:
-        release = dataclasses.replace(
-            release,
-            kernel=Path(ops.kernel) if ops.kernel else release.kernel,
-            boot_img=Path(ops.boot) if ops.boot else release.boot_img,
-        )
+    release = _release_for(nanos_version or ops.nanos_version, ops)
     image = check_image_name(config.name or image_name(config.program))
     config = dataclasses.replace(config, name=image)
     built = build_image(
@@ -336,23 +433,13 @@ def run(
     """Build (or reuse) the image of a host PROGRAM and boot it; exit with its exit code."""
     import shlex
 
-    from pyops.qemu import Accel, Host, PortForward, VmConfig, qemu_command, run_vm
+    from pyops.qemu import Host, qemu_command, run_vm
 
     ops = _load_ops_config(kw["config_file"])
-    settings = ops.run
-    if accel is None:
-        accel = "tcg" if settings.accel is False else "auto"
-    config = VmConfig(
-        memory=memory or settings.memory or "2G",
-        cpus=smp if smp is not None else settings.cpus,
-        accel=Accel(accel),
-        ports=tuple(PortForward.parse(p) for p in (ports or settings.ports))
-        + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
-    )
+    config = _vm_config(ops, ports, memory, smp, accel)
     host = Host.detect()
-    qemu_command(Path("/dev/null"), config, host)  # refuse a bad accelerator before building
     disk = _do_build(**kw, ops=ops)
-    if verbose or (verbose is None and settings.verbose):
+    if verbose or (verbose is None and ops.run.verbose):
         click.echo(shlex.join(qemu_command(disk, config, host)), err=True)
     code = run_vm(disk, config, host=host, stdin=None)
     ctx.exit(code)

@@ -1,0 +1,94 @@
+"""``pyops pkg load``: from an image on a registry to a program running on Nanos.
+
+Boots when a Nanos release is installed (see conftest.py), else skips with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pyops.build import BuildConfig, build_package_image, package_tree
+from pyops.cli import cli
+from pyops.disk import open_image
+from pyops.errors import InvalidInput
+from pyops.package import from_docker, load_package
+from pyops.release import NanosRelease, get_release, install_release_from
+from pyops.store import Store
+from pyops.tree import File
+
+from .registry_server import registries  # noqa: F401
+from .test_package import PkgImage, pkg_image, store  # noqa: F401
+
+
+@pytest.fixture
+def release(store: Store, nanos_release: Path) -> NanosRelease:  # noqa: F811
+    try:
+        return install_release_from(nanos_release, home=store.root)
+    except InvalidInput:
+        install_release_from(nanos_release, version="0.0.0-test", home=store.root)
+        return get_release("0.0.0-test", home=store.root, download=False)
+
+
+def test_argument_files_from_the_current_directory_go_to_the_working_directory(
+    pkg_image: PkgImage,  # noqa: F811
+    store: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    package = from_docker(pkg_image.ref, "ls", name="lister", store=store)
+    (tmp_path / "hi.txt").write_text("hi\n")
+    tree = package_tree(package, ["-l", "hi.txt", "absent.txt", "../up.txt"], cwd=str(tmp_path))
+    node = tree.get("/srv/hi.txt")  # the image's WorkingDir
+    assert isinstance(node, File)
+    assert not tree.exists("/srv/absent.txt")
+
+
+@pytest.mark.boot
+def test_package_from_a_registry_boots_with_its_own_and_given_arguments(
+    pkg_image: PkgImage,  # noqa: F811
+    store: Store,  # noqa: F811
+    release: NanosRelease,
+    tmp_path: Path,
+) -> None:
+    runner = CliRunner()
+    made = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "ls", "-n", "lister"])
+    assert made.exit_code == 0, made.output
+    assert made.output.strip().endswith("lister")
+
+    (tmp_path / "hi.txt").write_text("hi\n")
+    env = {**os.environ, "PYOPS_HOME": str(store.root)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pyops", "pkg", "load", "lister", "-l", "-a", "hi.txt"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hi.txt" in result.stdout.splitlines()
+
+    # The library does the same: the image's Entrypoint/Cmd and Env when no -a is given.
+    greeter = from_docker(pkg_image.ref, "greet", name="greeter", store=store)
+    assert load_package("greeter", store.root).name == "greeter"
+    built = build_package_image(
+        greeter, BuildConfig(program=greeter.program), release, tmp_path / "greeter.img"
+    )
+    manifest = open_image(built.path).manifest
+    assert manifest.cwd == "/srv"
+    assert manifest.environment["GREETING"] == "hello"
+    assert manifest.environment["LD_LIBRARY_PATH"] == "/opt/lib:/opt/lib2"
+    log = tmp_path / "console"
+    from pyops.qemu import VmConfig, run_vm
+
+    with open(log, "wb") as out:
+        code = run_vm(built.path, VmConfig(memory="512M"), stdout=out.fileno(), timeout=240)
+    console = log.read_text(errors="replace").replace("\r", "").splitlines()
+    assert code == 0, console
+    assert manifest.environment["PWD"] == "/srv"
+    assert "new" in console, console  # libgreet.so of the image's last layer says "new"
