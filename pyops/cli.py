@@ -292,9 +292,9 @@ def pkg_load(
 
 
 def _images_dir() -> Path:
-    from pyops.store import Store
+    from pyops.images import images_dir
 
-    return Path(Store.default().root) / "images"
+    return images_dir()
 
 
 def _build_options(f: F) -> F:
@@ -477,6 +477,36 @@ def _describe(node: Any) -> tuple[str, str, str]:
     if isinstance(node, File):
         return "-", str(node.size), ""
     return "?", "-", ""
+
+
+@image.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def image_list(as_json: bool) -> None:
+    """List the images built by pyops."""
+    import json
+
+    from pyops.images import list_images
+
+    entries = list_images()
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo("no images (pyops build PROGRAM makes one)")
+        return
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        click.echo(f"{e.name:<{width}}  {e.size / 1048576:8.1f} MiB  {e.path}")
+
+
+@image.command("rm")
+@click.argument("names", nargs=-1, required=True)
+def image_rm(names: tuple[str, ...]) -> None:
+    """Delete built images by name."""
+    from pyops.images import remove_image
+
+    for name in names:
+        click.echo(f"removed {remove_image(name)}")
 
 
 @image.command("ls")
