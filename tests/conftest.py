@@ -6,8 +6,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pyops.release import NanosRelease
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -60,3 +64,15 @@ def compile_c(cc: str, source: str, out: Path, *flags: str) -> Path:
     src.write_text(source)
     subprocess.run([cc, "-O1", "-o", str(out), str(src), *flags], check=True)
     return out
+
+
+def install_test_release(folder: Path, home: Path) -> NanosRelease:
+    """Install the release ``folder`` into a test's own pyops home, and return it."""
+    from pyops.errors import InvalidInput
+    from pyops.release import get_release, install_release_from
+
+    try:
+        return install_release_from(folder, home=home)
+    except InvalidInput:  # a folder whose name is not a version
+        install_release_from(folder, version="0.0.0-test", home=home)
+        return get_release("0.0.0-test", home=home, download=False)

@@ -18,11 +18,11 @@ from pyops.cli import cli
 from pyops.disk import open_image
 from pyops.errors import InvalidInput
 from pyops.ldd import resolve
-from pyops.release import NanosRelease, get_release, install_release_from
+from pyops.release import NanosRelease
 from pyops.tfs import read_file_bytes
 from pyops.tree import File, ImageData, Symlink
 
-from .conftest import compile_c
+from .conftest import compile_c, install_test_release
 
 HELLO = r"""
 #include <stdio.h>
@@ -72,11 +72,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def release(home: Path, nanos_release: Path) -> NanosRelease:
-    try:
-        return install_release_from(nanos_release, home=home)
-    except InvalidInput:  # a folder whose name is not a version
-        install_release_from(nanos_release, version="0.0.0-test", home=home)
-        return get_release("0.0.0-test", home=home, download=False)
+    return install_test_release(nanos_release, home)
 
 
 def test_image_names() -> None:

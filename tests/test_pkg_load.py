@@ -16,23 +16,19 @@ from click.testing import CliRunner
 from pyops.build import BuildConfig, build_package_image, package_tree
 from pyops.cli import cli
 from pyops.disk import open_image
-from pyops.errors import InvalidInput
 from pyops.package import from_docker, load_package
-from pyops.release import NanosRelease, get_release, install_release_from
+from pyops.release import NanosRelease
 from pyops.store import Store
 from pyops.tree import File
 
+from .conftest import install_test_release
 from .registry_server import registries  # noqa: F401
 from .test_package import PkgImage, pkg_image, store  # noqa: F401
 
 
 @pytest.fixture
 def release(store: Store, nanos_release: Path) -> NanosRelease:  # noqa: F811
-    try:
-        return install_release_from(nanos_release, home=store.root)
-    except InvalidInput:
-        install_release_from(nanos_release, version="0.0.0-test", home=store.root)
-        return get_release("0.0.0-test", home=store.root, download=False)
+    return install_test_release(nanos_release, store.root)
 
 
 def test_argument_files_from_the_current_directory_go_to_the_working_directory(

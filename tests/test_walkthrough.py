@@ -19,8 +19,8 @@ import pytest
 
 import pyops
 from pyops.ldd import resolve
-from pyops.release import NanosRelease, get_release, install_release_from
 
+from .conftest import install_test_release
 from .registry_server import Registries, _umoci_rootless, registries, run  # noqa: F401
 
 HI_JS = "console.log('hi from Nanos!');\n"
@@ -88,19 +88,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nanos_release: Path) -
     return tmp_path / "home"
 
 
-def installed_release(home: Path, folder: Path) -> NanosRelease:
-    try:
-        return install_release_from(folder, home=home)
-    except pyops.InvalidInput:
-        install_release_from(folder, version="0.0.0-test", home=home)
-        return get_release("0.0.0-test", home=home, download=False)
-
-
 @pytest.mark.boot
 def test_node_walkthrough_on_the_command_line(
     node_image: NodeImage, home: Path, nanos_release: Path, tmp_path: Path
 ) -> None:
-    installed_release(home, nanos_release)
+    install_test_release(nanos_release, home)
     env = {**os.environ, "PYOPS_HOME": str(home)}
 
     def pyops_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -126,7 +118,7 @@ def test_node_walkthrough_on_the_command_line(
 def test_node_walkthrough_through_the_library(
     node_image: NodeImage, home: Path, nanos_release: Path, tmp_path: Path
 ) -> None:
-    release = installed_release(home, nanos_release)
+    release = install_test_release(nanos_release, home)
     package = pyops.from_docker(node_image.ref, "node")
     assert package.name == "node_20"
     (tmp_path / "hi.js").write_text(HI_JS)
