@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyops.disk import write_raw_volume
-from pyops.errors import FilesystemFull, ImageFormatError, InvalidInput
+from pyops.errors import FilesystemFull, HostFileError, ImageFormatError, InvalidInput
 from pyops.tfs import (
     FileEntry,
     format_uuid,
@@ -409,3 +409,26 @@ def test_write_then_read_round_trip(tmp_path: Path, spec: dict[str, Any]) -> Non
 def test_root_tuple_refuses_children_key() -> None:
     with pytest.raises(InvalidInput):
         root_tuple(Tree(), {"children": {}})
+
+
+def test_worker_process_reports_a_removed_file_and_leaves_nothing(tmp_path: Path) -> None:
+    """Enough files to copy through the worker process; its error reaches the caller."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(600):
+        (src / f"f{i:03d}").write_bytes(b"x" * i)
+    tree = Tree()
+    tree.add_host_path(src, "/")
+    (src / "f599").unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(HostFileError, match="f599: no such file"):
+        write_raw_volume(out / "v.img", tree)
+    assert list(out.iterdir()) == []
+    (src / "f599").write_bytes(b"y" * 599)
+    write_raw_volume(out / "v.img", tree)
+    with open(out / "v.img", "rb") as f:
+        back = volume_tree(read_volume(f), str(out / "v.img"))
+    node = back.get("/f599")
+    assert isinstance(node, File) and isinstance(node.source, ImageData)
+    assert read_file_bytes(node.source) == b"y" * 599
