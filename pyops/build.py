@@ -222,8 +222,8 @@ def tree_key(tree: Tree) -> str:
             if isinstance(src, Contents):
                 h.update(hashlib.sha256(src.data).digest())
             elif isinstance(src, HostFile):
-                st = os.stat(src.path)
-                h.update(f"{src.path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+                # the walk already stat'ed it; a file changed since then fails the copy
+                h.update(f"{src.path}\0{src.size}\0{src.mtime_ns}".encode())
             else:
                 h.update(repr(src).encode())
         h.update(b"\n")

@@ -344,7 +344,7 @@ def _vm_config(
     ops: Any, ports: tuple[str, ...], memory: str | None, smp: int | None, accel: str | None
 ) -> Any:
     """qemu settings: flags first, then config.json's RunConfig, then defaults."""
-    from pyops.qemu import Accel, Host, PortForward, VmConfig, qemu_command
+    from pyops.qemu import Accel, Host, PortForward, VmConfig, choose_accel
 
     settings = ops.run
     if accel is None:
@@ -356,7 +356,7 @@ def _vm_config(
         ports=tuple(PortForward.parse(p) for p in (ports or settings.ports))
         + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
     )
-    qemu_command(Path("/dev/null"), config, Host.detect())  # refuse a bad accelerator early
+    choose_accel(config.accel, Host.detect())  # refuse an unusable accelerator before building
     return config
 
 
@@ -558,7 +558,7 @@ def image_tree(image_path: str, boot: bool) -> None:
 @click.option("--boot", is_flag=True, help="Read from the boot filesystem.")
 def image_cat(image_path: str, path: str, boot: bool) -> None:
     """Write the contents of a file in an image to standard output."""
-    from pyops.tfs import iter_image_data
+    from pyops.tfs import iter_file_contents
     from pyops.tree import Contents, File, ImageData
 
     _disk, tree = _open_tree(image_path, boot)
@@ -571,15 +571,8 @@ def image_cat(image_path: str, path: str, boot: bool) -> None:
         out.write(source.data)
         return
     assert isinstance(source, ImageData)
-    written = 0
-    with open(source.image, "rb") as f:
-        for pos, piece in iter_image_data(f, source):
-            if pos > written:
-                out.write(bytes(pos - written))
-            out.write(piece)
-            written = pos + len(piece)
-    if source.size > written:
-        out.write(bytes(source.size - written))
+    for piece in iter_file_contents(source):
+        out.write(piece)
     out.flush()
 
 

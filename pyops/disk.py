@@ -29,7 +29,6 @@ from pyops.manifest import Manifest
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.tfs import (
     SECTOR,
-    SLACK,
     Volume,
     VolumeInfo,
     read_volume,
@@ -359,7 +358,6 @@ def _open(f: BinaryIO, path: Path) -> DiskImage:
 __all__ = [
     "BOOTFS_SIZE",
     "KLOG_SIZE",
-    "SLACK",
     "DiskImage",
     "DiskInfo",
     "Partition",

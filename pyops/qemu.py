@@ -308,6 +308,9 @@ def interpret_exit(status: int, stderr: str, argv: Sequence[str]) -> int:
         for line in stderr.splitlines()
         if line.startswith(("qemu-system", "qemu:")) and "terminating on signal" not in line
     ]
+    for line in stderr.splitlines():
+        if line.strip() and line not in errors:
+            log.warning("qemu: %s", line)
     if status < 0:
         raise QemuError(
             f"qemu was killed by signal {-status}" + (": " + "; ".join(errors) if errors else ""),

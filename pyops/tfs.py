@@ -394,12 +394,6 @@ def encode_log(root: dict[str, Any], placements: list[_Placement], data_end: int
     return VolumePlan(extensions, tuple(placements), FIRST_DATA_SECTOR, data_end, used_end, minimum)
 
 
-def plan_volume(root: dict[str, Any]) -> VolumePlan:
-    """Encode the log and place the data of the volume whose root tuple is ``root``."""
-    placements, data_end = place_files(root)
-    return encode_log(root, placements, data_end)
-
-
 def default_volume_size(used_end_sectors: int) -> int:
     """C mkfs's size rule: round up to 512 KiB with at least 512 KiB free at the end."""
     used = used_end_sectors * SECTOR
@@ -963,13 +957,22 @@ def iter_image_data(
             pos += n
 
 
-def read_file_bytes(data: ImageData) -> bytes:
-    """The whole contents of a stored file (holes read as zeros)."""
-    out = bytearray(data.size)
+def iter_file_contents(data: ImageData) -> Iterator[bytes]:
+    """A stored file's contents in order, holes and unmapped tails as zero bytes."""
+    written = 0
     with open(data.image, "rb") as f:
         for pos, piece in iter_image_data(f, data):
-            out[pos : pos + len(piece)] = piece
-    return bytes(out)
+            if pos > written:
+                yield bytes(pos - written)
+            yield piece
+            written = pos + len(piece)
+    if data.size > written:
+        yield bytes(data.size - written)
+
+
+def read_file_bytes(data: ImageData) -> bytes:
+    """The whole contents of a stored file (holes read as zeros)."""
+    return b"".join(iter_file_contents(data))
 
 
 _TREE_KEYS = frozenset({"children", "extents", "filelength", "linktarget"})

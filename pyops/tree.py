@@ -27,24 +27,31 @@ class HostFile:
 
     path: str
     size: int
+    mtime_ns: int = 0
+    """When it was last changed, as seen when it was added (0: unknown)."""
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str]) -> HostFile:
         """Check that ``path`` is a readable regular file (links followed) and record its size."""
         p = os.fspath(path)
-        try:
-            st = os.stat(p)
-        except FileNotFoundError:
-            raise HostFileError(f"{p}: no such file") from None
-        except OSError as exc:
-            raise HostFileError(f"{p}: cannot read it ({exc.strerror})") from exc
+        st = host_stat(p, follow_symlinks=True)
         if not stat.S_ISREG(st.st_mode):
             raise HostFileError(f"{p}: not a regular file")
         if not os.access(p, os.R_OK):
             raise HostFileError(
                 f"{p}: permission denied", hint="make the file readable by the current user"
             )
-        return cls(p, st.st_size)
+        return cls(p, st.st_size, st.st_mtime_ns)
+
+
+def host_stat(path: str, *, follow_symlinks: bool) -> os.stat_result:
+    """``stat``/``lstat`` of a host path, failures turned into :class:`HostFileError`."""
+    try:
+        return os.stat(path, follow_symlinks=follow_symlinks)
+    except FileNotFoundError:
+        raise HostFileError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise HostFileError(f"{path}: cannot read it ({exc.strerror})") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,12 +214,7 @@ class Tree:
         File contents are read only when the image is written.
         """
         top = os.fspath(host_path)
-        try:
-            st = os.lstat(top)
-        except FileNotFoundError:
-            raise HostFileError(f"{top}: no such file or directory") from None
-        except OSError as exc:
-            raise HostFileError(f"{top}: cannot read it ({exc.strerror})") from exc
+        st = host_stat(top, follow_symlinks=False)
         parts = split_path(path)
         dest = "/" + "/".join(parts)
         inodes: dict[tuple[int, int], str] = {}
@@ -235,7 +237,7 @@ class Tree:
                 if first is not None:
                     return HardLink(first)
                 inodes[key] = path
-            return File(HostFile(host, st.st_size))
+            return File(HostFile(host, st.st_size, st.st_mtime_ns))
         if stat.S_ISLNK(mode):
             try:
                 return Symlink(os.readlink(host))

@@ -25,7 +25,6 @@ reference the second time, which is how hard links are encoded.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -411,17 +410,15 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def to_text(value: Any, indent: int = 0) -> str:
+def to_text(value: Any) -> str:
     """Render a value in the manifest text syntax Nanos's own tools use: ``(key:value ...)``."""
     if isinstance(value, Mapping):
         if not value:
             return "()"
-        inner = " ".join(
-            f"{_quote(k, _NAME_SPECIAL)}:{to_text(v, indent)}" for k, v in value.items()
-        )
+        inner = " ".join(f"{_quote(k, _NAME_SPECIAL)}:{to_text(v)}" for k, v in value.items())
         return f"({inner})"
     if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
-        return "[" + " ".join(to_text(v, indent) for v in value) + "]"
+        return "[" + " ".join(to_text(v) for v in value) + "]"
     if value is None:
         return "null"
     if isinstance(value, bytes):
@@ -442,6 +439,3 @@ def _quote(text: str, special: frozenset[str]) -> str:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH + 1000))

@@ -16,7 +16,7 @@ import pytest
 
 from pyops.disk import open_image, write_disk, write_raw_volume
 from pyops.manifest import Manifest
-from pyops.tfs import iter_image_data
+from pyops.tfs import iter_file_contents
 from pyops.tree import Directory, File, HardLink, ImageData, Symlink, Tree
 
 from .conftest import find_release
@@ -31,13 +31,8 @@ def tool(name: str) -> Path:
 
 def digest_of(source: ImageData) -> str:
     h = hashlib.sha256()
-    written = 0
-    with open(source.image, "rb") as f:
-        for pos, piece in iter_image_data(f, source):
-            h.update(bytes(pos - written))
-            h.update(piece)
-            written = pos + len(piece)
-    h.update(bytes(source.size - written))
+    for piece in iter_file_contents(source):
+        h.update(piece)
     return h.hexdigest()
 
 
