@@ -6,52 +6,49 @@ writer (nanos ``tools/mkfs.c``): one snapshot record of the tree, then per file 
 order, the metadata bytes are those of C mkfs.  Placement:
 
 * sector 0: the initial extension (magic, version, UUID, label, link to sector 1);
-* sectors 1 ... 1 + 1024*n: the n log extensions, contiguous;
+* sectors 1 ... 1024: the first log extension;
 * two unrecorded 1,024-sector runs: the kernel reserves the first two free runs of that size
   for its own log before it writes any file data (section 2.6), so this gap is what lets the
   guest write files at all;
-* file data, in encoding order, packed, split into extents of at most 32 MiB.
+* file data, in encoding order, packed, split into extents of at most 32 MiB;
+* further log extensions, if the log needs them, after the data (as Ops places them).
 
 With one log extension this is exactly C mkfs's placement (data at sector 3,073).
 
 Everything is deterministic: entries are encoded in the order of the input dicts (the tree
 conversion sorts names by bytes), and the UUID is derived from the metadata unless given.
-File data is streamed (``os.copy_file_range`` where the OS has it) and never held in memory.
+File data is copied by :mod:`pyops.copier` while the log is encoded, never whole in memory.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
-import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, NamedTuple
+from itertools import accumulate
+from typing import Any, BinaryIO
 
+from pyops.copier import DataCopy, iter_image_data
 from pyops.errors import (
     FilesystemFull,
-    HostFileError,
     ImageFormatError,
     InvalidInput,
-    PyopsError,
 )
+from pyops.gcpause import gc_paused
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.tree import (
-    Contents,
     Directory,
     File,
     HardLink,
-    HostFile,
     ImageData,
     ImageExtent,
     Node,
     Source,
     Symlink,
     Tree,
+    sorted_names,
 )
 from pyops.tuples import DecodedTuple, Decoder, Encoder, encode_varint
 
@@ -81,8 +78,8 @@ class FileEntry(dict[str, Any]):
 
     __slots__ = ("source",)
 
-    def __init__(self, source: Source, attributes: dict[str, Any] | None = None) -> None:
-        super().__init__(attributes or {})
+    def __init__(self, source: Source, attributes: Mapping[str, Any] | None = None) -> None:
+        super().__init__(attributes or ())
         self.source = source
 
     def __hash__(self) -> int:  # type: ignore[override]
@@ -131,33 +128,47 @@ def check_label(label: str) -> bytes:
 # --- from a Tree to tuples -------------------------------------------------------------------
 
 
-def _name_key(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")
+class RootTuple(dict[str, Any]):
+    """A volume's root tuple made from a :class:`Tree`, with its files listed in encoding order.
+
+    The list spares the writer a second walk of the tuples to find the files; a root tuple
+    written by hand (a plain dict) is walked instead.
+    """
+
+    __slots__ = ("files",)
+
+    def __init__(self, files: list[FileEntry]) -> None:
+        super().__init__()
+        self.files = files
 
 
 def tree_to_tuple(tree: Tree) -> dict[str, Any]:
-    """The ``children`` tuple of the root directory, ready for :func:`write_volume`.
+    """The ``children`` tuple of the root directory, ready for :func:`write_volume`."""
+    return _convert_tree(tree)[0]
+
+
+def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry]]:
+    """The root's ``children`` tuple, and every distinct file in encoding order.
 
     Names are sorted by their bytes; hard links become the very same :class:`FileEntry`
     object under each name, with ``nlink`` set to the number of names.
     """
-    files: dict[str, FileEntry] = {}
+    files: list[FileEntry] = []
     links: list[tuple[dict[str, Any], str, str]] = []
 
     def convert(directory: Directory, path: str) -> dict[str, Any]:
         children: dict[str, Any] = {}
-        base = path.rstrip("/")
-        for name in sorted(directory.entries, key=_name_key):
-            node = directory.entries[name]
-            child_path = f"{base}/{name}"
-            if isinstance(node, Directory):
-                sub = {"children": convert(node, child_path)}
+        entries = directory.entries
+        for name in sorted_names(entries):
+            node = entries[name]
+            if isinstance(node, File):
+                entry = FileEntry(node.source, node.attributes)
+                files.append(entry)
+                children[name] = entry
+            elif isinstance(node, Directory):
+                sub = {"children": convert(node, f"{path.rstrip('/')}/{name}")}
                 sub.update(node.attributes)
                 children[name] = sub
-            elif isinstance(node, File):
-                entry = FileEntry(node.source, dict(node.attributes))
-                files[child_path] = entry
-                children[name] = entry
             elif isinstance(node, Symlink):
                 link: dict[str, Any] = {"linktarget": node.target}
                 link.update(node.attributes)
@@ -172,21 +183,37 @@ def tree_to_tuple(tree: Tree) -> dict[str, Any]:
     root = convert(tree.root, "/")
     counts: dict[int, int] = {}
     for children, name, target in links:
-        entry = files.get(target)
+        entry = _converted_file(root, target)
         if entry is None:
             raise InvalidInput(f"hard link {name!r} points to {target}, which is not a file")
         children[name] = entry
         counts[id(entry)] = counts.get(id(entry), 1) + 1
-    for entry in files.values():
+    for entry in files:
         n = counts.get(id(entry))
         if n is not None:
             entry["nlink"] = n
-    return root
+    return root, files
 
 
-def root_tuple(tree: Tree, items: dict[str, Any] | None = None) -> dict[str, Any]:
+def _converted_file(children: dict[str, Any], path: str) -> FileEntry | None:
+    """The file at ``path`` in a converted tree (``children`` of the root), if it is one."""
+    value: Any = {"children": children}
+    for part in path.split("/"):
+        if not part:
+            continue
+        inner = value.get("children") if isinstance(value, dict) else None
+        if not isinstance(inner, dict):
+            return None
+        value = inner.get(part)
+    return value if isinstance(value, FileEntry) else None
+
+
+def root_tuple(tree: Tree, items: dict[str, Any] | None = None) -> RootTuple:
     """The root tuple of a volume: ``children`` first, then configuration ``items``."""
-    root: dict[str, Any] = {"children": tree_to_tuple(tree)}
+    with gc_paused():
+        children, files = _convert_tree(tree)
+    root = RootTuple(files)
+    root["children"] = children
     if items:
         for key, value in items.items():
             if key == "children":
@@ -266,40 +293,36 @@ def frame_log(records: list[bytes], extension_sector: Callable[[int], int]) -> l
     return extensions
 
 
-class _Placement(NamedTuple):
-    file: FileEntry
-    start: int  # first volume sector (a file's extents are contiguous)
-    extents: tuple[tuple[int, int, int], ...]  # (file sector, volume sector, sectors)
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the data of each file goes: ``files[i]`` from sector ``starts[i]`` on, contiguous.
+
+    Files are packed in encoding order from ``data_start``; ``data_end`` is the sector after
+    the last one.  A file's data is one run, cut into extents of at most 32 MiB.
+    """
+
+    files: list[FileEntry]
+    starts: list[int]
+    data_start: int
+    data_end: int
 
 
-def _place(files: list[FileEntry], data_start: int) -> tuple[list[_Placement], int]:
-    out: list[_Placement] = []
-    sector = data_start
-    for entry in files:
-        nsec = _sectors(entry.source.size)
-        if nsec <= MAX_EXTENT_SECTORS:
-            extents: tuple[tuple[int, int, int], ...] = ((0, sector, nsec),) if nsec else ()
-        else:
-            parts = []
-            done = 0
-            while done < nsec:
-                n = min(MAX_EXTENT_SECTORS, nsec - done)
-                parts.append((done, sector + done, n))
-                done += n
-            extents = tuple(parts)
-        out.append(_Placement(entry, sector, extents))
-        sector += nsec
-    return out, sector
+def _place(files: list[FileEntry], data_start: int) -> Placement:
+    lengths = [(entry.source.size + SECTOR - 1) // SECTOR for entry in files]
+    starts = list(accumulate(lengths, initial=data_start))
+    data_end = starts.pop()
+    return Placement(files, starts, data_start, data_end)
 
 
-def _file_records(encoder: Encoder, placements: list[_Placement]) -> list[bytes]:
+def _file_records(encoder: Encoder, placement: Placement) -> list[bytes]:
     """C mkfs's per-file updates: extents = {}, one update per extent, then filelength.
 
-    This is :meth:`Encoder.update` unrolled for speed (``test_tfs`` checks its bytes against
-    the spec's examples): once a symbol has been written, its reference never changes, so
-    the references are computed once.
+    This is :meth:`Encoder.update` unrolled for speed (``test_tfs`` checks it against
+    :meth:`Encoder.update` and the spec's examples).  Once a symbol has been written, its
+    reference never changes, so after the first file the symbols are constant bytes.
     """
     records: list[bytes] = []
+    append = records.append
     varint = encode_varint
     refs: dict[str, bytes] = {}
 
@@ -313,19 +336,42 @@ def _file_records(encoder: Encoder, placements: list[_Placement]) -> list[bytes]
                 refs[text] = ref
         return ref
 
-    for placement in placements:
-        entry = placement.file
-        index = encoder.index_of(entry)
+    index_of = encoder.index_of
+    # For a file of one extent, once its symbols are references: (extents, key "0" to
+    # the offset's tag, the length's name and tag, the allocated's, filelength's).
+    fixed: tuple[bytes, bytes, bytes, bytes, bytes] | None = None
+    for entry, start in zip(placement.files, placement.starts, strict=True):
+        index = index_of(entry)
         if index is None:  # pragma: no cover - every file is in the snapshot
             raise ValueError("file not in the snapshot")
         ref = b"\x11" + varint(index)
-        records.append(ref + name("extents") + b"\x90")
-        extents_ref = b"\x11" + varint(encoder.new_index())
-        for file_sector, volume_sector, nsec in placement.extents:
-            key = name(str(file_sector))
-            encoder.new_index()
+        size = entry.source.size
+        nsec = (size + SECTOR - 1) // SECTOR
+        if fixed is not None and 0 < nsec <= MAX_EXTENT_SECTORS:
+            extents, offset_head, length_head, allocated_head, filelength_head = fixed
+            encoder.count += 2
             length = varint(nsec)
-            records.append(
+            append(ref + extents)
+            append(
+                b"\x11"
+                + varint(encoder.count - 1)
+                + offset_head
+                + varint(start)
+                + length_head
+                + length
+                + allocated_head
+                + length
+            )
+            append(ref + filelength_head + varint(size))
+            continue
+        append(ref + name("extents") + b"\x90")
+        extents_ref = b"\x11" + varint(encoder.new_index())
+        nsec = (size + SECTOR - 1) // SECTOR
+        for done in range(0, nsec, MAX_EXTENT_SECTORS):
+            key = name(str(done))  # the key's symbol is numbered before the extent tuple
+            encoder.new_index()
+            length = varint(min(MAX_EXTENT_SECTORS, nsec - done))
+            append(
                 b"".join(
                     (
                         extents_ref,
@@ -333,7 +379,7 @@ def _file_records(encoder: Encoder, placements: list[_Placement]) -> list[bytes]
                         b"\x93",
                         name("offset"),
                         b"\xb0",
-                        varint(volume_sector),
+                        varint(start + done),
                         name("length"),
                         b"\xb0",
                         length,
@@ -343,8 +389,19 @@ def _file_records(encoder: Encoder, placements: list[_Placement]) -> list[bytes]
                     )
                 )
             )
-        records.append(ref + name("filelength") + b"\xb0" + varint(entry.source.size))
+        append(ref + name("filelength") + b"\xb0" + varint(size))
+        if fixed is None and nsec and all(n in refs for n in _FILE_SYMBOLS):
+            fixed = (
+                refs["extents"] + b"\x90",
+                refs["0"] + b"\x93" + refs["offset"] + b"\xb0",
+                refs["length"] + b"\xb0",
+                refs["allocated"] + b"\xb0",
+                refs["filelength"] + b"\xb0",
+            )
     return records
+
+
+_FILE_SYMBOLS = ("extents", "0", "offset", "length", "allocated", "filelength")
 
 
 # The first log extension is at sector 1; then C mkfs's two reserved runs; then the data.
@@ -356,14 +413,13 @@ class VolumePlan:
     """Where everything goes in a volume, and the encoded log."""
 
     extensions: tuple[tuple[int, bytearray], ...]  # (sector, framed bytes)
-    placements: tuple[_Placement, ...]
     data_start: int
     data_end: int
     used_end: int  # sector after the last sector holding log or data
     minimum_size: int  # bytes: every extension and extent inside
 
 
-def place_files(root: dict[str, Any]) -> tuple[list[_Placement], int]:
+def place_files(root: dict[str, Any]) -> Placement:
     """Place the data of every file of ``root``, in encoding order, from sector 3,073.
 
     Log extensions beyond the first go after the data (as Ops places them), so data
@@ -371,15 +427,17 @@ def place_files(root: dict[str, Any]) -> tuple[list[_Placement], int]:
     """
     if not isinstance(root.get("children", {}), dict):
         raise InvalidInput("the root's 'children' must be a tuple")
-    return _place(_distinct_files(root), FIRST_DATA_SECTOR)
+    files = root.files if isinstance(root, RootTuple) else _distinct_files(root)
+    return _place(files, FIRST_DATA_SECTOR)
 
 
-def encode_log(root: dict[str, Any], placements: list[_Placement], data_end: int) -> VolumePlan:
+def encode_log(root: dict[str, Any], placement: Placement) -> VolumePlan:
     """Encode the snapshot and the file updates, and frame them into extensions."""
     encoder = Encoder()
     snapshot = bytearray()
     encoder.value(snapshot, root)
-    records = [bytes(snapshot), *_file_records(encoder, placements)]
+    records = [bytes(snapshot), *_file_records(encoder, placement)]
+    data_end = placement.data_end
 
     def extension_sector(k: int) -> int:
         return 1 if k == 0 else data_end + (k - 1) * EXTENSION_SECTORS
@@ -387,11 +445,11 @@ def encode_log(root: dict[str, Any], placements: list[_Placement], data_end: int
     framed = frame_log(records, extension_sector)
     extensions = tuple((extension_sector(k), ext) for k, ext in enumerate(framed))
     last_sector, last = extensions[-1]
-    used_end = max(last_sector + _sectors(len(last)), data_end if placements else 0)
+    used_end = max(last_sector + _sectors(len(last)), data_end if placement.files else 0)
     if data_end == FIRST_DATA_SECTOR and len(extensions) == 1:
         used_end = 1 + _sectors(len(last))  # no data: only sector 0 and the log
     minimum = max(used_end, last_sector + EXTENSION_SECTORS) * SECTOR
-    return VolumePlan(extensions, tuple(placements), FIRST_DATA_SECTOR, data_end, used_end, minimum)
+    return VolumePlan(extensions, FIRST_DATA_SECTOR, data_end, used_end, minimum)
 
 
 def default_volume_size(used_end_sectors: int) -> int:
@@ -425,126 +483,6 @@ def initial_extension(uuid: bytes, label: bytes) -> bytes:
     return bytes(sector)
 
 
-# Above these, host files are copied by a worker process: spawning it costs about 50 ms,
-# but a copying thread would have to win the GIL back from the encoder after every system
-# call, which on two cores made copies almost twice as slow as alone.
-_PROCESS_MIN_FILES = 512
-_PROCESS_MIN_BYTES = 256 * 1024 * 1024
-
-
-class _DataCopier:
-    """Copies file data while the log is being encoded.
-
-    Small volumes are copied by a thread.  Large ones hand their host files to a worker
-    process (:func:`copy_worker_main`) that inherits the image's file descriptor and reads
-    its jobs from a pipe as they are written, so it copies on the other core at full speed.
-    """
-
-    def __init__(self, fd: int, offset: int, placements: list[_Placement], progress: Progress):
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._progress = progress
-        self._proc: subprocess.Popen[bytes] | None = None
-        host = [p for p in placements if isinstance(p.file.source, HostFile) and p.file.source.size]
-        self._host_bytes = sum(p.file.source.size for p in host)
-        rest = placements
-        if len(host) >= _PROCESS_MIN_FILES or self._host_bytes >= _PROCESS_MIN_BYTES:
-            self._proc = _spawn_copy_worker(fd)
-            rest = [p for p in placements if not isinstance(p.file.source, HostFile)]
-        else:
-            host = []
-        self._thread = threading.Thread(
-            target=self._run, args=(fd, offset, host, rest), daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, fd: int, offset: int, host: list[_Placement], rest: list[_Placement]) -> None:
-        try:
-            if self._proc is not None:
-                assert self._proc.stdin is not None
-                jobs = bytearray()
-                for placement in host:
-                    source = placement.file.source
-                    assert isinstance(source, HostFile)
-                    jobs += b"%d\0%d\0" % (offset + placement.start * SECTOR, source.size)
-                    jobs += os.fsencode(source.path) + b"\0"
-                    if len(jobs) >= 1 << 16:
-                        self._proc.stdin.write(jobs)
-                        jobs.clear()
-                self._proc.stdin.write(jobs)
-                self._proc.stdin.close()
-            for placement in rest:
-                if self._stop.is_set():
-                    return
-                _write_data(fd, offset, placement)
-                self._progress.advance("tfs", placement.file.source.size)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller in join()
-            self.error = exc
-
-    def join(self, cancel: bool = False) -> None:
-        if cancel:
-            self._stop.set()
-            if self._proc is not None:
-                self._proc.kill()
-        self._thread.join()
-        if self._proc is not None:
-            # stdin was closed by the feeding thread; the worker's reports are small.
-            assert self._proc.stdout is not None and self._proc.stderr is not None
-            out, err = self._proc.stdout.read(), self._proc.stderr.read()
-            self._proc.wait()
-            if not cancel and self._proc.returncode != 0:
-                raise _worker_error(out, err, self._proc.returncode)
-            self._progress.advance("tfs", self._host_bytes)
-        if self.error is not None and not cancel:
-            raise self.error
-
-
-def _spawn_copy_worker(fd: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYOPS_COPY_FD=str(fd))
-    return subprocess.Popen(
-        [sys.executable, "-c", "from pyops.tfs import copy_worker_main; copy_worker_main()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        pass_fds=(fd,),
-        env=env,
-    )
-
-
-def _worker_error(out: bytes, err: bytes, status: int) -> PyopsError:
-    try:
-        report = json.loads(out.decode("utf-8", "replace") or "null")
-    except json.JSONDecodeError:
-        report = None
-    if isinstance(report, dict) and "error" in report:
-        return HostFileError(str(report["error"]), hint=report.get("hint"))
-    text = err.decode("utf-8", "replace").strip().splitlines()
-    return PyopsError(
-        f"copying file data failed (worker exit status {status})"
-        + (f": {text[-1]}" if text else "")
-    )
-
-
-def copy_worker_main() -> None:
-    """Entry point of the copy worker: jobs ``offset NUL size NUL path NUL`` on stdin."""
-    fd = int(os.environ["PYOPS_COPY_FD"])
-    pending = b""
-    fields: list[bytes] = []
-    try:
-        while chunk := os.read(0, 1 << 16):
-            parts = (pending + chunk).split(b"\0")
-            pending = parts.pop()
-            for part in parts:
-                fields.append(part)
-                if len(fields) == 3:
-                    dst, size, path = int(fields[0]), int(fields[1]), os.fsdecode(fields[2])
-                    fields.clear()
-                    _copy_host_file(HostFile(path, size), fd, dst)
-    except PyopsError as exc:
-        sys.stdout.write(json.dumps({"error": exc.message, "hint": exc.hint}))
-        sys.exit(1)
-
-
 def write_volume(
     fd: int,
     offset: int,
@@ -563,25 +501,37 @@ def write_volume(
     Only sectors holding data are written, so the rest stays sparse; the caller sets the
     file's final length.
     """
+    with gc_paused():
+        return _write_volume(fd, offset, root, label, uuid, size, what, progress)
+
+
+def _write_volume(
+    fd: int,
+    offset: int,
+    root: dict[str, Any],
+    label: str,
+    uuid: bytes | None,
+    size: int | None,
+    what: str,
+    progress: Progress,
+) -> VolumeInfo:
     label_bytes = check_label(label)
-    placements, data_end = place_files(root)
+    placement = place_files(root)
+    data_start, data_end = placement.data_start, placement.data_end
     if size is not None and _sectors(size) < data_end:
         raise _too_small(what, data_end * SECTOR, size)
-    total = sum(p.file.source.size for p in placements)
-    if data_end > FIRST_DATA_SECTOR:
-        _preallocate(
-            fd, offset + FIRST_DATA_SECTOR * SECTOR, (data_end - FIRST_DATA_SECTOR) * SECTOR
-        )
-    progress.start("tfs", "writing files", total)
-    copier = _DataCopier(fd, offset, placements, progress)
+    if data_end > data_start:
+        _preallocate(fd, offset + data_start * SECTOR, (data_end - data_start) * SECTOR)
+    sources = [entry.source for entry in placement.files]
+    progress.start("tfs", "writing files", sum(source.size for source in sources))
     try:
-        plan = encode_log(root, placements, data_end)
-    except BaseException:
-        copier.join(cancel=True)
-        progress.finish("tfs")
-        raise
-    try:
-        copier.join()
+        copy = DataCopy(fd, [offset + s * SECTOR for s in placement.starts], sources, progress)
+        try:
+            plan = encode_log(root, placement)
+        except BaseException:
+            copy.cancel()
+            raise
+        copy.finish()
     finally:
         progress.finish("tfs")
     if size is None:
@@ -602,7 +552,7 @@ def write_volume(
         tuple((sector, EXTENSION_SECTORS) for sector, _ext in plan.extensions),
         plan.data_start,
         plan.data_end,
-        len(placements),
+        len(placement.files),
     )
 
 
@@ -635,69 +585,6 @@ def _too_small(what: str, needed: int, size: int) -> FilesystemFull:
 
 def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
-
-
-def _write_data(fd: int, offset: int, placement: _Placement) -> None:
-    source = placement.file.source
-    if source.size == 0:
-        return
-    start = offset + placement.start * SECTOR
-    if isinstance(source, Contents):
-        os.pwrite(fd, source.data, start)
-    elif isinstance(source, HostFile):
-        _copy_host_file(source, fd, start)
-    elif isinstance(source, ImageData):
-        _copy_image_data(source, fd, start)
-    else:  # pragma: no cover
-        raise TypeError(source)
-
-
-_copy_file_range: Callable[..., int] | None = getattr(os, "copy_file_range", None)
-
-
-def _copy_host_file(source: HostFile, dst: int, dst_offset: int) -> None:
-    global _copy_file_range
-    try:
-        src = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise HostFileError(
-            f"{source.path}: no such file (it was removed during the build)"
-        ) from None
-    except OSError as exc:
-        raise HostFileError(f"{source.path}: cannot read it ({exc.strerror})") from exc
-    try:
-        remaining = source.size
-        pos = 0
-        while remaining:
-            n = 0
-            if _copy_file_range is not None:
-                try:
-                    n = _copy_file_range(src, dst, remaining, pos, dst_offset + pos)
-                except OSError as exc:
-                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                        raise HostFileError(f"{source.path}: {exc.strerror}") from exc
-                    _copy_file_range = None
-                    continue
-            else:
-                chunk = os.pread(src, min(remaining, _COPY_CHUNK), pos)
-                n = len(chunk)
-                if n:
-                    os.pwrite(dst, chunk, dst_offset + pos)
-            if n == 0:
-                raise HostFileError(
-                    f"{source.path}: the file shrank while the image was written",
-                    hint="do not change files while pyops builds an image",
-                )
-            pos += n
-            remaining -= n
-    finally:
-        os.close(src)
-
-
-def _copy_image_data(source: ImageData, dst: int, dst_offset: int) -> None:
-    with open(source.image, "rb") as f:
-        for chunk_offset, chunk in iter_image_data(f, source):
-            os.pwrite(dst, chunk, dst_offset + chunk_offset)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -935,26 +822,6 @@ def file_extents(
         if a.file_sector * SECTOR + a.length > b.file_sector * SECTOR:
             raise ImageFormatError(f"two extents of {path} overlap")
     return tuple(out), size
-
-
-def iter_image_data(
-    f: BinaryIO, data: ImageData, chunk: int = _COPY_CHUNK
-) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(file offset, bytes)`` pieces of a stored file; holes are left out."""
-    for ext in data.extents:
-        if ext.uninited:
-            continue
-        start = ext.file_sector * SECTOR
-        end = min(start + ext.length, data.size)
-        pos = start
-        while pos < end:
-            n = min(chunk, end - pos)
-            f.seek(ext.disk_offset + (pos - start))
-            piece = f.read(n)
-            if len(piece) != n:
-                raise ImageFormatError(f"{data.image} is truncated: file data is missing")
-            yield pos, piece
-            pos += n
 
 
 def iter_file_contents(data: ImageData) -> Iterator[bytes]:

@@ -12,13 +12,15 @@ modelled here.  File names are ``str`` holding the file system's bytes through
 from __future__ import annotations
 
 import os
+import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
 from pyops.errors import HostFileError, InvalidInput
+from pyops.gcpause import gc_paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,11 @@ class ImageExtent:
     disk_offset: int  # absolute byte offset in the image file
     length: int  # bytes (whole sectors)
     uninited: bool = False
+
+    @property
+    def file_offset(self) -> int:
+        """Where the extent starts in the file, in bytes (TFS sectors are 512 bytes)."""
+        return self.file_sector * 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +157,36 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
+def name_key(name: str) -> bytes:
+    """The sort key of a file name: its bytes, as Nanos and ``ls`` order them."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def sorted_names(names: Iterable[str]) -> list[str]:
+    """Names in byte order, as Nanos's own tools and ``ls`` under the C locale order them.
+
+    UTF-8 keeps code point order, so plain string order is byte order unless a name holds
+    undecodable bytes (surrogate escapes); only then is each name encoded to sort it.
+    """
+    out = list(names)
+    joined = "".join(out)
+    if joined.isascii() or not _SURROGATES.search(joined):
+        out.sort()
+    else:
+        out.sort(key=name_key)
+    return out
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+def _host_symlink(host: str) -> Symlink:
+    try:
+        return Symlink(os.readlink(host))
+    except OSError as exc:
+        raise HostFileError(f"{host}: cannot read the link ({exc.strerror})") from exc
+
+
 class Tree:
     """A mutable file tree rooted at ``/``, built by absolute paths."""
 
@@ -220,7 +257,8 @@ class Tree:
         inodes: dict[tuple[int, int], str] = {}
         if stat.S_ISDIR(st.st_mode):
             directory = self._directory(parts, create=True, path=path)
-            self._add_host_dir(top, directory, dest, inodes)
+            with gc_paused():
+                self._add_host_dir(top, directory, dest, inodes)
             return
         node = self._host_node(top, st, dest, inodes)
         if node is not None:
@@ -231,47 +269,52 @@ class Tree:
     ) -> Node | None:
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                first = inodes.get(key)
-                if first is not None:
-                    return HardLink(first)
-                inodes[key] = path
-            return File(HostFile(host, st.st_size, st.st_mtime_ns))
+            return self._host_file(host, st, path, inodes)
         if stat.S_ISLNK(mode):
-            try:
-                return Symlink(os.readlink(host))
-            except OSError as exc:
-                raise HostFileError(f"{host}: cannot read the link ({exc.strerror})") from exc
+            return _host_symlink(host)
         return None  # sockets, fifos, devices
+
+    @staticmethod
+    def _host_file(
+        host: str, st: os.stat_result, path: str, inodes: dict[tuple[int, int], str]
+    ) -> Node:
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = inodes.get(key)
+            if first is not None:
+                return HardLink(first)
+            inodes[key] = path
+        return File(HostFile(host, st.st_size, st.st_mtime_ns), _NO_ATTRIBUTES)
 
     def _add_host_dir(
         self, host: str, directory: Directory, path: str, inodes: dict[tuple[int, int], str]
     ) -> None:
+        # The hot loop of building a tree from a large folder: the entry's type comes from
+        # the directory listing, so only regular files cost a stat (for their size).
         try:
             with os.scandir(host) as it:
-                entries = sorted(it, key=lambda e: e.name.encode("utf-8", "surrogateescape"))
+                listing = {entry.name: entry for entry in it}
         except OSError as exc:
             raise HostFileError(f"{host}: cannot list it ({exc.strerror})") from exc
         base = path.rstrip("/")
         children = directory.entries
-        for entry in entries:
-            name = entry.name
-            child_path = f"{base}/{name}"
+        for name in sorted_names(listing):
+            entry = listing[name]
             try:
-                st = entry.stat(follow_symlinks=False)
+                if entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    children[name] = self._host_file(entry.path, st, f"{base}/{name}", inodes)
+                elif entry.is_dir(follow_symlinks=False):
+                    sub = children.get(name)
+                    if not isinstance(sub, Directory):
+                        sub = Directory()
+                        children[name] = sub
+                    self._add_host_dir(entry.path, sub, f"{base}/{name}", inodes)
+                elif entry.is_symlink():
+                    children[name] = _host_symlink(entry.path)
+                # sockets, fifos and devices are skipped: Nanos cannot store them
             except OSError as exc:
                 raise HostFileError(f"{entry.path}: cannot read it ({exc.strerror})") from exc
-            if stat.S_ISDIR(st.st_mode):
-                sub = children.get(name)
-                if not isinstance(sub, Directory):
-                    sub = Directory()
-                    children[name] = sub
-                self._add_host_dir(entry.path, sub, child_path, inodes)
-            else:
-                node = self._host_node(entry.path, st, child_path, inodes)
-                if node is not None:
-                    children[name] = node
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -340,7 +383,7 @@ class Tree:
             yield path, node
             if isinstance(node, Directory):
                 base = path.rstrip("/")
-                for name in sorted(node.entries, key=os.fsencode, reverse=True):
+                for name in reversed(sorted_names(node.entries)):
                     stack.append((f"{base}/{name}", node.entries[name]))
 
     def resolve_hardlink(self, link: HardLink) -> File:

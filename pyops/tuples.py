@@ -46,10 +46,14 @@ _SMALL_VARINTS = [bytes([n]) for n in range(128)]
 
 def encode_varint(n: int) -> bytes:
     """Encode ``n`` as a TFS varint: 7-bit groups, most significant first (not LEB128)."""
-    if n < 128:
+    if n < 0x80:
         if n < 0:
             raise ValueError("varints are unsigned")
         return _SMALL_VARINTS[n]
+    if n < 0x4000:
+        return bytes((0x80 | n >> 7, n & 0x7F))
+    if n < 0x200000:
+        return bytes((0x80 | n >> 14, 0x80 | (n >> 7) & 0x7F, n & 0x7F))
     groups = [n & 0x7F]
     n >>= 7
     while n:

@@ -15,15 +15,17 @@ from pyops.disk import write_raw_volume
 from pyops.errors import FilesystemFull, HostFileError, ImageFormatError, InvalidInput
 from pyops.tfs import (
     FileEntry,
+    _file_records,
     format_uuid,
+    place_files,
     read_file_bytes,
     read_volume,
     root_tuple,
     volume_tree,
     write_volume,
 )
-from pyops.tree import Contents, Directory, File, HardLink, ImageData, Symlink, Tree
-from pyops.tuples import canonical
+from pyops.tree import Contents, Directory, File, HardLink, HostFile, ImageData, Symlink, Tree
+from pyops.tuples import Encoder, canonical
 
 UUID_A = bytes.fromhex("8689c85ec1420eeee6a432175131a4fa")
 
@@ -432,3 +434,40 @@ def test_worker_process_reports_a_removed_file_and_leaves_nothing(tmp_path: Path
     node = back.get("/f599")
     assert isinstance(node, File) and isinstance(node.source, ImageData)
     assert read_file_bytes(node.source) == b"y" * 599
+
+
+def test_unrolled_file_records_match_generic_updates() -> None:
+    """The writer's fast per-file updates are the bytes :meth:`Encoder.update` gives, with
+    empty files, files of several extents, and file names equal to the update's symbols."""
+    tree = Tree()
+    sizes = [0, 1, 512, 513, 40 * 1024 * 1024, 7, 0, 100, 70 * 1024 * 1024, 3]
+    for i, size in enumerate(sizes):
+        tree.add_file(f"/d{i % 3}/f{i}", HostFile(f"/not/read/{i}", size))
+    for name in ("extents", "0", "offset", "filelength"):
+        tree.add_file(f"/d1/{name}", HostFile(f"/not/read/{name}", 9))
+    root = root_tuple(tree)
+    placement = place_files(root)
+    fast = Encoder()
+    fast.value(bytearray(), root)
+    got = _file_records(fast, placement)
+
+    slow = Encoder()
+    slow.value(bytearray(), root)
+    want = []
+    for entry, start in zip(placement.files, placement.starts, strict=True):
+        out = bytearray()
+        extents: dict[str, Any] = {}
+        slow.update(out, entry, "extents", extents)
+        want.append(bytes(out))
+        nsec = -(-entry.source.size // 512)
+        for done in range(0, nsec, 65536):
+            n = min(65536, nsec - done)
+            out = bytearray()
+            extent = {"offset": start + done, "length": n, "allocated": n}
+            slow.update(out, extents, str(done), extent)
+            want.append(bytes(out))
+        out = bytearray()
+        slow.update(out, entry, "filelength", entry.source.size)
+        want.append(bytes(out))
+    assert got == want
+    assert fast.count == slow.count

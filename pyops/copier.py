@@ -1,0 +1,195 @@
+"""Copying file contents into an image file: streamed, zero-copy where the OS can, on two cores.
+
+:func:`pyops.tfs.write_volume` places every file's data, then starts a :class:`DataCopy`
+before it encodes the log.  Host files are cut into runs (:mod:`pyops.copyfile`: a large
+file alone, or up to 1 MiB of small files placed back to back).  When a volume holds many
+host files, a worker process starts copying runs at once, from the first one up, while this
+process encodes the log; when the log is done, this process copies too, from the last run
+down, until the two meet.  No thread shares this process's interpreter with the encoder,
+and neither process waits for the other.
+
+The two processes share the job table, a temporary file both map into memory.  Its header
+holds two counters: ``claimed_up`` (the worker has taken every run below it) and
+``claimed_down`` (this process has taken every run from it on).  Each side writes its
+counter before it copies a run, then reads the other's; a tie goes to the worker.  A stale
+read can only make both copy the same run, which writes the same bytes to the same place,
+never make both skip one.
+
+Contents are never held in memory beyond one run: ``os.copy_file_range`` copies large files
+inside the kernel (Linux), otherwise data goes through in 8 MiB pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+from pyops import copyfile
+from pyops.copyfile import CHUNK, DOWN, UP, CopyFailed, JobTable
+from pyops.errors import HostFileError, ImageFormatError, PyopsError
+from pyops.progress import NULL_PROGRESS, Progress
+from pyops.tree import Contents, HostFile, ImageData, Source
+
+# From these on, host files are copied by a worker process as well: starting one costs
+# about 50 ms of the other core, and saves most of the copying time of a large volume.
+WORKER_MIN_FILES = 512
+WORKER_MIN_BYTES = 256 * 1024 * 1024
+
+
+class DataCopy:
+    """Copies of file contents into the open file ``fd``: started when it is made, ended by
+    :meth:`finish` (or abandoned by :meth:`cancel`)."""
+
+    def __init__(
+        self,
+        fd: int,
+        offsets: Sequence[int],
+        sources: Sequence[Source],
+        progress: Progress = NULL_PROGRESS,
+        *,
+        worker: bool | None = None,
+    ) -> None:
+        """Start writing each ``sources[i]`` at byte ``offsets[i]`` of ``fd``.
+
+        ``worker`` forces the worker process on or off; by default it copies when there
+        are at least ``WORKER_MIN_FILES`` host files or ``WORKER_MIN_BYTES`` of them.
+        """
+        self._fd = fd
+        self._progress = progress
+        jobs = list(zip(offsets, sources, strict=True))
+        host = [(o, s) for o, s in jobs if isinstance(s, HostFile) and s.size]
+        self._rest = [(o, s) for o, s in jobs if not isinstance(s, HostFile) and s.size]
+        self._jobs = JobTable(
+            [offset for offset, _source in host],
+            [source.size for _offset, source in host],
+            [source.path for _offset, source in host],
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._table: mmap.mmap | None = None
+        if worker is None:
+            worker = len(host) >= WORKER_MIN_FILES or sum(self._jobs.sizes) >= WORKER_MIN_BYTES
+        if worker and host:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        with tempfile.TemporaryFile() as f:
+            f.write(self._jobs.encode())
+            f.flush()
+            self._table = mmap.mmap(f.fileno(), 0)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", copyfile.__file__, str(self._fd), str(f.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(self._fd, f.fileno()),
+            )
+
+    def finish(self) -> None:
+        """Copy what is left here, wait for the worker, and raise its error if it had one."""
+        try:
+            for offset, source in self._rest:
+                copy_source(source, self._fd, offset)
+                self._progress.advance("tfs", source.size)
+            self._copy_down()
+        except BaseException:
+            self.cancel()
+            raise
+        if self._proc is not None:
+            self._wait()
+
+    def _copy_down(self) -> None:
+        """Copy runs from the last one down, until the worker's share is reached.
+
+        Before copying run i, announce it (``claimed_down = i``), then read how far up the
+        worker has come: if it announced run i (or beyond), it copies run i.
+        """
+        table, jobs = self._table, self._jobs
+        for i in range(jobs.runs - 1, -1, -1):
+            if table is not None:
+                struct.pack_into("<Q", table, DOWN, i)
+                if struct.unpack_from("<Q", table, UP)[0] > i:
+                    return
+            try:
+                copied = jobs.copy(i, self._fd)
+            except CopyFailed as exc:
+                raise HostFileError(exc.message, hint=exc.hint) from exc
+            self._progress.advance("tfs", copied)
+
+    def _wait(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait()
+        self._close()
+        if proc.returncode != 0:
+            raise _worker_error(out, err, proc.returncode)
+
+    def cancel(self) -> None:
+        """Stop copying; the output is being abandoned."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.communicate()
+        self._close()
+
+    def _close(self) -> None:
+        if self._table is not None:
+            self._table.close()
+            self._table = None
+
+
+def _worker_error(out: bytes, err: bytes, status: int) -> PyopsError:
+    try:
+        report = json.loads(out.decode("utf-8", "replace") or "null")
+    except json.JSONDecodeError:
+        report = None
+    if isinstance(report, dict) and "error" in report:
+        return HostFileError(str(report["error"]), hint=report.get("hint"))
+    text = err.decode("utf-8", "replace").strip().splitlines()
+    return PyopsError(
+        f"copying file data failed (worker exit status {status})"
+        + (f": {text[-1]}" if text else "")
+    )
+
+
+def copy_source(source: Source, fd: int, offset: int) -> None:
+    """Write the contents of ``source`` at byte ``offset`` of ``fd``."""
+    if isinstance(source, HostFile):
+        try:
+            copyfile.copy_file(source.path, source.size, fd, offset)
+        except CopyFailed as exc:
+            raise HostFileError(exc.message, hint=exc.hint) from exc
+    elif isinstance(source, Contents):
+        os.pwrite(fd, source.data, offset)
+    elif isinstance(source, ImageData):
+        with open(source.image, "rb") as f:
+            for pos, piece in iter_image_data(f, source):
+                os.pwrite(fd, piece, offset + pos)
+    else:  # pragma: no cover - the Source union is closed
+        raise TypeError(source)
+
+
+def iter_image_data(
+    f: BinaryIO, data: ImageData, chunk: int = CHUNK
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(file offset, bytes)`` pieces of a stored file; holes are left out."""
+    for ext in data.extents:
+        if ext.uninited:
+            continue
+        start = ext.file_offset
+        end = min(start + ext.length, data.size)
+        pos = start
+        while pos < end:
+            n = min(chunk, end - pos)
+            f.seek(ext.disk_offset + (pos - start))
+            piece = f.read(n)
+            if len(piece) != n:
+                raise ImageFormatError(f"{data.image} is truncated: file data is missing")
+            yield pos, piece
+            pos += n

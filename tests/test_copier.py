@@ -1,0 +1,196 @@
+"""Copying file contents into an image: runs, the worker process, and how the two processes
+share the work (pyops/copier.py and pyops/copyfile.py)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from pyops.copier import DataCopy
+from pyops.copyfile import (
+    DOWN,
+    RUN_FILES,
+    SECTOR,
+    SMALL_FILE,
+    UP,
+    CopyFailed,
+    JobTable,
+    copy_run,
+    plan_runs,
+    work,
+)
+from pyops.errors import HostFileError
+from pyops.tree import Contents, HostFile, Source
+
+
+def padded(n: int) -> int:
+    return -(-n // SECTOR) * SECTOR
+
+
+_PATTERN = bytes(range(251))
+
+
+def make_files(folder: Path, sizes: list[int]) -> list[HostFile]:
+    folder.mkdir(exist_ok=True)
+    out = []
+    for i, size in enumerate(sizes):
+        path = folder / f"f{i:04d}"
+        # distinct bytes per file, so a file copied to the wrong place is seen
+        shift = i % 251
+        path.write_bytes((_PATTERN * (size // 251 + 2))[shift : shift + size])
+        out.append(HostFile(str(path), size))
+    return out
+
+
+def packed(files: list[HostFile], start: int = 0) -> list[int]:
+    offsets, pos = [], start
+    for f in files:
+        offsets.append(pos)
+        pos += padded(f.size)
+    return offsets
+
+
+def expected_image(files: list[HostFile], offsets: list[int]) -> bytes:
+    end = max(o + padded(f.size) for f, o in zip(files, offsets, strict=True))
+    image = bytearray(end)
+    for f, o in zip(files, offsets, strict=True):
+        image[o : o + f.size] = Path(f.path).read_bytes()
+    return bytes(image)
+
+
+def test_plan_runs_groups_small_neighbours_and_isolates_large_files() -> None:
+    sizes = [10, 600, 0, SMALL_FILE + 1, 5, 7]
+    offsets = [0, 512, 1536, 1536, 1536 + padded(SMALL_FILE + 1), 0]  # the last is not adjacent
+    assert plan_runs(offsets, sizes) == [0, 3, 4, 5, 6]
+    many = [1] * (RUN_FILES + 3)
+    assert plan_runs([i * SECTOR for i in range(len(many))], many) == [0, RUN_FILES, len(many)]
+    assert plan_runs([], []) == [0]
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_every_file_lands_at_its_offset(tmp_path: Path, worker: bool) -> None:
+    sizes = [0, 1, 511, 512, 513, 4096, SMALL_FILE, SMALL_FILE + 1] * 70 + [3 * 1024 * 1024 + 7]
+    files = make_files(tmp_path / "src", sizes)
+    offsets = packed(files, start=4096)
+    sources: list[Source] = list(files)
+    sources.append(Contents(b"bytes given in memory"))
+    offsets.append(offsets[-1] + padded(files[-1].size))
+    out = tmp_path / "image"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        copy = DataCopy(fd, offsets, sources, worker=worker)
+        assert (copy._proc is not None) == worker
+        copy.finish()
+    finally:
+        os.close(fd)
+    data = out.read_bytes()
+    want = expected_image(files, offsets[:-1])
+    assert data[: len(want)] == want
+    assert data[offsets[-1] :] == b"bytes given in memory"
+
+
+def table_for(tmp_path: Path, count: int) -> tuple[JobTable, list[HostFile], list[int]]:
+    files = make_files(tmp_path / "src", [SMALL_FILE + 1] * count)  # one file per run
+    offsets = packed(files)
+    jobs = JobTable(offsets, [f.size for f in files], [f.path for f in files])
+    assert jobs.runs == count
+    return jobs, files, offsets
+
+
+def copied_runs(image: Path, files: list[HostFile], offsets: list[int]) -> list[int]:
+    data = image.read_bytes()
+    done = []
+    for i, (f, o) in enumerate(zip(files, offsets, strict=True)):
+        if data[o : o + f.size] == Path(f.path).read_bytes():
+            done.append(i)
+    return done
+
+
+@pytest.mark.parametrize(
+    ("claimed_down", "copied"),
+    [(6, [0, 1, 2, 3, 4, 5]), (3, [0, 1, 2, 3]), (0, [0])],
+)
+def test_worker_stops_where_the_other_process_has_been(
+    tmp_path: Path, claimed_down: int, copied: list[int]
+) -> None:
+    """The worker copies runs up to the one the other process announced last (a tie is the
+    worker's), and no further."""
+    jobs, files, offsets = table_for(tmp_path, 6)
+    encoded = bytearray(jobs.encode())
+    struct.pack_into("<Q", encoded, DOWN, claimed_down)
+    (tmp_path / "table").write_bytes(encoded)
+    image = tmp_path / "image"
+    fd = os.open(image, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with open(tmp_path / "table", "r+b") as f, mmap.mmap(f.fileno(), 0) as table:
+            work(fd, table)
+            assert struct.unpack_from("<Q", table, UP)[0] == min(claimed_down + 2, 6)
+    finally:
+        os.close(fd)
+    assert copied_runs(image, files, offsets) == copied
+
+
+@pytest.mark.parametrize(("claimed_up", "copied"), [(0, [0, 1, 2, 3, 4]), (3, [3, 4]), (5, [])])
+def test_main_process_copies_down_to_the_workers_share(
+    tmp_path: Path, claimed_up: int, copied: list[int]
+) -> None:
+    jobs, files, offsets = table_for(tmp_path, 5)
+    image = tmp_path / "image"
+    fd = os.open(image, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        copy = DataCopy(fd, [], [], worker=False)
+        copy._jobs = jobs
+        with mmap.mmap(-1, len(jobs.encode())) as table:
+            table[:] = jobs.encode()
+            struct.pack_into("<Q", table, UP, claimed_up)
+            copy._table = table
+            copy._copy_down()
+            copy._table = None
+    finally:
+        os.close(fd)
+    assert copied_runs(image, files, offsets) == copied
+
+
+def test_job_table_round_trip_with_odd_names(tmp_path: Path) -> None:
+    names = ["plain", "with space", "ünïcødé", os.fsdecode(b"bad-\xff-byte")]
+    jobs = JobTable([0, 512, 1024, 1536], [1, 2, 3, 4], [str(tmp_path / n) for n in names])
+    with mmap.mmap(-1, len(jobs.encode())) as table:
+        table[:] = jobs.encode()
+        back = JobTable.decode(table)
+    assert (back.offsets, back.sizes, back.paths, back.bounds) == (
+        jobs.offsets,
+        jobs.sizes,
+        jobs.paths,
+        jobs.bounds,
+    )
+
+
+def test_a_file_that_shrank_or_vanished_is_named(tmp_path: Path) -> None:
+    files = make_files(tmp_path / "src", [100, 200])
+    fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(CopyFailed, match="f0001: the file shrank"):
+            copy_run([f.path for f in files], [100, 300], fd, 0)
+        os.unlink(files[0].path)
+        with pytest.raises(CopyFailed, match="f0000: no such file"):
+            copy_run([f.path for f in files], [100, 200], fd, 0)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("missing", [0, 699])
+def test_worker_error_reaches_the_caller(tmp_path: Path, missing: int) -> None:
+    """Whichever process meets the missing file, the caller gets its one-line error."""
+    files = make_files(tmp_path / "src", [10] * 700)
+    os.unlink(files[missing].path)
+    fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        copy = DataCopy(fd, packed(files), files, worker=True)
+        with pytest.raises(HostFileError, match=f"f{missing:04d}: no such file"):
+            copy.finish()
+    finally:
+        os.close(fd)
