@@ -1,10 +1,11 @@
-"""Resolve every dynamic program of a directory with pyops and with lddtree, and compare.
+"""Resolving the libraries of many ELF files with pyops and with lddtree, and compare.
 
-Both run over the same files in one process each (startup included), as subprocesses
-of this script, the best of ``--repeat`` runs is kept, and the ratio is printed. pyops is
-also timed inside this process, without interpreter startup.
+    python benchmarks/bench_ldd.py [--files 400] [--repeat 3] [--scale K] [--json]
 
-    python benchmarks/bench_ldd.py [--dir /usr/bin] [--repeat 3]
+The files are the first ``--files`` times ``--scale`` dynamically linked ELF files of
+/usr/bin, /usr/sbin, /usr/libexec and /usr/lib (programs first).  Both tools resolve all of
+them in one process each (interpreter start-up included), best of ``--repeat`` in
+alternating order, with peak memory.  pyops is also timed inside this process.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+from common import MB, SKIPPED, Row, Sample, emit, measure, pyops_argv
 
 from pyops.elf import read_elf
 from pyops.errors import PyopsError
@@ -30,25 +31,43 @@ for path in sys.argv[1:]:
 """
 
 
-def dynamic_programs(directory: str) -> list[str]:
-    found = []
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path):
-            continue
-        try:
-            info = read_elf(path)
-        except PyopsError:
-            continue
-        if info.interpreter is not None:
-            found.append(path)
+POOL = ("/usr/bin", "/usr/sbin", "/usr/libexec", "/usr/lib")
+
+
+def dynamic_files(count: int) -> list[str]:
+    """The first ``count`` dynamically linked ELF files of ``POOL`` (programs first, then
+    libraries and helpers), each real file once, in a stable order."""
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for top in POOL:
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                    if os.path.islink(path) or (st.st_dev, st.st_ino) in seen:
+                        continue
+                    with open(path, "rb") as handle:
+                        if handle.read(4) != b"\x7fELF":
+                            continue
+                    info = read_elf(path)
+                except (OSError, PyopsError):
+                    continue
+                if info.interpreter is None and not info.needed:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                found.append(path)
+                if len(found) == count:
+                    return found
     return found
 
 
 def lddtree_command() -> list[str]:
     found = shutil.which("lddtree")
     if found is None:
-        sys.exit("lddtree is not installed (Debian: apt-get install pax-utils)")
+        print("skipped: lddtree is not installed (Debian: apt-get install pax-utils)")
+        sys.exit(SKIPPED)
     with open(found, "rb") as handle:
         first = handle.readline()
     # Debian's lddtree is a Python script; run it with this interpreter, which has
@@ -56,45 +75,53 @@ def lddtree_command() -> list[str]:
     return [sys.executable, found] if b"python" in first else [found]
 
 
-def best_of(repeat: int, argv: list[str]) -> float:
-    best = float("inf")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
-    for _ in range(repeat):
-        start = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, env=env)
-        elapsed = time.perf_counter() - start
-        if not done.stdout and done.returncode != 0:
-            sys.exit(f"{argv[:2]} failed: {done.stderr.decode(errors='replace')[-500:]}")
-        best = min(best, elapsed)
-    return best
+def compare(files: list[str], repeat: int) -> dict[str, list[Sample]]:
+    argvs = {
+        "pyops": pyops_argv(PYOPS_CHILD, *files),
+        "lddtree": [*lddtree_command(), "-l", *files],
+    }
+    samples: dict[str, list[Sample]] = {"pyops": [], "lddtree": []}
+    for repetition in range(repeat):
+        order = ["pyops", "lddtree"] if repetition % 2 == 0 else ["lddtree", "pyops"]
+        for tool in order:
+            samples[tool].append(measure(argvs[tool]))
+    return samples
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default="/usr/bin")
+    parser.add_argument("--files", type=int, default=400, help="ELF files at scale 1")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=1, help="resolve K times more files")
+    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-
-    programs = dynamic_programs(args.dir)
-    print(f"{len(programs)} dynamic programs in {args.dir}")
-
+    for name in [k for k in os.environ if k.startswith("LD_")]:
+        del os.environ[name]  # the children inherit this environment
+    files = dynamic_files(args.files * args.scale)
+    samples = compare(files, args.repeat)
+    best = {tool: min(s.seconds for s in runs) for tool, runs in samples.items()}
+    peak = {tool: max(s.peak_bytes for s in runs) / MB for tool, runs in samples.items()}
     in_process = float("inf")
     for _ in range(args.repeat):
         start = time.perf_counter()
         resolver = Resolver(None, env={})
-        for path in programs:
+        for path in files:
             resolver.resolve(path, allow_missing=True)
         in_process = min(in_process, time.perf_counter() - start)
-
-    src = str(Path(__file__).resolve().parent.parent)
-    pyops_argv = [sys.executable, "-c", f"import sys; sys.path.insert(0, {src!r})\n" + PYOPS_CHILD]
-    pyops_time = best_of(args.repeat, [*pyops_argv, *programs])
-    lddtree_time = best_of(args.repeat, [*lddtree_command(), "-l", *programs])
-
-    print(f"pyops (in process):     {in_process:8.3f} s")
-    print(f"pyops (new process):    {pyops_time:8.3f} s")
-    print(f"lddtree (new process):  {lddtree_time:8.3f} s")
-    print(f"ratio lddtree / pyops:  {lddtree_time / pyops_time:8.1f}x")
+    row = Row(
+        name="resolving libraries",
+        size=f"{len(files):,} ELF files",
+        baseline="lddtree",
+        pyops_s=best["pyops"],
+        baseline_s=best["lddtree"],
+        target="faster than lddtree (ratio < 1)",
+        met=best["pyops"] < best["lddtree"],
+        pyops_peak_mb=peak["pyops"],
+        baseline_peak_mb=peak["lddtree"],
+        note=f"pyops in an already running process: {in_process:.3f} s",
+        runs={tool: [round(s.seconds, 3) for s in runs] for tool, runs in samples.items()},
+    )
+    emit(row, args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Pulling an image from a local registry, against ``skopeo copy`` of the same image.
 
-    python benchmarks/bench_pull.py [--size-mb 100] [--repeat 3] [--workers 3] [--json]
+    python benchmarks/bench_pull.py [--size-mb 100] [--repeat 5] [--scale K] [--workers 3] [--json]
 
 Starts Debian's ``docker-registry`` on a free loopback port (storage in a temporary
 directory), builds an image of three gzip layers with ``umoci`` (the first from files of this
@@ -27,9 +27,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import MB, ROOT, SKIPPED, Row, Sample, emit, measure, pyops_argv
+
 sys.path.insert(0, str(ROOT))
 
 from tests.registry_server import Registry, _config, free_port, run  # noqa: E402
@@ -64,35 +64,6 @@ profiles[0].disable()
 stats = pstats.Stats(*profiles)
 stats.sort_stats("tottime").print_stats(20)
 """
-STARTER = """
-import os, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
-_pid, status, usage = os.wait4(proc.pid, 0)
-elapsed = time.perf_counter() - start
-print(elapsed, usage.ru_maxrss * 1024)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-MB = 1_000_000
-
-
-def measure(argv: list[str]) -> tuple[float, int]:
-    """Wall time and peak RSS (bytes) of one process, started by a small Python process.
-
-    A process started by this one would report at least this one's memory as its peak: Linux
-    keeps the high-water mark of the address space it had before ``exec``. The small starter
-    lowers that floor to its own size (about 10 MB).
-    """
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", STARTER, *argv],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"failed: {argv}")
-    elapsed, peak = result.stdout.split()
-    return float(elapsed), int(peak)
 
 
 def python_files(budget: int) -> list[Path]:
@@ -169,16 +140,16 @@ def build_image(work: Path, push_host: str, size_mb: int) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=100, help="compressed image size")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--scale", type=int, default=1, help="an image K times larger")
     parser.add_argument("--workers", type=int, default=3, help="pyops parallel layer downloads")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--profile", action="store_true", help="also profile one pull")
     args = parser.parse_args()
     missing = [t for t in ("docker-registry", "skopeo", "umoci") if shutil.which(t) is None]
     if missing:
-        raise SystemExit(
-            f"needs {', '.join(missing)} (apt-get install docker-registry skopeo umoci)"
-        )
+        print(f"skipped: needs {', '.join(missing)} (apt-get install docker-registry skopeo umoci)")
+        sys.exit(SKIPPED)
 
     with tempfile.TemporaryDirectory(prefix="bench-pull-") as tmp:
         work = Path(tmp)
@@ -190,14 +161,34 @@ def main() -> None:
         registry = Registry("bench", port, config, work / "registry.log")
         try:
             registry.start()
-            sizes = build_image(work, registry.host, args.size_mb)
-            result = compare(work, registry.host, sizes, args)
+            sizes = build_image(work, registry.host, args.size_mb * args.scale)
+            samples = compare(work, registry.host, args)
         finally:
             registry.stop()
-    report(result, args.json)
+    total = sum(sizes)
+    best = {tool: min(s.seconds for s in runs) for tool, runs in samples.items()}
+    peak = {tool: max(s.peak_bytes for s in runs) / MB for tool, runs in samples.items()}
+    layers = ", ".join(f"{size / MB:.1f}" for size in sizes)
+    row = Row(
+        name="pulling an image",
+        size=f"{total / MB:.0f} MB compressed in {len(sizes)} layers",
+        baseline="skopeo copy",
+        pyops_s=best["pyops"],
+        baseline_s=best["skopeo"],
+        target="ratio <= 1.0",
+        met=best["pyops"] <= best["skopeo"],
+        pyops_peak_mb=peak["pyops"],
+        baseline_peak_mb=peak["skopeo"],
+        note=(
+            f"layers {layers} MB; pyops {total / MB / best['pyops']:.0f} MB/s with "
+            f"{args.workers} workers, skopeo {total / MB / best['skopeo']:.0f} MB/s"
+        ),
+        runs={tool: [round(s.seconds, 3) for s in runs] for tool, runs in samples.items()},
+    )
+    emit(row, args.json)
 
 
-def compare(work: Path, host: str, sizes: list[int], args: argparse.Namespace) -> dict[str, Any]:
+def compare(work: Path, host: str, args: argparse.Namespace) -> dict[str, list[Sample]]:
     ref = f"{host}/{REPOSITORY}:{TAG}"
     out = work / "out"
 
@@ -205,63 +196,27 @@ def compare(work: Path, host: str, sizes: list[int], args: argparse.Namespace) -
         return ["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
                 f"docker://{ref}", f"dir:{dest}"]  # fmt: skip
 
-    def pyops_argv(dest: Path) -> list[str]:
-        return [sys.executable, "-c", PULLER, ref, str(dest), str(args.workers)]
+    def puller_argv(dest: Path) -> list[str]:
+        return pyops_argv(PULLER, ref, str(dest), str(args.workers))
 
     # Warm-up: the registry's blobs into the page cache, and a check that both tools work.
     measure(skopeo_argv(out))
     shutil.rmtree(out)
-    measure(pyops_argv(out))
+    measure(puller_argv(out))
     shutil.rmtree(out)
-    times: dict[str, list[float]] = {"pyops": [], "skopeo": []}
-    rss: dict[str, list[int]] = {"pyops": [], "skopeo": []}
+    samples: dict[str, list[Sample]] = {"pyops": [], "skopeo": []}
     for repetition in range(args.repeat):
         order = ["pyops", "skopeo"] if repetition % 2 == 0 else ["skopeo", "pyops"]
         for tool in order:
-            argv = pyops_argv(out) if tool == "pyops" else skopeo_argv(out)
-            elapsed, peak = measure(argv)
+            argv = puller_argv(out) if tool == "pyops" else skopeo_argv(out)
+            samples[tool].append(measure(argv))
             shutil.rmtree(out)
-            times[tool].append(elapsed)
-            rss[tool].append(peak)
     if args.profile:
         subprocess.run(
             [sys.executable, "-c", PROFILER, ref, str(out), str(args.workers)], check=True, cwd=ROOT
         )
         shutil.rmtree(out)
-    total = sum(sizes)
-    best = {tool: min(values) for tool, values in times.items()}
-    return {
-        "image_bytes": total,
-        "layers": sizes,
-        "repeat": args.repeat,
-        "workers": args.workers,
-        "pyops_s": round(best["pyops"], 3),
-        "skopeo_s": round(best["skopeo"], 3),
-        "pyops_all_s": [round(t, 3) for t in times["pyops"]],
-        "skopeo_all_s": [round(t, 3) for t in times["skopeo"]],
-        "pyops_mb_s": round(total / MB / best["pyops"], 1),
-        "skopeo_mb_s": round(total / MB / best["skopeo"], 1),
-        "pyops_peak_rss_mb": round(max(rss["pyops"]) / MB, 1),
-        "skopeo_peak_rss_mb": round(max(rss["skopeo"]) / MB, 1),
-        "ratio": round(best["pyops"] / best["skopeo"], 2),
-    }
-
-
-def report(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-        return
-    layers = ", ".join(f"{int(s) / MB:.1f}" for s in result["layers"])
-    print(f"image: {int(result['image_bytes']) / MB:.1f} MB compressed ({layers} MB), "
-          f"best of {result['repeat']}, pyops workers {result['workers']}")  # fmt: skip
-    print(f"{'':8} {'time':>8} {'MB/s':>7} {'peak RSS':>9}  all runs")
-    for tool in ("pyops", "skopeo"):
-        runs = " ".join(f"{t:.2f}" for t in result[f"{tool}_all_s"])
-        print(
-            f"{tool:8} {result[f'{tool}_s']:>7.2f}s {result[f'{tool}_mb_s']:>7.1f} "
-            f"{result[f'{tool}_peak_rss_mb']:>6.1f} MB  {runs}"
-        )
-    print(f"ratio pyops / skopeo: {result['ratio']:.2f} (target: at most 1.0)")
+    return samples
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+"""What every benchmark shares: timing a process with its peak memory, and the result row.
+
+Each ``bench_*.py`` script measures pyops and a baseline tool in the same run and, with
+``--json``, prints one :class:`Row` as a JSON line; ``run_all.py`` collects the rows into
+one table.  All times are wall-clock seconds, the best of several runs; the ratio is
+pyops' time over the baseline's (below 1: pyops is faster).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1_000_000
+SKIPPED = 77  # exit status of a benchmark whose tools are missing (it prints why)
+
+# Starts one command and reports its wall time and peak memory.  A process started by the
+# benchmark itself would report at least the benchmark's memory as its peak (Linux keeps
+# the high-water mark of the address space it had before ``exec``); this small starter
+# lowers that floor to its own size, about 10 MB.
+STARTER = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_pid, status, usage = os.wait4(proc.pid, 0)
+elapsed = time.perf_counter() - start
+print(elapsed, usage.ru_maxrss * 1024)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    peak_bytes: int
+
+
+def measure(argv: list[str], cwd: Path | None = None) -> Sample:
+    """Wall time and peak RSS of one process (``argv``), started by a small starter."""
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", STARTER, *argv],
+        stdout=subprocess.PIPE,
+        cwd=cwd or ROOT,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(argv)[:300]}")
+    elapsed, peak = result.stdout.split()
+    return Sample(float(elapsed), int(peak))
+
+
+def pyops_argv(code: str, *args: str) -> list[str]:
+    """A Python process running ``code`` with this checkout's pyops importable."""
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}", *args]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: pyops against its baseline on the same input."""
+
+    name: str  # what is measured, e.g. "filesystem writing"
+    size: str  # the input, e.g. "62,089 entries, 0.94 GB"
+    baseline: str  # the baseline tool, e.g. "tar cf"
+    pyops_s: float
+    baseline_s: float
+    target: str  # in words, e.g. "ratio <= 1.3"
+    met: bool
+    pyops_peak_mb: float | None = None
+    baseline_peak_mb: float | None = None
+    note: str = ""
+    runs: dict[str, list[float]] = field(default_factory=dict)  # every run, per tool
+
+    @property
+    def ratio(self) -> float:
+        return self.pyops_s / self.baseline_s
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["ratio"] = round(self.ratio, 3)
+        return json.dumps(data)
+
+
+def emit(row: Row, as_json: bool) -> None:
+    """Print the row, as JSON for ``run_all.py`` or as a few readable lines."""
+    if as_json:
+        print(row.to_json())
+        return
+    print(f"{row.name}: {row.size}")
+    peak = f"   peak {row.pyops_peak_mb:.0f} MB" if row.pyops_peak_mb is not None else ""
+    base_peak = f"   peak {row.baseline_peak_mb:.0f} MB" if row.baseline_peak_mb is not None else ""
+    print(f"  pyops:        {row.pyops_s:8.3f} s{peak}")
+    print(f"  {row.baseline + ':':13} {row.baseline_s:8.3f} s{base_peak}")
+    for tool, values in row.runs.items():
+        print(f"  runs {tool}: " + " ".join(f"{v:.3f}" for v in values))
+    status = "met" if row.met else "NOT met"
+    print(f"  ratio pyops/baseline: {row.ratio:.2f}   target {row.target}: {status}")
+    if row.note:
+        print(f"  {row.note}")
