@@ -25,9 +25,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, chain
 from typing import Any, BinaryIO
 
 from pyops.copier import DataCopy, iter_image_data
@@ -251,7 +251,7 @@ def _sectors(nbytes: int) -> int:
     return (nbytes + SECTOR - 1) // SECTOR
 
 
-def frame_log(records: list[bytes], extension_sector: Callable[[int], int]) -> list[bytearray]:
+def frame_log(records: Iterable[bytes], extension_sector: Callable[[int], int]) -> list[bytearray]:
     """Split records into log extensions exactly as C mkfs does (section 2.3).
 
     Each extension but the last ends with a link to the next one, which starts at sector
@@ -314,15 +314,13 @@ def _place(files: list[FileEntry], data_start: int) -> Placement:
     return Placement(files, starts, data_start, data_end)
 
 
-def _file_records(encoder: Encoder, placement: Placement) -> list[bytes]:
+def _file_records(encoder: Encoder, placement: Placement) -> Iterator[bytes]:
     """C mkfs's per-file updates: extents = {}, one update per extent, then filelength.
 
     This is :meth:`Encoder.update` unrolled for speed (``test_tfs`` checks it against
     :meth:`Encoder.update` and the spec's examples).  Once a symbol has been written, its
     reference never changes, so after the first file the symbols are constant bytes.
     """
-    records: list[bytes] = []
-    append = records.append
     varint = encode_varint
     refs: dict[str, bytes] = {}
 
@@ -351,8 +349,8 @@ def _file_records(encoder: Encoder, placement: Placement) -> list[bytes]:
             extents, offset_head, length_head, allocated_head, filelength_head = fixed
             encoder.count += 2
             length = varint(nsec)
-            append(ref + extents)
-            append(
+            yield ref + extents
+            yield (
                 b"\x11"
                 + varint(encoder.count - 1)
                 + offset_head
@@ -362,34 +360,31 @@ def _file_records(encoder: Encoder, placement: Placement) -> list[bytes]:
                 + allocated_head
                 + length
             )
-            append(ref + filelength_head + varint(size))
+            yield ref + filelength_head + varint(size)
             continue
-        append(ref + name("extents") + b"\x90")
+        yield ref + name("extents") + b"\x90"
         extents_ref = b"\x11" + varint(encoder.new_index())
-        nsec = (size + SECTOR - 1) // SECTOR
         for done in range(0, nsec, MAX_EXTENT_SECTORS):
             key = name(str(done))  # the key's symbol is numbered before the extent tuple
             encoder.new_index()
             length = varint(min(MAX_EXTENT_SECTORS, nsec - done))
-            append(
-                b"".join(
-                    (
-                        extents_ref,
-                        key,
-                        b"\x93",
-                        name("offset"),
-                        b"\xb0",
-                        varint(start + done),
-                        name("length"),
-                        b"\xb0",
-                        length,
-                        name("allocated"),
-                        b"\xb0",
-                        length,
-                    )
+            yield b"".join(
+                (
+                    extents_ref,
+                    key,
+                    b"\x93",
+                    name("offset"),
+                    b"\xb0",
+                    varint(start + done),
+                    name("length"),
+                    b"\xb0",
+                    length,
+                    name("allocated"),
+                    b"\xb0",
+                    length,
                 )
             )
-        append(ref + name("filelength") + b"\xb0" + varint(size))
+        yield ref + name("filelength") + b"\xb0" + varint(size)
         if fixed is None and nsec and all(n in refs for n in _FILE_SYMBOLS):
             fixed = (
                 refs["extents"] + b"\x90",
@@ -398,7 +393,6 @@ def _file_records(encoder: Encoder, placement: Placement) -> list[bytes]:
                 refs["allocated"] + b"\xb0",
                 refs["filelength"] + b"\xb0",
             )
-    return records
 
 
 _FILE_SYMBOLS = ("extents", "0", "offset", "length", "allocated", "filelength")
@@ -436,7 +430,7 @@ def encode_log(root: dict[str, Any], placement: Placement) -> VolumePlan:
     encoder = Encoder()
     snapshot = bytearray()
     encoder.value(snapshot, root)
-    records = [bytes(snapshot), *_file_records(encoder, placement)]
+    records = chain((bytes(snapshot),), _file_records(encoder, placement))
     data_end = placement.data_end
 
     def extension_sector(k: int) -> int:

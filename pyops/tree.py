@@ -303,7 +303,12 @@ class Tree:
             try:
                 if entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    children[name] = self._host_file(entry.path, st, f"{base}/{name}", inodes)
+                    if st.st_nlink == 1:
+                        source = HostFile(entry.path, st.st_size, st.st_mtime_ns)
+                        children[name] = File(source, _NO_ATTRIBUTES)
+                    else:  # perhaps a hard link to a file met before
+                        image_path = f"{base}/{name}"
+                        children[name] = self._host_file(entry.path, st, image_path, inodes)
                 elif entry.is_dir(follow_symlinks=False):
                     sub = children.get(name)
                     if not isinstance(sub, Directory):

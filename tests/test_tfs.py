@@ -449,7 +449,7 @@ def test_unrolled_file_records_match_generic_updates() -> None:
     placement = place_files(root)
     fast = Encoder()
     fast.value(bytearray(), root)
-    got = _file_records(fast, placement)
+    got = list(_file_records(fast, placement))
 
     slow = Encoder()
     slow.value(bytearray(), root)
