@@ -29,6 +29,7 @@ from pyops.errors import (
 from pyops.net import HttpClient, HttpResponse
 from pyops.oci import MANIFEST_ACCEPT, MAX_MANIFEST_SIZE
 from pyops.reference import is_loopback_host
+from pyops.store import DOWNLOAD_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ class RegistryBlobStream:
         return self._offset
 
     def chunks(self) -> Iterator[bytes]:
-        """The raw bytes of the blob from :attr:`offset` on."""
-        return self._response.iter_raw()
+        """The raw bytes of the blob from :attr:`offset` on, in chunks of ``DOWNLOAD_CHUNK``."""
+        return self._response.iter_raw(DOWNLOAD_CHUNK)
 
     def close(self) -> None:
         """Release the connection."""

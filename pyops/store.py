@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,9 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 16
+DOWNLOAD_CHUNK = 1 << 16
+"""Size of the chunks a blob stream yields: the registry client reads the socket in these, and
+each is written and hashed while it is still in the CPU cache."""
 _HASH_BLOCK = 1 << 20
 
 
@@ -159,63 +161,138 @@ class Store:
             handle.truncate(0)
             have = 0
         # hashlib state cannot be saved, so a resumed download re-hashes what it has.
-        hasher = _hash_prefix(handle, algorithm, have)
+        writer = BlobWriter(
+            digest,
+            size,
+            handle,
+            name=name,
+            have=have,
+            hasher=_hash_prefix(handle, algorithm, have),
+            progress=progress,
+        )
         progress.advance(digest, have)
         for attempt in range(1, attempts + 1):
-            if have == size:
+            if writer.have == size:
                 break
-            if have:
-                log.info("%s: resuming at byte %d of %d", name, have, size)
-            stream = open_blob(have)
+            if writer.have:
+                log.info("%s: resuming at byte %d of %d", name, writer.have, size)
+            stream = open_blob(writer.have)
             try:
-                if stream.offset != have:
+                if stream.offset != writer.have:
                     # 200 instead of 206: the server ignored Range; start again.
                     handle.seek(0)
                     handle.truncate(0)
-                    progress.advance(digest, -have)
-                    have = 0
-                    hasher = hashlib.new(algorithm)
-                handle.seek(have)
-                for chunk in stream.chunks():
-                    if have + len(chunk) > size:
-                        self._discard(handle)
-                        raise DigestMismatch(
-                            f"{name}: the registry sent more than the {size} bytes "
-                            "its descriptor announces.",
-                        )
-                    handle.write(chunk)
-                    hasher.update(chunk)
-                    have += len(chunk)
-                    progress.advance(digest, len(chunk))
+                    progress.advance(digest, -writer.have)
+                    writer.restart()
+                handle.seek(writer.have)
+                writer.write_all(stream.chunks())
             except NetworkError:
                 handle.flush()
                 if attempt == attempts:
                     raise
-                log.info("%s: download cut at byte %d, retrying", name, have)
+                log.info("%s: download cut at byte %d, retrying", name, writer.have)
                 continue
+            except DigestMismatch:  # more bytes than announced
+                self._discard(handle)
+                raise
             finally:
                 stream.close()
-            if have < size:
+            if writer.have < size:
                 handle.flush()
                 if attempt == attempts:
                     raise NetworkError(
-                        f"{name}: the download ended after {have} of {size} bytes.",
+                        f"{name}: the download ended after {writer.have} of {size} bytes.",
                         hint="Run the command again to resume it.",
                     )
-        actual = f"{algorithm}:{hasher.hexdigest()}"
-        if actual != digest:
+        try:
+            writer.verify()
+        except DigestMismatch:
             self._discard(handle)
-            raise DigestMismatch(
-                f"{name}: the downloaded content has digest {actual}, expected {digest}; "
-                "it was discarded.",
-                hint="The registry or a proxy served corrupt data; try again.",
-            )
+            raise
 
     @staticmethod
     def _discard(handle: IO[bytes]) -> None:
         handle.seek(0)
         handle.truncate(0)
         handle.flush()
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int | None: ...
+
+
+class BlobWriter:
+    """Writes a blob's bytes to ``sink`` and hashes them in the same pass.
+
+    This is the inner loop of :meth:`Store.ensure_blob`: each chunk from the network is
+    written and fed to the hash at once, while it is still in the CPU cache, so the blob is
+    never read back to be checked. :attr:`have` counts the bytes taken so far, also when the
+    stream breaks (a resumed download starts from the prefix it has already hashed, given as
+    ``have`` and ``hasher``). ``benchmarks/bench_hash.py`` drives this class with a sink that
+    discards the bytes, to time the digest checking without the disk.
+    """
+
+    __slots__ = ("_algorithm", "_hasher", "_progress", "_sink", "digest", "have", "name", "size")
+
+    def __init__(
+        self,
+        digest: str,
+        size: int,
+        sink: _Sink,
+        *,
+        name: str | None = None,
+        have: int = 0,
+        hasher: hashlib._Hash | None = None,
+        progress: Progress = NULL_PROGRESS,
+    ) -> None:
+        self.digest = digest
+        self.size = size
+        self.name = name or digest
+        self.have = have
+        self._algorithm = digest.partition(":")[0]
+        self._hasher = hasher if hasher is not None else hashlib.new(self._algorithm)
+        self._sink = sink
+        self._progress = progress
+
+    def restart(self) -> None:
+        """Forget what was taken (the caller truncates the sink)."""
+        self.have = 0
+        self._hasher = hashlib.new(self._algorithm)
+
+    def write_all(self, chunks: Iterable[bytes]) -> None:
+        """Write and hash every chunk; more bytes than :attr:`size` raise DigestMismatch."""
+        write, update, advance = self._sink.write, self._hasher.update, self._progress.advance
+        digest, size = self.digest, self.size
+        have = self.have
+        try:
+            for chunk in chunks:
+                length = len(chunk)
+                if have + length > size:
+                    raise DigestMismatch(
+                        f"{self.name}: the registry sent more than the {size} bytes "
+                        "its descriptor announces.",
+                    )
+                write(chunk)
+                update(chunk)
+                have += length
+                advance(digest, length)
+        finally:
+            self.have = have
+
+    @property
+    def actual(self) -> str:
+        """The digest of the bytes taken so far, ``algorithm:hex``."""
+        return f"{self._algorithm}:{self._hasher.hexdigest()}"
+
+    def verify(self) -> None:
+        """Raise DigestMismatch unless the bytes taken have the expected digest."""
+        actual = self.actual
+        if actual != self.digest:
+            raise DigestMismatch(
+                f"{self.name}: the downloaded content has digest {actual}, expected "
+                f"{self.digest}; it was discarded.",
+                hint="The registry or a proxy served corrupt data; try again.",
+            )
 
 
 def _hash_prefix(handle: IO[bytes], algorithm: str, length: int) -> hashlib._Hash:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
+import io
 import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
+from pyops import store as store_module
 from pyops.errors import DigestMismatch, NetworkError
-from pyops.store import Store
+from pyops.store import BlobWriter, Store
 
 BLOB = os.urandom(300_000)
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
@@ -213,3 +218,126 @@ def test_concurrent_fetches_of_one_blob_download_once(tmp_path: Path) -> None:
         thread.join()
     assert len(results) == 3 and len(set(results)) == 1
     assert calls == [0]
+
+
+class IoCounts:
+    """What a download did with its files: paths opened, bytes read back, bytes hashed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.opened: list[str] = []
+        self.read = 0
+        self.hashed = 0
+
+    def note_open(self, path: Any) -> None:
+        if isinstance(path, str | os.PathLike) and os.fspath(path).startswith(self.root):
+            self.opened.append(os.fspath(path))
+
+
+class CountingHandle:
+    """The partial file's handle, counting the bytes read through it."""
+
+    def __init__(self, handle: IO[bytes], counts: IoCounts) -> None:
+        self._handle = handle
+        self._counts = counts
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._counts.read += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._handle.readinto(buffer)  # type: ignore[attr-defined]
+        self._counts.read += n or 0
+        return int(n or 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+class CountingHash:
+    def __init__(self, hasher: Any, counts: IoCounts) -> None:
+        self._hasher = hasher
+        self._counts = counts
+
+    def update(self, data: bytes) -> None:
+        self._counts.hashed += len(data)
+        self._hasher.update(data)
+
+    def hexdigest(self) -> str:
+        return str(self._hasher.hexdigest())
+
+
+def _count_io(monkeypatch: pytest.MonkeyPatch, root: Path) -> IoCounts:
+    """Watch every open of a file under ``root``, reads of the partial file, and hashing."""
+    counts = IoCounts(root)
+    real_locked, real_new = store_module._locked, hashlib.new
+    real_os_open, real_io_open = os.open, io.open
+
+    @contextmanager
+    def locked(path: Path) -> Iterator[Any]:
+        with real_locked(path) as handle:
+            yield CountingHandle(handle, counts)
+
+    def os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        counts.note_open(path)
+        return real_os_open(path, *args, **kwargs)
+
+    def io_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        counts.note_open(path)
+        return real_io_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "_locked", locked)
+    monkeypatch.setattr(
+        hashlib, "new", lambda name, *a, **k: CountingHash(real_new(name, *a, **k), counts)
+    )
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(io, "open", io_open)
+    monkeypatch.setattr(builtins, "open", io_open)
+    return counts
+
+
+def test_download_hashes_each_byte_once_and_never_reads_the_blob_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path)
+    counts = _count_io(monkeypatch, tmp_path)
+    path = store.ensure_blob(DIGEST, len(BLOB), Opener())
+    assert counts.hashed == len(BLOB)  # every byte hashed once, as it was written
+    assert counts.read == 0  # nothing read back to be checked
+    assert counts.opened == [str(store._partial_path(DIGEST))]  # the stored file never opened
+    monkeypatch.undo()
+    assert path.read_bytes() == BLOB
+
+
+def test_resumed_download_reads_back_only_the_prefix_it_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(NetworkError):
+        store.ensure_blob(DIGEST, len(BLOB), Opener(cuts=[150_000]), attempts=1)
+    counts = _count_io(monkeypatch, tmp_path)
+    store.ensure_blob(DIGEST, len(BLOB), Opener())
+    # hashlib state cannot be saved, so the prefix on disk is hashed again, once.
+    assert counts.read == 150_000
+    assert counts.hashed == len(BLOB)
+    assert counts.opened == [str(store._partial_path(DIGEST))]
+
+
+def test_blob_writer_writes_hashes_and_verifies_in_one_pass() -> None:
+    sink = io.BytesIO()
+    writer = BlobWriter(DIGEST, len(BLOB), sink)
+    chunks = [BLOB[i : i + 65_536] for i in range(0, len(BLOB), 65_536)]
+    writer.write_all(chunks[:2])
+    assert writer.have == 2 * 65_536
+    writer.write_all(chunks[2:])
+    assert writer.have == len(BLOB) and sink.getvalue() == BLOB
+    assert writer.actual == DIGEST
+    writer.verify()
+    with pytest.raises(DigestMismatch, match="more than"):
+        writer.write_all([b"x"])
+    assert writer.have == len(BLOB)
+    wrong = BlobWriter("sha256:" + "0" * 64, len(BLOB), io.BytesIO(), name="the-label")
+    wrong.write_all([BLOB])
+    with pytest.raises(DigestMismatch, match="the-label.*expected sha256:0000"):
+        wrong.verify()
