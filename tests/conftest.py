@@ -58,6 +58,11 @@ def cc() -> str:
     return found
 
 
+def fixture_source(name: str) -> str:
+    """The text of a source file in ``fixtures/`` (the C programs the tests compile)."""
+    return (FIXTURES / name).read_text()
+
+
 def compile_c(cc: str, source: str, out: Path, *flags: str) -> Path:
     """Compile one C file given as text."""
     src = out.with_suffix(".c")

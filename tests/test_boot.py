@@ -17,44 +17,11 @@ from pyops.qemu import Accel, Host, VmConfig, choose_accel, run_vm
 from pyops.tfs import read_file_bytes
 from pyops.tree import File, ImageData, Tree
 
-from .conftest import compile_c
+from .conftest import compile_c, fixture_source
 
 pytestmark = pytest.mark.boot
 
-PROBE = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-static void cat(const char *label, const char *path) {
-    char buf[256] = {0};
-    FILE *f = fopen(path, "r");
-    if (!f) { printf("%s: cannot open %s\n", label, path); return; }
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    if (n && buf[n - 1] == '\n') buf[n - 1] = 0;
-    printf("%s: %s\n", label, buf);
-}
-
-int main(int argc, char **argv) {
-    for (int i = 0; i < argc; i++) printf("probe arg %d: %s\n", i, argv[i]);
-    printf("probe env: %s\n", getenv("GREETING") ? getenv("GREETING") : "(unset)");
-    cat("probe data", "/data/input.txt");
-    cat("probe odd name", "/data/odd \"name\" ünï.txt");
-    char target[256] = {0};
-    ssize_t n = readlink("/data/link", target, sizeof target - 1);
-    printf("probe link: %s\n", n < 0 ? "(none)" : target);
-    cat("probe via link", "/data/link");
-    FILE *w = fopen("/tmp/new.txt", "w");
-    if (!w) { printf("probe write: failed\n"); return 1; }
-    fputs("written in the guest\n", w);
-    fclose(w);
-    cat("probe readback", "/tmp/new.txt");
-    return argc > 2 ? atoi(argv[2]) : 0;
-}
-"""
+PROBE = fixture_source("probe.c")
 
 
 @pytest.fixture(scope="module")

@@ -22,40 +22,11 @@ from pyops.release import NanosRelease
 from pyops.tfs import read_file_bytes
 from pyops.tree import File, ImageData, Symlink
 
-from .conftest import compile_c, install_test_release
+from .conftest import compile_c, fixture_source, install_test_release
 
-HELLO = r"""
-#include <stdio.h>
-#include <stdlib.h>
-int main(int argc, char **argv) {
-    for (int i = 0; i < argc; i++) printf("arg %d: %s\n", i, argv[i]);
-    printf("env FOO=%s\n", getenv("FOO") ? getenv("FOO") : "(unset)");
-    return argc > 1 ? atoi(argv[1]) : 0;
-}
-"""
+HELLO = fixture_source("hello.c")
 
-SERVER = r"""
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-int main(void) {
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET; a.sin_port = htons(8080); a.sin_addr.s_addr = INADDR_ANY;
-    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 1)) { perror("bind"); return 1; }
-    printf("listening\n"); fflush(stdout);
-    int c = accept(s, 0, 0);
-    char buf[64] = {0};
-    read(c, buf, sizeof buf - 1);
-    char reply[128];
-    snprintf(reply, sizeof reply, "nanos got: %s", buf);
-    write(c, reply, strlen(reply));
-    close(c);
-    return 0;
-}
-"""
+SERVER = fixture_source("server.c")
 
 
 @pytest.fixture(scope="module")
