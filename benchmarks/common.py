@@ -9,6 +9,7 @@ pyops' time over the baseline's (below 1: pyops is faster).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -40,12 +41,26 @@ class Sample:
     peak_bytes: int
 
 
+def child_env() -> dict[str, str]:
+    """This environment with Python's bytecode cache on, as for an installed package.
+
+    Where ``PYTHONDONTWRITEBYTECODE`` is set, every module of pyops (and of lddtree) would
+    be compiled again at each start; the cache goes to ``.benchmarks/pycache`` instead of
+    the checkout, and the warm-up runs fill it.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.setdefault("PYTHONPYCACHEPREFIX", str(ROOT / ".benchmarks" / "pycache"))
+    return env
+
+
 def measure(argv: list[str], cwd: Path | None = None) -> Sample:
     """Wall time and peak RSS of one process (``argv``), started by a small starter."""
     result = subprocess.run(
         [sys.executable, "-S", "-c", STARTER, *argv],
         stdout=subprocess.PIPE,
         cwd=cwd or ROOT,
+        env=child_env(),
         check=False,
     )
     if result.returncode != 0:

@@ -16,17 +16,22 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyops import __version__
-from pyops.config import OpsConfig
-from pyops.disk import DiskInfo, write_disk
 from pyops.errors import InvalidInput
-from pyops.ldd import Resolution, resolve
 from pyops.manifest import Manifest
-from pyops.package import Package
 from pyops.progress import NULL_PROGRESS, Progress
-from pyops.release import NanosRelease
 from pyops.tree import Contents, Directory, File, HardLink, HostFile, Symlink, Tree
+
+if TYPE_CHECKING:
+    # Only for annotations: ``pyops run`` of a cached image needs none of these modules'
+    # code (the package and release modules pull in the HTTP stack, disk the writer).
+    from pyops.config import OpsConfig
+    from pyops.disk import DiskInfo
+    from pyops.ldd import Resolution
+    from pyops.package import Package
+    from pyops.release import NanosRelease
 
 # Files Ops adds to every image built from a host program (ops-reference.md section 3.4).
 RESOLV_CONF = b"nameserver 8.8.8.8\n"
@@ -207,27 +212,35 @@ def manifest_for(
 def tree_key(tree: Tree) -> str:
     """A digest of everything the tree puts in an image: names, links, sizes and, for host
     files, their identity (path, size, modification time)."""
+    # Run on every ``pyops run``, also when the image is reused, so kept lean: one ``update``
+    # per entry, and no JSON encoding for the usual entry without attributes.
     h = hashlib.sha256()
+    update = h.update
     for path, node in tree.walk():
-        h.update(path.encode("utf-8", "surrogateescape") + b"\0")
-        if isinstance(node, Directory):
-            h.update(b"d" + json.dumps(dict(node.attributes), sort_keys=True).encode())
-        elif isinstance(node, Symlink):
-            h.update(b"l" + node.target.encode("utf-8", "surrogateescape"))
-        elif isinstance(node, HardLink):
-            h.update(b"h" + node.target.encode("utf-8", "surrogateescape"))
-        elif isinstance(node, File):
+        name = path.encode("utf-8", "surrogateescape")
+        if isinstance(node, File):
             src = node.source
-            h.update(b"f" + json.dumps(dict(node.attributes), sort_keys=True).encode())
-            if isinstance(src, Contents):
-                h.update(hashlib.sha256(src.data).digest())
-            elif isinstance(src, HostFile):
+            if isinstance(src, HostFile):
                 # the walk already stat'ed it; a file changed since then fails the copy
-                h.update(f"{src.path}\0{src.size}\0{src.mtime_ns}".encode())
+                what = f"{src.path}\0{src.size}\0{src.mtime_ns}".encode()
+            elif isinstance(src, Contents):
+                what = hashlib.sha256(src.data).digest()
             else:
-                h.update(repr(src).encode())
-        h.update(b"\n")
+                what = repr(src).encode()
+            update(b"".join((name, b"\0f", _attributes_key(node.attributes), what, b"\n")))
+        elif isinstance(node, Directory):
+            update(b"".join((name, b"\0d", _attributes_key(node.attributes), b"\n")))
+        elif isinstance(node, Symlink):
+            update(name + b"\0l" + node.target.encode("utf-8", "surrogateescape") + b"\n")
+        elif isinstance(node, HardLink):
+            update(name + b"\0h" + node.target.encode("utf-8", "surrogateescape") + b"\n")
+        else:
+            update(name + b"\0\n")
     return h.hexdigest()
+
+
+def _attributes_key(attributes: Mapping[str, object]) -> bytes:
+    return json.dumps(dict(attributes), sort_keys=True).encode() if attributes else b"{}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +264,8 @@ def build_image(
 
     When an image built from the very same inputs is already there, it is reused.
     """
+    from pyops.ldd import resolve
+
     name = config.name or image_name(config.program)
     program_in_image, program_host = program_path(config.program, config.target_root)
     resolution = resolve(
@@ -301,6 +316,8 @@ def write_image(
     if not force and out.is_file() and key_file.is_file() and key_file.read_text() == key:
         return BuiltImage(out, False, None)
     key_file.unlink(missing_ok=True)
+    from pyops.disk import write_disk
+
     info = write_disk(
         out,
         tree,

@@ -10,13 +10,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from tqdm import tqdm
 
 from pyops import __version__
 from pyops.errors import PyopsError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +30,9 @@ class TqdmProgress:
         self._bars: dict[str, tqdm[Any]] = {}
 
     def start(self, key: str, label: str, total: int | None) -> None:
+        # tqdm is imported when a bar is first drawn: a run of a cached image draws none.
+        from tqdm import tqdm
+
         self._bars[key] = tqdm(
             total=total,
             desc=label,

@@ -33,13 +33,18 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from pyops.disk import check_kernel, load_boot_image
 from pyops.errors import InvalidInput, NetworkError, PyopsError, ReleaseError
-from pyops.net import HttpClient, HttpResponse, redact
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.store import Store
+
+if TYPE_CHECKING:
+    from pyops.net import HttpClient, HttpResponse
+
+# pyops.net (the HTTP stack, about 0.1 s to import) and pyops.disk (the image writer) are
+# imported by the functions that download or check a release: choosing an installed release,
+# all that ``pyops build`` and ``pyops run`` usually do here, needs neither.
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +305,8 @@ def _normalise(folder: Path) -> None:
 
 def _validate(folder: Path, source: Path) -> None:
     """Refuse a release whose kernel, boot.img or klibs are not what Nanos needs."""
+    from pyops.disk import check_kernel, load_boot_image
+
     prefix = f"{folder}{os.sep}"
     try:
         for entry in folder.rglob("*"):
@@ -434,6 +441,8 @@ def latest_version(
     cached = _read_latest_cache(cache, base)
     if cached is not None and not refresh and 0 <= time.time() - cached[1] < ttl:
         return cached[0]
+    from pyops.net import HttpClient, redact
+
     url = f"{base}/latest.txt"
     try:
         with (client or HttpClient()).request("GET", url) as response:
@@ -473,6 +482,8 @@ def _read_latest_cache(cache: Path, base: str) -> tuple[str, float] | None:
 
 def _decoded(response: HttpResponse, body: bytes) -> bytes:
     # HttpResponse gives bytes as sent; a small text file may be served gzip-encoded.
+    from pyops.net import redact
+
     if response.headers.get("Content-Encoding", "").lower() == "gzip":
         try:
             return gzip.decompress(body)
@@ -490,6 +501,8 @@ def download_release(
     progress: Progress = NULL_PROGRESS,
 ) -> NanosRelease:
     """Download release ``version`` and install it (replacing an installed copy)."""
+    from pyops.net import HttpClient
+
     check_version(version)
     base = release_url(base_url)
     http = client or HttpClient()
@@ -519,6 +532,8 @@ def download_release(
 
 
 def _fetch_md5(http: HttpClient, url: str) -> str | None:
+    from pyops.net import redact
+
     with http.request("GET", url) as response:
         if response.status != 200:
             log.info("%s: HTTP %d; the download will not be checked", redact(url), response.status)
@@ -532,6 +547,8 @@ def _fetch_md5(http: HttpClient, url: str) -> str | None:
 
 def _download(http: HttpClient, url: str, version: str, out: IO[bytes], progress: Progress) -> str:
     """Stream ``url`` into ``out``; return the MD5 of what was written."""
+    from pyops.net import redact
+
     md5 = hashlib.md5(usedforsecurity=False)
     with http.request("GET", url) as response:
         if response.status == 404:
