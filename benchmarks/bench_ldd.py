@@ -41,7 +41,8 @@ def dynamic_files(count: int) -> list[str]:
     seen: set[tuple[int, int]] = set()
     for top in POOL:
         for dirpath, dirnames, filenames in os.walk(top):
-            dirnames.sort()
+            # separate debug symbols look like programs but hold no loadable contents
+            dirnames[:] = sorted(d for d in dirnames if d != "debug")
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
                 try:

@@ -3,7 +3,8 @@
     python benchmarks/bench_tfs.py [--tree DIR] [--repeat N] [--scale K] [--json]
 
 The default tree is this Python installation (about 60,000 entries and 1 GB).  ``--scale``
-puts K copies of the tree side by side, to see how the cost grows.  Each tool runs in its
+puts K copies of the tree side by side (made with ``cp -a`` before timing), to see how the
+cost grows.  Each tool runs in its
 own process (interpreter start-up included), timed wall-clock (best of ``--repeat``, in
 alternating order, after one warm-up ``tar`` so both read from the page cache), with its
 peak memory (max RSS) read from the kernel.  Target: pyops at most 1.3 times tar, peak
@@ -14,21 +15,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from common import MB, Row, Sample, emit, measure, pyops_argv
 
+# argv: OUTPUT TREE...  (one tree: the volume's root; several: /copy0, /copy1, ...)
 WRITER = """
 import sys
 from pyops.disk import write_raw_volume
 from pyops.tree import Tree
 tree = Tree()
-copies = int(sys.argv[3])
-for i in range(copies):
-    tree.add_host_path(sys.argv[1], f"/copy{i}" if copies > 1 else "/")
-write_raw_volume(sys.argv[2], tree)
+trees = sys.argv[2:]
+for i, path in enumerate(trees):
+    tree.add_host_path(path, f"/copy{i}" if len(trees) > 1 else "/")
+write_raw_volume(sys.argv[1], tree)
 """
 
 
@@ -43,12 +46,24 @@ def tree_size(root: str) -> tuple[int, int]:
     return entries, total
 
 
-def compare(tree: str, out_dir: Path, repeat: int, copies: int) -> dict[str, list[Sample]]:
+def make_copies(tree: str, out_dir: Path, copies: int) -> list[str]:
+    """The tree and ``copies - 1`` copies of it on the output disk: distinct files, since
+    tar would store files it has seen before as hard links."""
+    trees = [tree]
+    for i in range(1, copies):
+        copy = out_dir / f"copy{i}"
+        subprocess.run(["cp", "-a", tree, str(copy)], check=True)
+        trees.append(str(copy))
+    os.sync()
+    return trees
+
+
+def compare(trees: list[str], out_dir: Path, repeat: int) -> dict[str, list[Sample]]:
     tar_out = out_dir / "tree.tar"
     img_out = out_dir / "tree.img"
     argvs = {
-        "tar": ["tar", "cf", str(tar_out)] + ["-C", tree, "."] * copies,
-        "pyops": pyops_argv(WRITER, tree, str(img_out), str(copies)),
+        "tar": ["tar", "cf", str(tar_out)] + [arg for t in trees for arg in ("-C", t, ".")],
+        "pyops": pyops_argv(WRITER, str(img_out), *trees),
     }
     measure(argvs["tar"])  # warm the page cache for both
     samples: dict[str, list[Sample]] = {"tar": [], "pyops": []}
@@ -74,7 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     entries, total = tree_size(args.tree)
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
-        samples = compare(args.tree, Path(tmp), args.repeat, args.scale)
+        trees = make_copies(args.tree, Path(tmp), args.scale)
+        samples = compare(trees, Path(tmp), args.repeat)
     best = {tool: min(s.seconds for s in runs) for tool, runs in samples.items()}
     peak = {tool: max(s.peak_bytes for s in runs) / MB for tool, runs in samples.items()}
     ratio = best["pyops"] / best["tar"]

@@ -64,7 +64,7 @@ def measure(argv: list[str], cwd: Path | None = None) -> Sample:
         check=False,
     )
     if result.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(argv)[:300]}")
+        raise SystemExit(f"failed (exit status {result.returncode}): {' '.join(argv)[:200]}")
     elapsed, peak = result.stdout.split()
     return Sample(float(elapsed), int(peak))
 

@@ -111,13 +111,14 @@ class DataCopy:
         worker has come: if it announced run i (or beyond), it copies run i.
         """
         table, jobs = self._table, self._jobs
-        for i in range(jobs.runs - 1, -1, -1):
+        runs = list(jobs.runs())
+        for i in range(len(runs) - 1, -1, -1):
             if table is not None:
                 struct.pack_into("<Q", table, DOWN, i)
                 if struct.unpack_from("<Q", table, UP)[0] > i:
                     return
             try:
-                copied = jobs.copy(i, self._fd)
+                copied = jobs.copy(*runs[i], self._fd)
             except CopyFailed as exc:
                 raise HostFileError(exc.message, hint=exc.hint) from exc
             self._progress.advance("tfs", copied)

@@ -19,7 +19,7 @@ import os
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 CHUNK = 8 * 1024 * 1024
 SECTOR = 512
@@ -27,10 +27,10 @@ SMALL_FILE = 64 * 1024  # at most this: copied as part of a run
 RUN_BYTES = 1024 * 1024  # a run ends after this many bytes ...
 RUN_FILES = 256  # ... or this many files
 
-# The job table: a header, then columns of unsigned 64-bit integers: n output offsets, n
-# sizes and m + 1 run boundaries (run k is jobs bounds[k] to bounds[k + 1]), then the n
-# paths separated by NUL bytes.
-HEADER = struct.Struct("<QQQQ")  # claimed_up, claimed_down (runs), jobs, runs
+# The job table: a header, then two columns of n unsigned 64-bit integers (output offsets,
+# sizes), then the n paths separated by NUL bytes.  The claims count runs: claimed_down
+# starts at n, above any run number.
+HEADER = struct.Struct("<QQQ")  # claimed_up, claimed_down, jobs
 UP, DOWN = 0, 8
 
 _ZEROS = memoryview(bytes(SECTOR))
@@ -130,79 +130,69 @@ def copy_run(paths: Sequence[str], sizes: Sequence[int], dst: int, dst_offset: i
     os.pwrite(dst, b"".join(pieces), dst_offset)
 
 
-def plan_runs(offsets: Sequence[int], sizes: Sequence[int]) -> list[int]:
+def iter_runs(offsets: Sequence[int], sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
     """Cut jobs into runs: a large file alone, else small files placed back to back.
 
-    Returns the run boundaries, ``[0, ..., len(offsets)]``.
+    Yields each run as ``(first job, job after the last)``.  Both processes cut the same
+    jobs the same way, so run numbers mean the same to both; the worker cuts as it goes.
     """
-    bounds = [0]
+    start = 0
     run_end = -1  # where the open run's next file would have to start
-    run_bytes = run_files = 0
+    run_bytes = 0
     for i, (offset, size) in enumerate(zip(offsets, sizes, strict=True)):
         padded = -(-size // SECTOR) * SECTOR
         small = size <= SMALL_FILE
-        if (
+        if i and (
             not small
             or offset != run_end
             or run_bytes + padded > RUN_BYTES
-            or run_files == RUN_FILES
+            or i - start == RUN_FILES
         ):
-            if i:
-                bounds.append(i)
-            run_bytes = run_files = 0
+            yield start, i
+            start, run_bytes = i, 0
         if small:
             run_end = offset + padded
             run_bytes += padded
-            run_files += 1
         else:
             run_end = -1
     if offsets:
-        bounds.append(len(offsets))
-    return bounds
+        yield start, len(offsets)
 
 
 class JobTable:
-    """Jobs (each file's path, size and output offset) cut into runs, and their encoding."""
+    """Jobs (each file's path, size and output offset), and their encoding for the worker."""
 
-    def __init__(
-        self,
-        offsets: Sequence[int],
-        sizes: Sequence[int],
-        paths: Sequence[str],
-        bounds: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, offsets: Sequence[int], sizes: Sequence[int], paths: Sequence[str]):
         self.offsets = offsets
         self.sizes = sizes
         self.paths = paths
-        self.bounds = plan_runs(offsets, sizes) if bounds is None else bounds
 
     @classmethod
     def decode(cls, table: mmap.mmap) -> JobTable:
         """Read a table written by :meth:`encode`."""
-        _up, _down, jobs, runs = HEADER.unpack_from(table, 0)
-        start = HEADER.size + 8 * (2 * jobs + runs + 1)
+        jobs = HEADER.unpack_from(table, 0)[2]
+        start = HEADER.size + 16 * jobs
         with memoryview(table)[HEADER.size : start] as raw, raw.cast("Q") as columns:
             numbers = columns.tolist()
         paths = table[start:].decode("utf-8", "surrogateescape").split("\0")
-        return cls(numbers[:jobs], numbers[jobs : 2 * jobs], paths, numbers[2 * jobs :])
+        return cls(numbers[:jobs], numbers[jobs:], paths)
 
     def encode(self) -> bytes:
-        """The table's bytes, with both claims at their start (nothing taken)."""
+        """The table's bytes, with neither process having claimed a run."""
         columns = array("Q", self.offsets)
         columns.extend(self.sizes)
-        columns.extend(self.bounds)
         paths = "\0".join(self.paths).encode("utf-8", "surrogateescape")
-        return HEADER.pack(0, self.runs, len(self.offsets), self.runs) + columns.tobytes() + paths
+        jobs = len(self.offsets)
+        return HEADER.pack(0, jobs, jobs) + columns.tobytes() + paths
 
-    @property
-    def runs(self) -> int:
-        return len(self.bounds) - 1
+    def runs(self) -> Iterator[tuple[int, int]]:
+        """The runs, as :func:`iter_runs` cuts them."""
+        return iter_runs(self.offsets, self.sizes)
 
-    def copy(self, run: int, dst: int) -> int:
-        """Copy run number ``run`` to ``dst``; returns the bytes it held."""
-        a, b = self.bounds[run], self.bounds[run + 1]
-        copy_run(self.paths[a:b], self.sizes[a:b], dst, self.offsets[a])
-        return sum(self.sizes[a:b])
+    def copy(self, start: int, end: int, dst: int) -> int:
+        """Copy the run of jobs ``start`` to ``end`` (excluded) to ``dst``; the bytes it held."""
+        copy_run(self.paths[start:end], self.sizes[start:end], dst, self.offsets[start])
+        return sum(self.sizes[start:end])
 
 
 def work(dst: int, table: mmap.mmap) -> None:
@@ -213,11 +203,11 @@ def work(dst: int, table: mmap.mmap) -> None:
     """
     jobs = JobTable.decode(table)
     pack, unpack = struct.pack_into, struct.unpack_from
-    for i in range(jobs.runs):
+    for i, (start, end) in enumerate(jobs.runs()):
         pack("<Q", table, UP, i + 1)
         if unpack("<Q", table, DOWN)[0] < i:
             break
-        jobs.copy(i, dst)
+        jobs.copy(start, end, dst)
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ import pytest
 from pyops.copier import DataCopy
 from pyops.copyfile import (
     DOWN,
+    RUN_BYTES,
     RUN_FILES,
     SECTOR,
     SMALL_FILE,
@@ -20,7 +21,7 @@ from pyops.copyfile import (
     CopyFailed,
     JobTable,
     copy_run,
-    plan_runs,
+    iter_runs,
     work,
 )
 from pyops.errors import HostFileError
@@ -62,13 +63,18 @@ def expected_image(files: list[HostFile], offsets: list[int]) -> bytes:
     return bytes(image)
 
 
-def test_plan_runs_groups_small_neighbours_and_isolates_large_files() -> None:
+def test_runs_group_small_neighbours_and_isolate_large_files() -> None:
     sizes = [10, 600, 0, SMALL_FILE + 1, 5, 7]
     offsets = [0, 512, 1536, 1536, 1536 + padded(SMALL_FILE + 1), 0]  # the last is not adjacent
-    assert plan_runs(offsets, sizes) == [0, 3, 4, 5, 6]
+    assert list(iter_runs(offsets, sizes)) == [(0, 3), (3, 4), (4, 5), (5, 6)]
     many = [1] * (RUN_FILES + 3)
-    assert plan_runs([i * SECTOR for i in range(len(many))], many) == [0, RUN_FILES, len(many)]
-    assert plan_runs([], []) == [0]
+    offsets = [i * SECTOR for i in range(len(many))]
+    assert list(iter_runs(offsets, many)) == [(0, RUN_FILES), (RUN_FILES, len(many))]
+    fill = [60 * 1024] * 20  # a run ends before it passes RUN_BYTES
+    per_run = RUN_BYTES // (60 * 1024)
+    offsets = [i * 60 * 1024 for i in range(20)]
+    assert list(iter_runs(offsets, fill)) == [(0, per_run), (per_run, 20)]
+    assert list(iter_runs([], [])) == []
 
 
 @pytest.mark.parametrize("worker", [False, True])
@@ -97,7 +103,7 @@ def table_for(tmp_path: Path, count: int) -> tuple[JobTable, list[HostFile], lis
     files = make_files(tmp_path / "src", [SMALL_FILE + 1] * count)  # one file per run
     offsets = packed(files)
     jobs = JobTable(offsets, [f.size for f in files], [f.path for f in files])
-    assert jobs.runs == count
+    assert len(list(jobs.runs())) == count
     return jobs, files, offsets
 
 
@@ -161,12 +167,7 @@ def test_job_table_round_trip_with_odd_names(tmp_path: Path) -> None:
     with mmap.mmap(-1, len(jobs.encode())) as table:
         table[:] = jobs.encode()
         back = JobTable.decode(table)
-    assert (back.offsets, back.sizes, back.paths, back.bounds) == (
-        jobs.offsets,
-        jobs.sizes,
-        jobs.paths,
-        jobs.bounds,
-    )
+    assert (back.offsets, back.sizes, back.paths) == (jobs.offsets, jobs.sizes, jobs.paths)
 
 
 def test_a_file_that_shrank_or_vanished_is_named(tmp_path: Path) -> None:
