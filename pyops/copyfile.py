@@ -27,11 +27,13 @@ SMALL_FILE = 64 * 1024  # at most this: copied as part of a run
 RUN_BYTES = 1024 * 1024  # a run ends after this many bytes ...
 RUN_FILES = 256  # ... or this many files
 
-# The job table: a header, then two columns of n unsigned 64-bit integers (output offsets,
-# sizes), then the n paths separated by NUL bytes.  The claims count runs: claimed_down
-# starts at n, above any run number.
-HEADER = struct.Struct("<QQQ")  # claimed_up, claimed_down, jobs
-UP, DOWN = 0, 8
+# The job table: the number of jobs n (an unsigned 64-bit integer), two columns of n such
+# integers (output offsets, sizes), two rows of n claim flags (one byte per run: taken by
+# the worker, taken by the other process), then the n paths separated by NUL bytes.  A run
+# has at least one job, so n flags are enough.  A flag is one byte, written once from 0 to
+# 1: the other process reads it whole (a number of several bytes could be read half old,
+# half new).
+HEADER = struct.Struct("<Q")
 
 _ZEROS = memoryview(bytes(SECTOR))
 
@@ -170,20 +172,25 @@ class JobTable:
     @classmethod
     def decode(cls, table: mmap.mmap) -> JobTable:
         """Read a table written by :meth:`encode`."""
-        jobs = HEADER.unpack_from(table, 0)[2]
+        jobs = HEADER.unpack_from(table, 0)[0]
         start = HEADER.size + 16 * jobs
         with memoryview(table)[HEADER.size : start] as raw, raw.cast("Q") as columns:
             numbers = columns.tolist()
-        paths = table[start:].decode("utf-8", "surrogateescape").split("\0")
+        paths = table[start + 2 * jobs :].decode("utf-8", "surrogateescape").split("\0")
         return cls(numbers[:jobs], numbers[jobs:], paths)
 
     def encode(self) -> bytes:
-        """The table's bytes, with neither process having claimed a run."""
+        """The table's bytes, with no run taken."""
+        jobs = len(self.offsets)
         columns = array("Q", self.offsets)
         columns.extend(self.sizes)
         paths = "\0".join(self.paths).encode("utf-8", "surrogateescape")
-        jobs = len(self.offsets)
-        return HEADER.pack(0, jobs, jobs) + columns.tobytes() + paths
+        return HEADER.pack(jobs) + columns.tobytes() + bytes(2 * jobs) + paths
+
+    def flags(self) -> tuple[int, int]:
+        """Where the worker's and the other process's claim flags start in the table."""
+        worker = HEADER.size + 16 * len(self.offsets)
+        return worker, worker + len(self.offsets)
 
     def runs(self) -> Iterator[tuple[int, int]]:
         """The runs, as :func:`iter_runs` cuts them."""
@@ -198,16 +205,18 @@ class JobTable:
 def work(dst: int, table: mmap.mmap) -> None:
     """Copy runs from the first one up, until the other process has copied the rest.
 
-    Before copying run i, announce it (``claimed_up = i + 1``), then read how far down the
-    other process has come: if it announced a run below i, it has copied run i.
+    The worker copies every run it takes.  It takes run i (sets its flag), then looks
+    whether the other process, coming down from the last run, has taken it too: if so, that
+    process has copied everything above it, and run i is the last one left to copy here.
     """
     jobs = JobTable.decode(table)
-    pack, unpack = struct.pack_into, struct.unpack_from
+    mine, theirs = jobs.flags()
     for i, (start, end) in enumerate(jobs.runs()):
-        pack("<Q", table, UP, i + 1)
-        if unpack("<Q", table, DOWN)[0] < i:
-            break
+        table[mine + i] = 1
+        met = table[theirs + i]
         jobs.copy(start, end, dst)
+        if met:
+            break
 
 
 def main() -> int:

@@ -552,10 +552,11 @@ def _write_volume(
 
 def _preallocate(fd: int, start: int, length: int) -> None:
     """Reserve the data region in one go: the file system then allocates one run of blocks
-    instead of growing the file a file at a time (about 30% faster copies on ext4).  Only
-    the data region is reserved; free space and the log gap stay sparse."""
+    instead of growing the file a file at a time (about 7% faster writing on ext4).  Only
+    the data region is reserved; free space and the log gap stay sparse.  Skipped in memory
+    (tmpfs), where reserving means zeroing every page before it is written."""
     fallocate = getattr(os, "posix_fallocate", None)
-    if fallocate is None:
+    if fallocate is None or _filesystem_type(fd) in ("tmpfs", "ramfs"):
         return
     try:
         fallocate(fd, start, length)
@@ -565,6 +566,21 @@ def _preallocate(fd: int, start: int, length: int) -> None:
                 f"not enough space on the host disk for {length} bytes of file data"
             ) from exc
         # EINVAL/EOPNOTSUPP: the file system cannot preallocate; the copies still work.
+
+
+def _filesystem_type(fd: int) -> str | None:
+    """The type of the file system holding ``fd`` (Linux: from /proc/self/mountinfo)."""
+    dev = os.fstat(fd).st_dev
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split(" - ", 1)
+                if len(fields) == 2 and fields[0].split()[2:3] == [wanted]:
+                    return fields[1].split()[0]
+    except OSError:
+        pass
+    return None
 
 
 def _too_small(what: str, needed: int, size: int) -> FilesystemFull:

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 from pathlib import Path
 
 import pytest
 
 from pyops.copier import DataCopy
 from pyops.copyfile import (
-    DOWN,
     RUN_BYTES,
     RUN_FILES,
     SECTOR,
     SMALL_FILE,
-    UP,
     CopyFailed,
     JobTable,
     copy_run,
@@ -117,34 +114,42 @@ def copied_runs(image: Path, files: list[HostFile], offsets: list[int]) -> list[
 
 
 @pytest.mark.parametrize(
-    ("claimed_down", "copied"),
-    [(6, [0, 1, 2, 3, 4, 5]), (3, [0, 1, 2, 3]), (0, [0])],
+    ("taken_from", "copied"),
+    [(None, [0, 1, 2, 3, 4, 5]), (3, [0, 1, 2, 3]), (0, [0])],
 )
-def test_worker_stops_where_the_other_process_has_been(
-    tmp_path: Path, claimed_down: int, copied: list[int]
+def test_worker_stops_at_the_first_run_the_other_process_took(
+    tmp_path: Path, taken_from: int | None, copied: list[int]
 ) -> None:
-    """The worker copies runs up to the one the other process announced last (a tie is the
-    worker's), and no further."""
+    """The worker copies every run it takes, up to and including the first one the other
+    process has taken too (the other process has copied everything above it)."""
     jobs, files, offsets = table_for(tmp_path, 6)
+    mine, theirs = jobs.flags()
     encoded = bytearray(jobs.encode())
-    struct.pack_into("<Q", encoded, DOWN, claimed_down)
+    if taken_from is not None:
+        for run in range(taken_from, 6):
+            encoded[theirs + run] = 1
     (tmp_path / "table").write_bytes(encoded)
     image = tmp_path / "image"
     fd = os.open(image, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         with open(tmp_path / "table", "r+b") as f, mmap.mmap(f.fileno(), 0) as table:
             work(fd, table)
-            assert struct.unpack_from("<Q", table, UP)[0] == min(claimed_down + 2, 6)
+            assert [table[mine + run] for run in range(6)] == [
+                int(run in copied) for run in range(6)
+            ]
     finally:
         os.close(fd)
     assert copied_runs(image, files, offsets) == copied
 
 
-@pytest.mark.parametrize(("claimed_up", "copied"), [(0, [0, 1, 2, 3, 4]), (3, [3, 4]), (5, [])])
+@pytest.mark.parametrize(("worker_took", "copied"), [(0, [0, 1, 2, 3, 4]), (3, [3, 4]), (5, [])])
 def test_main_process_copies_down_to_the_workers_share(
-    tmp_path: Path, claimed_up: int, copied: list[int]
+    tmp_path: Path, worker_took: int, copied: list[int]
 ) -> None:
+    """Coming down from the last run, this process stops at the first run the worker took
+    (the worker copies it, and everything below)."""
     jobs, files, offsets = table_for(tmp_path, 5)
+    mine, _theirs = jobs.flags()
     image = tmp_path / "image"
     fd = os.open(image, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -152,7 +157,8 @@ def test_main_process_copies_down_to_the_workers_share(
         copy._jobs = jobs
         with mmap.mmap(-1, len(jobs.encode())) as table:
             table[:] = jobs.encode()
-            struct.pack_into("<Q", table, UP, claimed_up)
+            for run in range(worker_took):
+                table[mine + run] = 1
             copy._table = table
             copy._copy_down()
             copy._table = None
@@ -195,3 +201,20 @@ def test_worker_error_reaches_the_caller(tmp_path: Path, missing: int) -> None:
             copy.finish()
     finally:
         os.close(fd)
+
+
+def test_both_processes_racing_leave_no_run_out(tmp_path: Path) -> None:
+    """Many runs (more than 256, so any claim written byte by byte could be read torn), the
+    worker and this process meeting somewhere in the middle: every byte arrives."""
+    sizes = [SMALL_FILE + 1 + i for i in range(300)] + [100] * 600
+    files = make_files(tmp_path / "src", sizes)
+    offsets = packed(files)
+    want = expected_image(files, offsets)
+    for attempt in range(3):
+        out = tmp_path / f"image{attempt}"
+        fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            DataCopy(fd, offsets, files, worker=True).finish()
+        finally:
+            os.close(fd)
+        assert out.read_bytes()[: len(want)] == want

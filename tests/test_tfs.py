@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from pyops.errors import FilesystemFull, HostFileError, ImageFormatError, Invali
 from pyops.tfs import (
     FileEntry,
     _file_records,
+    _filesystem_type,
+    _preallocate,
     format_uuid,
     place_files,
     read_file_bytes,
@@ -471,3 +474,19 @@ def test_unrolled_file_records_match_generic_updates() -> None:
         want.append(bytes(out))
     assert got == want
     assert fast.count == slow.count
+
+
+def test_data_region_is_not_preallocated_in_memory() -> None:
+    """On tmpfs, reserving the data region would zero every page before it is written."""
+    shm = Path("/dev/shm")
+    mounts = Path("/proc/self/mounts")
+    if not mounts.exists() or " /dev/shm tmpfs " not in mounts.read_text():
+        pytest.skip("needs Linux with /dev/shm on tmpfs")
+    fd, name = tempfile.mkstemp(dir=shm)
+    try:
+        assert _filesystem_type(fd) == "tmpfs"
+        _preallocate(fd, 0, 64 * 1024 * 1024)
+        assert os.fstat(fd).st_blocks == 0
+    finally:
+        os.close(fd)
+        os.unlink(name)
