@@ -140,7 +140,7 @@ def vm_hwm(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--scale", type=int, default=1, help="1,000 x K small files in the image")
     parser.add_argument("--plain-env", action="store_true", help="no bytecode cache prefix")
     parser.add_argument("--json", action="store_true")

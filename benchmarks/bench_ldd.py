@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 
-from common import MB, SKIPPED, Row, Sample, emit, measure, pyops_argv
+from common import SKIPPED, Row, Sample, emit, measure, pyops_argv, summarize
 
 from pyops.elf import read_elf
 from pyops.errors import PyopsError
@@ -100,8 +100,8 @@ def main() -> None:
         del os.environ[name]  # the children inherit this environment
     files = dynamic_files(args.files * args.scale)
     samples = compare(files, args.repeat)
-    best = {tool: min(s.seconds for s in runs) for tool, runs in samples.items()}
-    peak = {tool: max(s.peak_bytes for s in runs) / MB for tool, runs in samples.items()}
+    summary = summarize(samples)
+    best, peak = summary.best, summary.peak_mb
     in_process = float("inf")
     for _ in range(args.repeat):
         start = time.perf_counter()
@@ -120,7 +120,7 @@ def main() -> None:
         pyops_peak_mb=peak["pyops"],
         baseline_peak_mb=peak["lddtree"],
         note=f"pyops in an already running process: {in_process:.3f} s",
-        runs={tool: [round(s.seconds, 3) for s in runs] for tool, runs in samples.items()},
+        runs=summary.runs,
     )
     emit(row, args.json)
 

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import MB, ROOT, SKIPPED, Row, Sample, emit, measure, pyops_argv
+from common import MB, ROOT, SKIPPED, Row, Sample, emit, measure, pyops_argv, summarize
 
 sys.path.insert(0, str(ROOT))
 
@@ -166,8 +166,8 @@ def main() -> None:
         finally:
             registry.stop()
     total = sum(sizes)
-    best = {tool: min(s.seconds for s in runs) for tool, runs in samples.items()}
-    peak = {tool: max(s.peak_bytes for s in runs) / MB for tool, runs in samples.items()}
+    summary = summarize(samples)
+    best, peak = summary.best, summary.peak_mb
     layers = ", ".join(f"{size / MB:.1f}" for size in sizes)
     row = Row(
         name="pulling an image",
@@ -183,7 +183,7 @@ def main() -> None:
             f"layers {layers} MB; pyops {total / MB / best['pyops']:.0f} MB/s with "
             f"{args.workers} workers, skopeo {total / MB / best['skopeo']:.0f} MB/s"
         ),
-        runs={tool: [round(s.seconds, 3) for s in runs] for tool, runs in samples.items()},
+        runs=summary.runs,
     )
     emit(row, args.json)
 

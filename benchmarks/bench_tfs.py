@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import MB, Row, Sample, emit, measure, pyops_argv
+from common import Row, Sample, emit, measure, pyops_argv, summarize
 
 # argv: OUTPUT TREE...  (one tree: the volume's root; several: /copy0, /copy1, ...)
 WRITER = """
@@ -91,8 +91,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         trees = make_copies(args.tree, Path(tmp), args.scale)
         samples = compare(trees, Path(tmp), args.repeat)
-    best = {tool: min(s.seconds for s in runs) for tool, runs in samples.items()}
-    peak = {tool: max(s.peak_bytes for s in runs) / MB for tool, runs in samples.items()}
+    summary = summarize(samples)
+    best, peak = summary.best, summary.peak_mb
     ratio = best["pyops"] / best["tar"]
     row = Row(
         name="filesystem writing",
@@ -105,7 +105,7 @@ def main() -> None:
         met=ratio <= 1.3 and (peak["pyops"] < 200 or args.scale > 1),
         pyops_peak_mb=peak["pyops"],
         baseline_peak_mb=peak["tar"],
-        runs={tool: [round(s.seconds, 3) for s in runs] for tool, runs in samples.items()},
+        runs=summary.runs,
     )
     emit(row, args.json)
 

@@ -69,6 +69,23 @@ def measure(argv: list[str], cwd: Path | None = None) -> Sample:
     return Sample(float(elapsed), int(peak))
 
 
+@dataclass(frozen=True)
+class Summary:
+    """Each tool's best time, its peak memory (MB) over all runs, and every run's time."""
+
+    best: dict[str, float]
+    peak_mb: dict[str, float]
+    runs: dict[str, list[float]]
+
+
+def summarize(samples: dict[str, list[Sample]]) -> Summary:
+    return Summary(
+        best={tool: min(s.seconds for s in runs) for tool, runs in samples.items()},
+        peak_mb={tool: max(s.peak_bytes for s in runs) / MB for tool, runs in samples.items()},
+        runs={tool: [round(s.seconds, 3) for s in runs] for tool, runs in samples.items()},
+    )
+
+
 def pyops_argv(code: str, *args: str) -> list[str]:
     """A Python process running ``code`` with this checkout's pyops importable."""
     return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}", *args]
