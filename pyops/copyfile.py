@@ -125,11 +125,14 @@ def copy_run(paths: Sequence[str], sizes: Sequence[int], dst: int, dst_offset: i
         pieces.append(_read_small(path, size))
         if size % SECTOR:
             pieces.append(_ZEROS[size % SECTOR :])
-    if _pwritev is not None:
-        expected = sum(map(len, pieces))
-        if _pwritev(dst, pieces, dst_offset) == expected:
+    try:
+        if _pwritev is not None and _pwritev(dst, pieces, dst_offset) == sum(map(len, pieces)):
             return
-    os.pwrite(dst, b"".join(pieces), dst_offset)
+        os.pwrite(dst, b"".join(pieces), dst_offset)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = "free some space on the disk the image is written to" if full else None
+        raise CopyFailed(f"cannot write the image ({exc.strerror})", hint=hint) from exc
 
 
 def iter_runs(offsets: Sequence[int], sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
