@@ -77,6 +77,7 @@ class DataCopy:
         self._jobs = JobTable(host_offsets, host_sizes, host_paths)
         self._proc: subprocess.Popen[bytes] | None = None
         self._table: mmap.mmap | None = None
+        self._copied_here = 0  # host bytes this process copied
         if worker is None:
             worker = len(host_sizes) >= WORKER_MIN_FILES or sum(host_sizes) >= WORKER_MIN_BYTES
         if worker and host_sizes:
@@ -126,6 +127,7 @@ class DataCopy:
                 copied = jobs.copy(*runs[i], self._fd)
             except CopyFailed as exc:
                 raise HostFileError(exc.message, hint=exc.hint) from exc
+            self._copied_here += copied
             self._progress.advance("tfs", copied)
 
     def _wait(self) -> None:
@@ -136,6 +138,8 @@ class DataCopy:
         self._close()
         if proc.returncode != 0:
             raise _worker_error(out, err, proc.returncode)
+        # the worker's share, reported once it is known to be written
+        self._progress.advance("tfs", sum(self._jobs.sizes) - self._copied_here)
 
     def cancel(self) -> None:
         """Stop copying; the output is being abandoned."""

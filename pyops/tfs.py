@@ -142,11 +142,6 @@ class RootTuple(dict[str, Any]):
         self.files = files
 
 
-def tree_to_tuple(tree: Tree) -> dict[str, Any]:
-    """The ``children`` tuple of the root directory, ready for :func:`write_volume`."""
-    return _convert_tree(tree)[0]
-
-
 def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry]]:
     """The root's ``children`` tuple, and every distinct file in encoding order.
 

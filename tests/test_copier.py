@@ -218,3 +218,31 @@ def test_both_processes_racing_leave_no_run_out(tmp_path: Path) -> None:
         finally:
             os.close(fd)
         assert out.read_bytes()[: len(want)] == want
+
+
+class Tally:
+    """A progress sink that adds up what it is told."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        pass
+
+    def advance(self, key: str, amount: int) -> None:
+        self.total += amount
+
+    def finish(self, key: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_progress_counts_every_byte_once(tmp_path: Path, worker: bool) -> None:
+    files = make_files(tmp_path / "src", [100, SMALL_FILE + 5, 3000] * 200)
+    tally = Tally()
+    fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        DataCopy(fd, packed(files), files, tally, worker=worker).finish()
+    finally:
+        os.close(fd)
+    assert tally.total == sum(f.size for f in files)
