@@ -64,7 +64,7 @@ def _credentials(username: str | None, password_stdin: bool) -> Any:
         return None
     if not (password_stdin and username):
         raise click.UsageError("--username and --password-stdin go together.")
-    password = click.get_text_stream("stdin").read().rstrip("\r\n")
+    password = sys.stdin.read().rstrip("\r\n")
     return Credentials(username, password)
 
 
@@ -570,7 +570,7 @@ def image_cat(image_path: str, path: str, boot: bool) -> None:
     real, node = tree.lookup(path)
     if not isinstance(node, File):
         raise PyopsError(f"{path} is not a regular file in {image_path}")
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     source = node.source
     if isinstance(source, Contents):
         out.write(source.data)

@@ -70,8 +70,19 @@ _CACHE_FLAGS: dict[tuple[str, int], frozenset[int]] = {
     ("EM_RISCV", 64): frozenset({0x1003}),
 }
 
-# $PLATFORM comes from the kernel's AT_PLATFORM (ld.so(8)).
-_PLATFORMS = {"EM_X86_64": "x86_64", "EM_AARCH64": "aarch64", "EM_386": "i686"}
+# $PLATFORM is the guest loader's dl_platform, not the build host's. Nanos passes no
+# AT_PLATFORM (src/unix/exec.c builds the auxiliary vector without it), so glibc starts with
+# none. On x86-64 it then sets one from the CPU, on Intel CPUs only (sysdeps/x86/
+# cpu-features.c: "xeon_phi" with AVX512ER and AVX512PF, else "haswell" with AVX2, FMA, BMI1,
+# BMI2, LZCNT, MOVBE and POPCNT); aarch64 sets none (sysdeps/aarch64/dl-machine.h). With no
+# value, a search element naming $PLATFORM is dropped (elf/dl-load.c, _dl_dst_substitute).
+# The guest's CPU is not known when the image is built (TCG, or KVM/HVF on any host), so the
+# closure is resolved once for every value the guest's loader may take (None: no value).
+_GUEST_PLATFORMS: dict[str, tuple[str | None, ...]] = {
+    "EM_X86_64": (None, "haswell", "xeon_phi"),
+    "EM_AARCH64": (None,),
+    "EM_386": ("i686", "i586"),
+}
 
 # Debian multiarch triplets, to guess default directories when the loader gives none.
 _TRIPLETS = {
@@ -512,8 +523,12 @@ class _GlibcSetup:
 class _Search:
     """State of one program's resolution."""
 
-    def __init__(self, resolver: Resolver, main: _Obj, libc: Libc | None) -> None:
+    def __init__(
+        self, resolver: Resolver, main: _Obj, libc: Libc | None, platform: str | None
+    ) -> None:
         self.resolver = resolver
+        self.platform = platform
+        self.platform_used = False
         self.fs = resolver._fs
         self.main = main
         self.libc = libc
@@ -582,7 +597,8 @@ class _Search:
             if token == "ORIGIN":
                 value = obj.origin
             elif token == "PLATFORM":
-                value = _PLATFORMS.get(self.main.info.machine)
+                self.platform_used = True
+                value = self.platform
             else:
                 value = self.glibc.lib if self.glibc else None
             if value is None:
@@ -1051,6 +1067,44 @@ class Resolver:
         if self.machine is not None:
             check_machine(info, self.machine)
 
+        platforms = _GUEST_PLATFORMS.get(info.machine, (None,))
+        search, extras = self._search(given, node, info, platforms[0])
+        passes = [search]
+        if search.platform_used:
+            passes.extend(self._search(given, node, info, p)[0] for p in platforms[1:])
+
+        # A library missing for any value of $PLATFORM is missing (the first pass's report).
+        first_report: dict[tuple[str, str], Missing] = {}
+        for one in passes:
+            for m in one.missing:
+                first_report.setdefault((m.name, m.needed_by), m)
+        missing = tuple(first_report.values())
+        fatal = [m for m in missing if m.fatal]
+        if fatal and not allow_missing:
+            raise _missing_error(fatal, search)
+
+        libraries: dict[str, LoadedFile] = {}
+        for one in passes:
+            for obj in one.loaded[1:]:
+                if obj is not one.interp and obj.path not in libraries:
+                    needer = obj.loader.path if obj.loader else one.main.path
+                    libraries[obj.path] = self._file(obj, needer)
+        interp_obj = search.interp
+        return Resolution(
+            program=self._file(search.main, None),
+            interpreter=None if interp_obj is None else self._file(interp_obj, given),
+            libraries=tuple(libraries.values()),
+            missing=missing,
+            runtime_extras=tuple(extras),
+            libc=search.libc,
+            root=self.root,
+            include_runtime_extras=include_runtime_extras,
+        )
+
+    def _search(
+        self, given: str, node: _Node, info: ElfInfo, platform: str | None
+    ) -> tuple[_Search, list[RuntimeExtra]]:
+        """One resolution of the program, with the guest loader's $PLATFORM = ``platform``."""
         # The executable's $ORIGIN is the directory of its fully resolved path (glibc reads
         # /proc/self/exe: sysdeps/unix/sysv/linux/dl-origin.c; musl does the same).
         main = _Obj(given, given, node, info, None, "program", origin=_dirname(node.real))
@@ -1059,7 +1113,7 @@ class Resolver:
             libc = "musl" if os.path.basename(info.interpreter).startswith("ld-musl-") else "glibc"
         elif info.needed:
             libc = "glibc"  # a shared library given as the program
-        search = _Search(self, main, libc)
+        search = _Search(self, main, libc, platform)
         # The executable's own name is "" for glibc (elf/rtld.c); only its soname matches.
         search.register(main, ())
 
@@ -1088,27 +1142,7 @@ class Resolver:
         # Data files matter for static programs too (Go's resolver reads /etc/hosts).
         extras = self._runtime_extras(search)
 
-        missing = tuple(search.missing)
-        fatal = [m for m in missing if m.fatal]
-        if fatal and not allow_missing:
-            raise _missing_error(fatal, search)
-
-        interp_obj = search.interp
-        libraries = tuple(
-            self._file(obj, obj.loader.path if obj.loader else main.path)
-            for obj in search.loaded[1:]
-            if obj is not interp_obj
-        )
-        return Resolution(
-            program=self._file(main, None),
-            interpreter=None if interp_obj is None else self._file(interp_obj, main.path),
-            libraries=libraries,
-            missing=missing,
-            runtime_extras=tuple(extras),
-            libc=libc,
-            root=self.root,
-            include_runtime_extras=include_runtime_extras,
-        )
+        return search, extras
 
     def _interpreter(self, search: _Search, info: ElfInfo) -> None:
         fs = self._fs

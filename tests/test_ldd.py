@@ -321,7 +321,8 @@ def test_program_origin_through_a_symlink(cc: str, tmp_path: Path) -> None:
 
 @needs_x86_64_glibc
 def test_dynamic_string_tokens(cc: str, tmp_path: Path) -> None:
-    runpath = "/nonexistent/$PLATFORM:/nonexistent/${LIB}:/nonexistent/$LIBX:/n/$FOO:$ORIGIN/o"
+    # $PLATFORM is left out: its value is the guest's, not this host's (next test).
+    runpath = "/nonexistent/${LIB}:/nonexistent/$LIBX:/n/$FOO:$ORIGIN/o"
     shared(cc, tmp_path / "stub" / "libgone.so", "int gone(void) { return 0; }\n")
     prog = compile_to(
         cc,
@@ -341,6 +342,39 @@ def test_dynamic_string_tokens(cc: str, tmp_path: Path) -> None:
     loader_dirs = [e for e in elements if not any(e.startswith(o + "/") for o in elements)]
     res = resolve(prog, env={}, allow_missing=True)
     assert searched_before_cache(res.missing[0].searched) == loader_dirs
+
+
+def test_platform_token_takes_every_value_the_guest_loader_may_take(
+    cc: str, tmp_path: Path
+) -> None:
+    # Nanos passes no AT_PLATFORM, so an x86-64 guest's glibc has no $PLATFORM on most CPUs
+    # (TCG, AMD) and "haswell" or "xeon_phi" on Intel ones: the image needs the library each
+    # of them would load, whatever CPU builds the image.
+    body = "int foo(void) { return 0; }\n"
+    fallback = shared(cc, tmp_path / "fallback" / "libfoo.so", body, soname="libfoo.so")
+    tuned = shared(cc, tmp_path / "p" / "haswell" / "libfoo.so", body, soname="libfoo.so")
+    runpath = "$ORIGIN/p/$PLATFORM:$ORIGIN/p/${PLATFORM}x:$ORIGIN/fallback"
+    prog = compile_to(
+        cc,
+        tmp_path / "prog",
+        probe_source("foo"),
+        str(fallback),
+        f"-Wl,--enable-new-dtags,-rpath,{runpath}",
+    )
+    res = resolve(prog, env={})
+    assert {lib.path for lib in res.libraries if lib.name == "libfoo.so"} == {
+        str(fallback),
+        str(tuned),
+    }
+    # Only the library under p/haswell: a guest without $PLATFORM cannot load it.
+    fallback.unlink()
+    res = resolve(prog, env={}, allow_missing=True)
+    assert [lib.path for lib in res.libraries if lib.name == "libfoo.so"] == [str(tuned)]
+    (missing,) = res.missing
+    assert missing.name == "libfoo.so"
+    assert searched_before_cache(missing.searched) == [f"{tmp_path}/fallback"]
+    with pytest.raises(LibraryNotFound):
+        resolve(prog, env={})
 
 
 @needs_x86_64_glibc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -43,11 +44,19 @@ def test_third_party_libraries_have_one_home() -> None:
 
 
 def run_tool(*argv: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which(argv[0]) is None:
-        pytest.skip(f"{argv[0]} is not installed (pip install -e '.[test]')")
-    return subprocess.run(
-        [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, check=False
-    )
+    """Run a check tool: the one beside this Python if it has one, else the one on PATH.
+
+    A missing tool skips the check on a developer's machine and fails it in CI
+    (``CI=true``), where the pinned test dependencies are always installed.
+    """
+    beside = Path(sys.executable).parent / argv[0]
+    found = str(beside) if beside.is_file() else shutil.which(argv[0])
+    if found is None:
+        message = f"{argv[0]} is not installed (see the README's test command)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return subprocess.run([found, *argv[1:]], cwd=ROOT, capture_output=True, text=True, check=False)
 
 
 def test_mypy_strict_is_clean() -> None:
@@ -60,3 +69,12 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     result = run_tool("ruff", "format", "--check", "pyops", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_missing_check_tool_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="not installed"):
+        run_tool("pyops-no-such-check-tool")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        run_tool("pyops-no-such-check-tool")
