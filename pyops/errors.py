@@ -112,3 +112,12 @@ class LayerError(PyopsError):
 
 class PackageError(PyopsError):
     """A package is missing, incomplete or invalid."""
+
+
+class DiskFull(PyopsError):
+    """The disk (or quota) holding a file pyops writes has no room left."""
+
+
+class LimitExceeded(PyopsError):
+    """Untrusted input is larger, deeper or slower than a limit allows; the text names the
+    limit and how to raise it."""
