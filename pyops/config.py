@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pyops.errors import ConfigError
+from pyops.limits import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,22 @@ _IGNORED_RUN = {
 
 def parse_size(text: str, what: str = "size") -> int:
     """``100``, ``512k``, ``64M``, ``2g`` (powers of 1024) in bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]{1,20})\s*([kKmMgGtT]?)\s*", text)
     if not m:
         raise ConfigError(
-            f"invalid {what} {text!r}", hint="write a number of bytes, or one with k, m or g"
+            f"invalid {what} {text!r}", hint="write a number of bytes, or one with k, m, g or t"
         )
-    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+    unit = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    size = int(m.group(1)) * unit
+    if size > MAX_SIZE:
+        raise ConfigError(
+            f"{what} {text!r} is too large", hint=f"at most {MAX_SIZE >> 40} TiB (an MBR disk)"
+        )
+    return size
+
+
+# The largest disk an MBR partition table can describe (2^32 sectors of 512 bytes).
+MAX_SIZE = (1 << 32) * 512
 
 
 def load_config(path: str | Path) -> OpsConfig:
@@ -130,11 +141,13 @@ def load_config(path: str | Path) -> OpsConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read it ({exc})") from exc
     try:
-        data = json.loads(text)
+        data = parse_json(text, str(p))
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{p}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{p}: invalid JSON ({exc})") from exc
     return parse_config(data, base_dir=p.parent, source=str(p))
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pyops import atomic
 from pyops.errors import FilesystemFull, HostFileError, ImageFormatError, InvalidInput, ReleaseError
 from pyops.manifest import Manifest
 from pyops.progress import NULL_PROGRESS, Progress
@@ -146,26 +146,23 @@ def boot_tuple(kernel: HostFile, klibs: Mapping[str, HostFile]) -> dict[str, Any
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[tuple[int, Path]]:
-    """A temporary file beside ``path`` that replaces it only if the block succeeds."""
+    """A file descriptor on a temporary beside ``path`` that replaces it only if the block
+    succeeds (pyops.atomic's policy: removed on error, swept if this process dies)."""
     dest = Path(path)
-    directory = dest.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+        dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HostFileError(f"cannot create {dest}: {exc.strerror}") from exc
-    tmp_path = Path(tmp)
-    try:
-        yield fd, tmp_path
-        os.fchmod(fd, 0o644)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp_path, dest)
-    except BaseException:
-        if fd >= 0:
+    atomic.sweep(dest.parent)
+    with atomic.atomic_path(dest) as tmp_path:
+        try:
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise HostFileError(f"cannot create {dest}: {exc.strerror}") from exc
+        try:
+            yield fd, tmp_path
+        finally:
             os.close(fd)
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def write_disk(
@@ -190,6 +187,7 @@ def write_disk(
 
     ``klibs`` maps klib names to host files (or lists host files, named after the files).
     """
+    manifest.check_writable()
     boot = load_boot_image(boot_img)
     kernel_file = check_kernel(kernel)
     if isinstance(klibs, Mapping):

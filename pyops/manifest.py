@@ -54,6 +54,28 @@ class Manifest:
             if not key or "\0" in key:
                 raise InvalidInput(f"invalid manifest key {key!r}")
 
+    def check_writable(self) -> None:
+        """Refuse text Nanos cannot be given: a NUL ends a C string early, and a lone
+        surrogate (from an undecodable host string) has no UTF-8 encoding."""
+        texts: list[tuple[str, str]] = [("the program", self.program or "")]
+        texts += [(f"argument {i}", a) for i, a in enumerate(self.arguments)]
+        texts += [(f"the environment variable {k}", v) for k, v in self.environment.items()]
+        texts += [("the environment variable name", k) for k in self.environment]
+        texts.append(("cwd", self.cwd or ""))
+        for what, text in texts:
+            if "\0" in text:
+                raise InvalidInput(
+                    f"{what} contains a NUL character: {text!r}",
+                    hint="Nanos passes these as C strings; remove the NUL",
+                )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput(
+                    f"{what} is not valid text: {text!r}",
+                    hint="it holds bytes that are not UTF-8; give it as UTF-8 text",
+                ) from None
+
     def root_items(self) -> dict[str, Any]:
         """The root-tuple keys (besides ``children``), sorted by name for reproducible images."""
         items: dict[str, Any] = {}
@@ -101,7 +123,8 @@ class Manifest:
 
 
 def _int_key(key: str) -> tuple[int, str]:
-    return (int(key), key) if key.isdigit() else (1 << 62, key)
+    # str.isdigit() also accepts digits int() refuses, such as "²".
+    return (int(key), key) if key.isascii() and key.isdigit() and len(key) < 19 else (1 << 62, key)
 
 
 def _text(value: Any, what: str) -> str | None:
