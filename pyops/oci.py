@@ -6,12 +6,19 @@ References: OCI image-spec ``manifest.md``, ``image-index.md``, ``descriptor.md`
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyops.errors import InvalidInput, InvalidReference, PlatformNotFound, RegistryError
+from pyops import limits
+from pyops.errors import (
+    InvalidInput,
+    InvalidReference,
+    LimitExceeded,
+    PlatformNotFound,
+    RegistryError,
+)
 from pyops.reference import check_digest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -44,8 +51,14 @@ _NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar"
 SUPPORTED_LAYER_TYPES = frozenset({LAYER_TAR, LAYER_GZIP, DOCKER_LAYER_GZIP})
 """Layer media types pyops can apply (plain tar and gzip)."""
 
-MAX_MANIFEST_SIZE = 4 * 1024 * 1024
-"""Manifests, indexes and configs larger than this are refused before parsing."""
+MAX_MANIFEST_SIZE = limits.JSON_BYTES.default
+"""The default limit on manifests, indexes and configs; the one in force is
+``limits.JSON_BYTES.value()``."""
+
+_PORT = re.compile(r"([0-9]{1,5})(?:/(tcp|udp|sctp))?", re.ASCII | re.IGNORECASE)
+
+MAX_BLOB_SIZE = (1 << 63) - 1
+"""The largest size a descriptor may declare (a signed 64-bit number, as in Go)."""
 
 MAX_INDEX_DEPTH = 4
 """How deep nested indexes may go before pyops gives up."""
@@ -102,40 +115,71 @@ class Descriptor:
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str) -> Descriptor:
-        """Validate a descriptor object taken from the JSON document ``where``."""
+        """Validate a descriptor object taken from the JSON document ``where``.
+
+        Every field is type-checked; a wrong one is a RegistryError naming it.
+        """
         if not isinstance(data, dict):
             raise RegistryError(f"{where}: a descriptor is not a JSON object.")
-        media_type = data.get("mediaType", "")
+        media_type = _optional_str(data, "mediaType", where, "a descriptor's")
         digest = data.get("digest")
-        size = data.get("size")
-        if not isinstance(media_type, str) or not isinstance(digest, str):
-            raise RegistryError(f"{where}: a descriptor lacks a digest or a media type.")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise RegistryError(f"{where}: descriptor {digest} has no valid size.")
+        if not isinstance(digest, str):
+            raise RegistryError(f"{where}: a descriptor's 'digest' is not a string.")
         try:
             check_digest(digest)
         except InvalidReference as exc:
             raise RegistryError(f"{where}: {exc}") from exc
-        platform = None
-        raw_platform = data.get("platform")
-        if isinstance(raw_platform, dict):
-            platform = Platform(
-                str(raw_platform.get("os", "")),
-                str(raw_platform.get("architecture", "")),
-                str(raw_platform["variant"]) if raw_platform.get("variant") else None,
+        size = data.get("size")
+        if not _is_int(size) or not 0 <= size <= MAX_BLOB_SIZE:
+            raise RegistryError(
+                f"{where}: descriptor {digest}: 'size' is not a whole number from 0 to "
+                f"{MAX_BLOB_SIZE}."
             )
-        annotations = data.get("annotations") or {}
-        if not isinstance(annotations, dict):
-            annotations = {}
-        urls = data.get("urls") or []
         return cls(
             media_type=media_type,
             digest=digest,
             size=size,
-            platform=platform,
-            annotations={str(k): str(v) for k, v in annotations.items()},
-            urls=tuple(str(u) for u in urls) if isinstance(urls, list) else (),
+            platform=_platform(data.get("platform"), f"{where}: descriptor {digest}"),
+            annotations=_string_map(data.get("annotations"), where, "annotations"),
+            urls=_strings(data.get("urls"), where, "urls"),
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional_str(doc: Mapping[str, Any], key: str, where: str, whose: str = "") -> str:
+    """``doc[key]`` as a string ("" when absent or null); anything else is refused."""
+    value = doc.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        owner = f"{whose} " if whose else ""
+        raise RegistryError(f"{where}: {owner}'{key}' is not a string.")
+    return value
+
+
+def _platform(value: Any, where: str) -> Platform | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RegistryError(f"{where}: 'platform' is not a JSON object.")
+    os_name = _optional_str(value, "os", where, "platform")
+    architecture = _optional_str(value, "architecture", where, "platform")
+    variant = _optional_str(value, "variant", where, "platform")
+    _optional_str(value, "os.version", where, "platform")
+    _strings(value.get("os.features"), where, "platform.os.features")
+    _strings(value.get("features"), where, "platform.features")
+    return Platform(os_name, architecture, variant or None)
+
+
+def _string_map(value: Any, where: str, key: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise RegistryError(f"{where}: {key} is not an object of strings.")
+    return dict(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,26 +219,39 @@ class ImageConfig:
 
     @classmethod
     def from_json(cls, data: bytes, *, where: str = "image config") -> ImageConfig:
-        """Parse an image config blob (OCI ``config.md``; the ``config`` object may be null)."""
+        """Parse an image config blob (OCI ``config.md``; the ``config`` object may be null).
+
+        Every field used is type-checked; a wrong one is a RegistryError naming it.
+        """
         doc = _load_object(data, where)
-        inner = doc.get("config") or {}
+        inner = doc.get("config")
+        if inner is None:
+            inner = {}
         if not isinstance(inner, dict):
             raise RegistryError(f"{where}: 'config' is not a JSON object.")
-        rootfs = doc.get("rootfs") or {}
-        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        labels = inner.get("Labels") or {}
+        rootfs = doc.get("rootfs")
+        if rootfs is None:
+            rootfs = {}
+        if not isinstance(rootfs, dict):
+            raise RegistryError(f"{where}: 'rootfs' is not a JSON object.")
+        diff_ids = _strings(rootfs.get("diff_ids"), where, "rootfs.diff_ids")
+        for diff_id in diff_ids:
+            try:
+                check_digest(diff_id)
+            except InvalidReference as exc:
+                raise RegistryError(f"{where}: rootfs.diff_ids: {exc}") from exc
         return cls(
-            architecture=str(doc.get("architecture", "")),
-            os=str(doc.get("os", "")),
-            variant=str(doc["variant"]) if doc.get("variant") else None,
-            env=_strings(inner.get("Env"), where, "Env"),
-            entrypoint=_strings(inner.get("Entrypoint"), where, "Entrypoint"),
-            cmd=_strings(inner.get("Cmd"), where, "Cmd"),
-            working_dir=str(inner.get("WorkingDir") or ""),
-            user=str(inner.get("User") or ""),
-            exposed_ports=tuple(sorted(inner.get("ExposedPorts") or {})),
-            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
-            diff_ids=_strings(diff_ids, where, "rootfs.diff_ids"),
+            architecture=_optional_str(doc, "architecture", where),
+            os=_optional_str(doc, "os", where),
+            variant=_optional_str(doc, "variant", where) or None,
+            env=_strings(inner.get("Env"), where, "config.Env"),
+            entrypoint=_strings(inner.get("Entrypoint"), where, "config.Entrypoint"),
+            cmd=_strings(inner.get("Cmd"), where, "config.Cmd"),
+            working_dir=_optional_str(inner, "WorkingDir", where, "config"),
+            user=_optional_str(inner, "User", where, "config"),
+            exposed_ports=_ports(inner.get("ExposedPorts"), where),
+            labels=_string_map(inner.get("Labels"), where, "config.Labels"),
+            diff_ids=diff_ids,
         )
 
     @property
@@ -211,11 +268,28 @@ def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _ports(value: Any, where: str) -> tuple[str, ...]:
+    """``ExposedPorts``: an object keyed by ``PORT[/tcp|udp|sctp]`` (ASCII digits, 1-65535)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise RegistryError(f"{where}: config.ExposedPorts is not a JSON object.")
+    for key in value:
+        match = _PORT.fullmatch(key)
+        if match is None or not 0 < int(match.group(1)) <= 65535:
+            raise RegistryError(
+                f"{where}: config.ExposedPorts has {key[:40]!r}, which is not PORT/PROTOCOL "
+                "(a port from 1 to 65535, and tcp, udp or sctp)."
+            )
+    return tuple(sorted(value))
+
+
 def _load_object(data: bytes, where: str) -> dict[str, Any]:
-    if len(data) > MAX_MANIFEST_SIZE:
-        raise RegistryError(f"{where} is larger than {MAX_MANIFEST_SIZE} bytes; refused.")
+    """Parse an untrusted JSON object within ``limits.JSON_BYTES`` and ``limits.JSON_DEPTH``."""
     try:
-        doc = json.loads(data)
+        doc = limits.parse_json(data, where)
+    except LimitExceeded:
+        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise RegistryError(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
@@ -250,7 +324,10 @@ def parse_manifest(
             media_type = OCI_INDEX
         elif "config" in doc and "layers" in doc:
             media_type = OCI_MANIFEST
-    if media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED) or doc.get("schemaVersion") == 1:
+    version = doc.get("schemaVersion")
+    if version is not None and (not _is_int(version) or version not in (1, 2)):
+        raise RegistryError(f"{where}: schemaVersion is {str(version)[:20]!r}, not 2.")
+    if media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED) or version == 1:
         raise RegistryError(
             f"{where} is a Docker schema 1 manifest, which is deprecated and not supported.",
             hint="Re-push the image with a current tool (schema 2 or OCI).",
@@ -261,9 +338,10 @@ def parse_manifest(
             raise RegistryError(f"{where}: the index has no 'manifests' list.")
         return ImageIndex(media_type, tuple(Descriptor.from_dict(e, where=where) for e in entries))
     if media_type in MANIFEST_TYPES:
-        if doc.get("artifactType"):
+        artifact = _optional_str(doc, "artifactType", where)
+        if artifact:
             raise RegistryError(
-                f"{where} is an OCI artifact ({doc['artifactType']}), not a runnable image."
+                f"{where} is an OCI artifact ({artifact[:100]}), not a runnable image."
             )
         config = Descriptor.from_dict(doc.get("config"), where=where)
         if config.media_type not in CONFIG_TYPES:
@@ -277,7 +355,7 @@ def parse_manifest(
         return ImageManifest(
             media_type, config, tuple(Descriptor.from_dict(e, where=where) for e in layers)
         )
-    raise RegistryError(f"{where} has an unknown media type {media_type!r}.")
+    raise RegistryError(f"{where} has an unknown media type {media_type[:100]!r}.")
 
 
 def _variant_preference(wanted: Platform) -> list[str | None]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pyops import oci
-from pyops.errors import InvalidInput, PlatformNotFound, RegistryError
+from pyops.errors import InvalidInput, LimitExceeded, PlatformNotFound, RegistryError
 from pyops.oci import (
     DEFAULT_PLATFORM,
     ImageConfig,
@@ -95,7 +95,7 @@ def test_bad_manifests(doc: Any, content_type: str | None, match: str) -> None:
 
 
 def test_oversized_manifest_refused() -> None:
-    with pytest.raises(RegistryError, match="larger"):
+    with pytest.raises(LimitExceeded, match="PYOPS_LIMIT_JSON_BYTES"):
         parse_manifest(b" " * (oci.MAX_MANIFEST_SIZE + 1), oci.OCI_MANIFEST)
 
 
@@ -200,3 +200,90 @@ def test_image_config() -> None:
         oci.check_config_platform(empty, DEFAULT_PLATFORM, image="x")
     with pytest.raises(RegistryError, match="Env"):
         ImageConfig.from_json(b'{"config": {"Env": "PATH=/bin"}}')
+
+
+def _config_with(**inner: Any) -> bytes:
+    return json.dumps({"os": "linux", "architecture": "amd64", "config": inner}).encode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("ExposedPorts", [1, "a"], "ExposedPorts"),
+        ("ExposedPorts", {"\u00b2/tcp": {}}, "ExposedPorts"),
+        ("ExposedPorts", {"\u0661\u0662/tcp": {}}, "ExposedPorts"),
+        ("ExposedPorts", {"70000/tcp": {}}, "ExposedPorts"),
+        ("ExposedPorts", {"80/icmp": {}}, "ExposedPorts"),
+        ("Env", "PATH=/bin", "Env"),
+        ("Env", [1], "Env"),
+        ("Cmd", {"a": 1}, "Cmd"),
+        ("Entrypoint", [["x"]], "Entrypoint"),
+        ("WorkingDir", 7, "WorkingDir"),
+        ("User", ["root"], "User"),
+        ("Labels", {"a": 1}, "Labels"),
+        ("Labels", ["a"], "Labels"),
+    ],
+)
+def test_config_field_types_are_checked(field: str, value: Any, named: str) -> None:
+    with pytest.raises(RegistryError, match=named):
+        ImageConfig.from_json(_config_with(**{field: value}))
+
+
+def test_config_top_level_types_are_checked() -> None:
+    for doc, named in [
+        ({"os": 1}, "os"),
+        ({"architecture": ["amd64"]}, "architecture"),
+        ({"variant": {}}, "variant"),
+        ({"rootfs": []}, "rootfs"),
+        ({"rootfs": {"diff_ids": ["not-a-digest"]}}, "diff_ids"),
+        ({"config": "x"}, "config"),
+    ]:
+        with pytest.raises(RegistryError, match=named):
+            ImageConfig.from_json(json.dumps(doc).encode())
+    ports = ImageConfig.from_json(_config_with(ExposedPorts={"8080/tcp": {}, "53": {}}))
+    assert ports.exposed_ports == ("53", "8080/tcp")
+
+
+def test_descriptor_field_types_are_checked() -> None:
+    bad: list[tuple[dict[str, Any], str]] = [
+        (_desc(1, size=True), "size"),
+        (_desc(1, size=1.5), "size"),
+        (_desc(1, size=-1), "size"),
+        (_desc(1, size=1 << 64), "size"),
+        (_desc(1, mediaType=3), "mediaType"),
+        (_desc(1, digest=5), "digest"),
+        (_desc(1, platform="linux/amd64"), "platform"),
+        (_desc(1, platform={"os": 1, "architecture": "amd64"}), "os"),
+        (_desc(1, platform={"os": "linux", "architecture": "amd64", "variant": 8}), "variant"),
+        (_desc(1, annotations={"a": 1}), "annotations"),
+        (_desc(1, annotations=[]), "annotations"),
+        (_desc(1, urls="http://x"), "urls"),
+    ]
+    for desc, named in bad:
+        doc = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [desc]}
+        with pytest.raises(RegistryError, match=named):
+            parse_manifest(json.dumps(doc).encode(), None)
+    with pytest.raises(RegistryError, match="schemaVersion"):
+        parse_manifest(b'{"schemaVersion": "2", "manifests": []}', None)
+
+
+def test_huge_numbers_are_refused() -> None:
+    digits = "9" * 5000
+    data = f'{{"schemaVersion": 2, "mediaType": "{oci.OCI_INDEX}", "manifests": [], "n": {digits}}}'
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        parse_manifest(data.encode(), None)
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        ImageConfig.from_json(f'{{"os": {digits}}}'.encode())
+
+
+def test_deep_json_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for parse in (
+        lambda d: parse_manifest(d, oci.OCI_MANIFEST),
+        lambda d: ImageConfig.from_json(d),
+    ):
+        with pytest.raises(LimitExceeded, match="PYOPS_LIMIT_JSON_DEPTH"):
+            parse(b'{"a": ' + deep + b"}")
+    monkeypatch.setenv("PYOPS_LIMIT_JSON_DEPTH", "3")
+    with pytest.raises(LimitExceeded, match="JSON_DEPTH"):
+        ImageConfig.from_json(b'{"config": {"Labels": {"a": {"b": {}}}}}')
