@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyops import __version__
-from pyops.errors import InvalidInput
+from pyops.errors import InvalidInput, ReleaseError
 from pyops.manifest import Manifest
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.tree import Contents, Directory, File, HardLink, HostFile, Symlink, Tree
@@ -33,12 +33,15 @@ if TYPE_CHECKING:
     from pyops.package import Package
     from pyops.release import NanosRelease
 
-# Files Ops adds to every image built from a host program (ops-reference.md section 3.4).
+# What every image contains besides the program's own files (ops-reference.md section 3.4,
+# and what Docker gives every container): see add_standard_files.
 RESOLV_CONF = b"nameserver 8.8.8.8\n"
+HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 HOSTNAME = b"uniboot\n"
 PASSWD = b"root:x:0:0:root:/root:/bin/nologin\n"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CA_BUNDLES = (
-    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    CA_BUNDLE,  # Debian, Ubuntu, Alpine
     "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
     "/etc/ssl/cert.pem",  # macOS, BSDs
 )
@@ -146,11 +149,22 @@ def program_path(program: str, target_root: str | None) -> tuple[str, str]:
     return host, host
 
 
-def closure_tree(resolution: Resolution, tree: Tree | None = None) -> Tree:
-    """A tree holding every path of the closure, symlinks as symlinks."""
+def closure_tree(resolution: Resolution, tree: Tree | None = None, *, data: bool = True) -> Tree:
+    """A tree holding every path of the closure, symlinks as symlinks.
+
+    ``data=False`` leaves out the data files among the run-time extras (``/etc/hosts``,
+    ``nsswitch.conf``...): a host program's image must not carry the host's own.
+    """
     tree = tree or Tree()
     root = resolution.root or "/"
-    for path in resolution.paths():
+    files = [resolution.program, *filter(None, [resolution.interpreter]), *resolution.libraries]
+    if resolution.include_runtime_extras:
+        files += [
+            extra.file
+            for extra in resolution.runtime_extras
+            if extra.file is not None and (data or extra.file.found_via != "data")
+        ]
+    for path in sorted({entry for item in files for entry in item.chain}):
         host = os.path.join(root, path.lstrip("/"))
         if os.path.islink(host):
             tree.add_symlink(path, os.readlink(host))
@@ -159,20 +173,43 @@ def closure_tree(resolution: Resolution, tree: Tree | None = None) -> Tree:
     return tree
 
 
-def add_standard_files(tree: Tree, root: str | None) -> None:
-    """The files Ops puts in every image, unless the tree already has its own."""
-    if not tree.exists("/etc/resolv.conf"):
+def add_standard_files(
+    tree: Tree, *, name_servers: Sequence[str] = (), ca_root: str | None = None
+) -> None:
+    """Add what every image contains besides the program's files: the one policy for
+    ``build``, ``run`` and ``pkg load``.
+
+    - ``/etc/resolv.conf``: the ``name_servers`` (config.json NameServers) when given, else
+      the image's own, else Ops's ``nameserver 8.8.8.8``;
+    - ``/etc/hosts``: localhost for IPv4 and IPv6, always, as Docker gives every container;
+    - ``/proc/sys/kernel/hostname``: the image's own, else Ops's ``uniboot``;
+    - ``/etc/passwd``: the image's own, else Ops's one root line;
+    - the CA bundle: the image's own, else the first CA bundle found in ``ca_root`` (for a
+      host program the host's, as Ops does, so that TLS works; None: none).
+
+    No other host file: a host program's image gets none of the host's lookup files. Files
+    the user adds (config.json Files, Dirs, MapDirs) come later and replace any of these.
+    """
+    for ns in name_servers:
+        if not ns or any(c.isspace() or c in "\0#;" for c in ns):
+            raise InvalidInput(
+                f"invalid name server {ns!r}", hint='write an address, e.g. "1.1.1.1"'
+            )
+    if name_servers:
+        lines = "".join(f"nameserver {ns}\n" for ns in name_servers)
+        tree.add_file("/etc/resolv.conf", lines.encode())
+    elif not tree.exists("/etc/resolv.conf"):
         tree.add_file("/etc/resolv.conf", RESOLV_CONF)
+    tree.add_file("/etc/hosts", HOSTS)
     if not tree.exists("/proc/sys/kernel/hostname"):
         tree.add_file("/proc/sys/kernel/hostname", HOSTNAME)
     if not tree.exists("/etc/passwd"):
         tree.add_file("/etc/passwd", PASSWD)
-    if not tree.exists("/etc/ssl/certs/ca-certificates.crt"):
-        base = root or "/"
+    if not tree.exists(CA_BUNDLE) and ca_root is not None:
         for bundle in CA_BUNDLES:
-            host = os.path.join(base, bundle.lstrip("/"))
+            host = os.path.join(ca_root, bundle.lstrip("/"))
             if os.path.isfile(host):
-                tree.add_file("/etc/ssl/certs/ca-certificates.crt", HostFile.from_path(host))
+                tree.add_file(CA_BUNDLE, HostFile.from_path(host))
                 break
 
 
@@ -274,9 +311,10 @@ def build_image(
         env=config.env,
         include_runtime_extras=True,
     )
-    tree = closure_tree(resolution)
+    # In a target root its /etc files are the image's own; on the host they are the host's.
+    tree = closure_tree(resolution, data=config.target_root is not None)
+    add_standard_files(tree, name_servers=config.name_servers, ca_root=config.target_root or "/")
     _add_user_files(tree, config)
-    add_standard_files(tree, config.target_root)
     manifest = manifest_for(config, program_in_image, release, name)
     return write_image(tree, manifest, release, config, output, progress=progress, force=force)
 
@@ -284,9 +322,6 @@ def build_image(
 def _add_user_files(tree: Tree, config: BuildConfig) -> None:
     for host, path in config.extra_paths:
         tree.add_host_path(host, path)
-    if config.name_servers and not tree.exists("/etc/resolv.conf"):
-        lines = "".join(f"nameserver {ns}\n" for ns in config.name_servers)
-        tree.add_file("/etc/resolv.conf", lines.encode())
 
 
 def write_image(
@@ -305,8 +340,9 @@ def write_image(
     key_material = {
         "tree": tree_key(tree),
         "manifest": json.dumps(manifest.to_dict(), sort_keys=True, default=str),
-        "release": [release.version, os.fspath(release.kernel), os.fspath(release.boot_img)],
-        "klibs": sorted(klibs),
+        # The kernel by content: a release reinstalled or edited in place rebuilds.
+        "release": [_digest(release.kernel), _digest(release.boot_img)],
+        "klibs": {name: _digest(path) for name, path in sorted(klibs.items())},
         "size": config.size,
         "pyops": __version__,
     }
@@ -332,6 +368,14 @@ def write_image(
     tmp.write_text(key)
     os.replace(tmp, key_file)
     return BuiltImage(out, True, info)
+
+
+def _digest(path: str | os.PathLike[str]) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise ReleaseError(f"{os.fspath(path)}: cannot read it ({exc.strerror})") from exc
 
 
 def package_tree(package: Package, args: Sequence[str], cwd: str | None = None) -> Tree:
@@ -405,8 +449,8 @@ def build_package_image(
     """Build a bootable image of a local package (``pyops pkg load``)."""
     name = config.name or package.name
     tree = package_tree(package, config.args, cwd)
+    add_standard_files(tree, name_servers=config.name_servers)
     _add_user_files(tree, config)
-    add_standard_files(tree, None)
     manifest = package_manifest(package, release, config, name)
     return write_image(tree, manifest, release, config, output, progress=progress, force=force)
 

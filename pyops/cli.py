@@ -268,6 +268,7 @@ def pkg_load(
     import shlex
 
     from pyops.build import build_package_image, check_image_name, merge_config, parse_env
+    from pyops.images import fresh_run_copy
     from pyops.package import load_package
     from pyops.qemu import Host, qemu_command, run_vm
 
@@ -288,9 +289,10 @@ def pkg_load(
     )
     vm = _vm_config(ops, ports, memory, smp, accel)
     host = Host.detect()
+    disk = fresh_run_copy(built.path)
     if verbose or (verbose is None and ops.run.verbose):
-        click.echo(shlex.join(qemu_command(built.path, vm, host)), err=True)
-    ctx.exit(run_vm(built.path, vm, host=host, stdin=None))
+        click.echo(shlex.join(qemu_command(disk, vm, host)), err=True)
+    ctx.exit(run_vm(disk, vm, host=host, stdin=None))
 
 
 # --- pyops build / run -----------------------------------------------------------------------
@@ -438,12 +440,14 @@ def run(
     """Build (or reuse) the image of a host PROGRAM and boot it; exit with its exit code."""
     import shlex
 
+    from pyops.images import fresh_run_copy
     from pyops.qemu import Host, qemu_command, run_vm
 
     ops = _load_ops_config(kw["config_file"])
     config = _vm_config(ops, ports, memory, smp, accel)
     host = Host.detect()
-    disk = _do_build(**kw, ops=ops)
+    # Every run boots a fresh copy of the built image: the image itself stays as built.
+    disk = fresh_run_copy(_do_build(**kw, ops=ops))
     if verbose or (verbose is None and ops.run.verbose):
         click.echo(shlex.join(qemu_command(disk, config, host)), err=True)
     code = run_vm(disk, config, host=host, stdin=None)
@@ -458,9 +462,34 @@ def image() -> None:
     """Inspect Nanos disk images (ours, Ops's or mkfs's)."""
 
 
-def _open_tree(path: str, boot: bool) -> tuple[Any, Any]:
+def _image_file(image: str, last_run: bool = False) -> str:
+    """An image given as a path, or by the name ``image list`` shows (``--last-run``: the
+    copy its last run wrote to)."""
+    from pyops.images import images_dir, runs_dir
+
+    if last_run:
+        path = runs_dir() / f"{image}.img"
+        if not path.is_file():
+            raise PyopsError(
+                f"image {image!r} has no last run",
+                hint=f"pyops run or pkg load boots it; its copy is kept in {runs_dir()}",
+            )
+        return str(path)
+    if os.path.exists(image) or "/" in image:
+        return image
+    named = images_dir() / f"{image}.img"
+    if named.is_file():
+        return str(named)
+    raise PyopsError(
+        f"no image file or built image named {image!r}",
+        hint="give a path, or a name from 'pyops image list'",
+    )
+
+
+def _open_tree(path: str, boot: bool, last_run: bool = False) -> tuple[Any, Any]:
     from pyops.disk import open_image
 
+    path = _image_file(path, last_run)
     disk = open_image(path)
     if boot:
         tree = disk.boot_tree()
@@ -518,11 +547,12 @@ def image_rm(names: tuple[str, ...]) -> None:
 @click.argument("image_path", metavar="IMAGE")
 @click.argument("path", default="/")
 @click.option("--boot", is_flag=True, help="Look in the boot filesystem (kernel, klibs).")
-def image_ls(image_path: str, path: str, boot: bool) -> None:
-    """List a directory of an image (or show one entry)."""
+@click.option("--last-run", is_flag=True, help="Read the copy IMAGE's last run wrote to.")
+def image_ls(image_path: str, path: str, boot: bool, last_run: bool) -> None:
+    """List a directory of an image (a path, or a name from ``image list``)."""
     from pyops.tree import Directory
 
-    _disk, tree = _open_tree(image_path, boot)
+    _disk, tree = _open_tree(image_path, boot, last_run)
     real, node = tree.lookup(path)
     if not isinstance(node, Directory):
         kind, size, extra = _describe(node)
@@ -536,37 +566,44 @@ def image_ls(image_path: str, path: str, boot: bool) -> None:
 @image.command("tree")
 @click.argument("image_path", metavar="IMAGE")
 @click.option("--boot", is_flag=True, help="Show the boot filesystem (kernel, klibs).")
-def image_tree(image_path: str, boot: bool) -> None:
+@click.option("--last-run", is_flag=True, help="Read the copy IMAGE's last run wrote to.")
+def image_tree(image_path: str, boot: bool, last_run: bool) -> None:
     """Show every file of an image as a tree."""
     from pyops.tree import Directory
 
-    _disk, tree = _open_tree(image_path, boot)
-
-    def show(directory: Directory, prefix: str) -> None:
-        names = sorted(directory.entries, key=os.fsencode)
-        for i, name in enumerate(names):
-            last = i == len(names) - 1
-            child = directory.entries[name]
-            kind, size, extra = _describe(child)
-            size_text = f" ({size} bytes)" if kind == "-" else ""
-            click.echo(f"{prefix}{'└── ' if last else '├── '}{name}{extra}{size_text}")
-            if isinstance(child, Directory):
-                show(child, prefix + ("    " if last else "│   "))
-
+    _disk, tree = _open_tree(image_path, boot, last_run)
     click.echo("/")
-    show(tree.root, "")
+    # Depth first with an explicit stack: an image may nest folders thousands deep.
+    stack: list[tuple[Directory, list[str], str]] = [
+        (tree.root, sorted(tree.root.entries, key=os.fsencode), "")
+    ]
+    while stack:
+        directory, names, prefix = stack[-1]
+        if not names:
+            stack.pop()
+            continue
+        name = names.pop(0)
+        last = not names
+        child = directory.entries[name]
+        kind, size, extra = _describe(child)
+        size_text = f" ({size} bytes)" if kind == "-" else ""
+        click.echo(f"{prefix}{'└── ' if last else '├── '}{name}{extra}{size_text}")
+        if isinstance(child, Directory):
+            child_names = sorted(child.entries, key=os.fsencode)
+            stack.append((child, child_names, prefix + ("    " if last else "│   ")))
 
 
 @image.command("cat")
 @click.argument("image_path", metavar="IMAGE")
 @click.argument("path")
 @click.option("--boot", is_flag=True, help="Read from the boot filesystem.")
-def image_cat(image_path: str, path: str, boot: bool) -> None:
+@click.option("--last-run", is_flag=True, help="Read the copy IMAGE's last run wrote to.")
+def image_cat(image_path: str, path: str, boot: bool, last_run: bool) -> None:
     """Write the contents of a file in an image to standard output."""
     from pyops.tfs import iter_file_contents
     from pyops.tree import Contents, File, ImageData
 
-    _disk, tree = _open_tree(image_path, boot)
+    _disk, tree = _open_tree(image_path, boot, last_run)
     real, node = tree.lookup(path)
     if not isinstance(node, File):
         raise PyopsError(f"{path} is not a regular file in {image_path}")
@@ -584,16 +621,20 @@ def image_cat(image_path: str, path: str, boot: bool) -> None:
 @image.command("manifest")
 @click.argument("image_path", metavar="IMAGE")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of Nanos syntax.")
-def image_manifest(image_path: str, as_json: bool) -> None:
+@click.option("--last-run", is_flag=True, help="Read the copy IMAGE's last run wrote to.")
+def image_manifest(image_path: str, as_json: bool, last_run: bool) -> None:
     """Show the root tuple of an image: program, arguments, environment and other keys."""
     import json
 
     from pyops.disk import open_image
+    from pyops.limits import JSON_DEPTH
     from pyops.tfs import format_uuid
     from pyops.tuples import canonical, to_text
 
-    disk = open_image(image_path)
-    config = {k: canonical(v) for k, v in disk.root.root.items() if k != "children"}
+    disk = open_image(_image_file(image_path, last_run))
+    settings = {k: v for k, v in disk.root.root.items() if k != "children"}
+    JSON_DEPTH.check(_depth(settings), "the image's root settings: their nesting")
+    config = {k: canonical(v) for k, v in settings.items()}
     if as_json:
         info = {
             "manifest": _jsonable(config),
@@ -603,6 +644,22 @@ def image_manifest(image_path: str, as_json: bool) -> None:
         return
     for key in sorted(config):
         click.echo(f"{key}: {to_text(config[key])}")
+
+
+def _depth(value: Any) -> int:
+    """How deeply dicts and lists nest in ``value``, without recursion."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > 10_000:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 def _jsonable(value: Any) -> Any:

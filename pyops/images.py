@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyops import atomic
 from pyops.errors import InvalidInput
 from pyops.store import Store
 
@@ -36,6 +38,69 @@ def images_dir(home: str | os.PathLike[str] | None = None) -> Path:
     return Path(root) / "images"
 
 
+def runs_dir(home: str | os.PathLike[str] | None = None) -> Path:
+    """Where each image's last run lives: the copy the guest wrote to."""
+    root = Path(home) if home is not None else Store.default().root
+    return Path(root) / "runs"
+
+
+def fresh_run_copy(
+    image: str | os.PathLike[str], home: str | os.PathLike[str] | None = None
+) -> Path:
+    """A copy of the built ``image`` for one run to write to, in :func:`runs_dir`.
+
+    Every run starts from the pristine image; what the previous run of the same image wrote
+    stays readable in its copy (``pyops image ls --last-run NAME``) until this replaces it.
+    The copy keeps the image's holes and is shared with it where the filesystem can
+    (``copy_file_range`` reflinks on Btrfs and XFS).
+    """
+    source = Path(image)
+    dest = runs_dir(home) / source.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic.sweep(dest.parent)
+    size = source.stat().st_size
+    with atomic.atomic_path(dest, size) as tmp, open(source, "rb") as src, open(tmp, "xb") as out:
+        copy_sparse(src.fileno(), out.fileno(), size)
+    return dest
+
+
+def copy_sparse(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from ``src`` to ``dst`` (file descriptors), holes left as holes."""
+    os.ftruncate(dst, size)
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+            end = os.lseek(src, start, os.SEEK_HOLE)
+        except OSError as exc:  # no data after offset, or SEEK_DATA not supported
+            if exc.errno == errno.ENXIO:
+                return
+            start, end = offset, size
+        _copy_range(src, dst, start, min(end, size) - start)
+        offset = end
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    done = 0
+    use_kernel = hasattr(os, "copy_file_range")
+    while done < length:
+        want = min(length - done, 1 << 30)
+        n = 0
+        if use_kernel:
+            try:
+                n = os.copy_file_range(src, dst, want, offset + done, offset + done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                use_kernel = False
+        if not use_kernel:
+            data = os.pread(src, min(want, 8 << 20), offset + done)
+            n = os.pwrite(dst, data, offset + done) if data else 0
+        if n == 0:
+            raise OSError(errno.EIO, "the image shrank while it was copied")
+        done += n
+
+
 def list_images(home: str | os.PathLike[str] | None = None) -> list[ImageEntry]:
     """Every built image, by name."""
     folder = images_dir(home)
@@ -59,4 +124,5 @@ def remove_image(name: str, home: str | os.PathLike[str] | None = None) -> Path:
         raise InvalidInput(f"no image named {name!r} (images: {known})")
     path.unlink()
     path.with_name(path.name + ".key").unlink(missing_ok=True)
+    (runs_dir(home) / path.name).unlink(missing_ok=True)
     return path

@@ -17,6 +17,7 @@ import enum
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -138,6 +139,28 @@ class VmConfig:
     extra_disks: tuple[str, ...] = ()
     qemu: str | None = None  # the qemu binary; default: qemu-system-x86_64 on PATH
     extra_args: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        memory_bytes(self.memory)
+        if self.cpus is not None and not 0 < self.cpus <= 1024:
+            raise ConfigError(f"invalid number of CPUs {self.cpus}", hint="give 1 to 1024")
+
+
+_MEMORY = re.compile(r"([0-9]{1,13})([KMGT]?)", re.IGNORECASE)
+
+
+def memory_bytes(text: str) -> int:
+    """Guest memory as qemu's ``-m`` takes it (``512M``, ``2G``; a bare number is MiB), in
+    bytes; anything else (``0``, ``1G,maxmem=2G``) is refused before it reaches qemu."""
+    m = _MEMORY.fullmatch(text.strip())
+    unit = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    size = int(m.group(1)) * unit[m.group(2).lower()] if m else 0
+    if not m or not (1 << 20) <= size <= (1 << 44):
+        raise ConfigError(
+            f"invalid memory size {text!r}",
+            hint="write a size such as 512M or 2G (1 MiB to 16 TiB)",
+        )
+    return size
 
 
 def choose_accel(requested: Accel, host: Host) -> Accel:

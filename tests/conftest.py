@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import stat
+import struct
 import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,3 +86,88 @@ def install_test_release(folder: Path, home: Path) -> NanosRelease:
     except InvalidInput:  # a folder whose name is not a version
         install_release_from(folder, version="0.0.0-test", home=home)
         return get_release("0.0.0-test", home=home, download=False)
+
+
+# --- a synthetic release and a stand-in for qemu, for the tests that do not boot -------------
+
+
+def make_boot_img(path: Path, stage2_sectors: int = 94) -> bytes:
+    """A structurally valid boot.img: signature, region record, stage2 length."""
+    sector = bytearray(512)
+    struct.pack_into("<QQI", sector, 0x1AA, 0x8000, stage2_sectors * 512, 12)
+    sector[510:512] = b"\x55\xaa"
+    data = bytes(sector) + bytes(range(256)) * (stage2_sectors * 2)
+    path.write_bytes(data)
+    return data
+
+
+def tiny_elf(machine: int = 62, body: bytes = b"") -> bytes:
+    """A 64-bit little-endian ELF header (x86-64 unless ``machine`` says otherwise) and
+    ``body``: enough for pyops's release checks, which read only the header."""
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    header = struct.pack("<16sHHIQQQIHHHHHH", ident, 2, machine, 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+    return header + body
+
+
+SYNTHETIC_KLIBS = ("gpu_nvidia", "ntp", "strace", "tls")
+
+
+def make_release_folder(folder: Path) -> Path:
+    """A release as Nanos's ``make release`` lays it out, with stand-in contents: it passes
+    pyops's checks and makes real disk images, but boots nothing."""
+    (folder / "klibs").mkdir(parents=True)
+    make_boot_img(folder / "boot.img")
+    (folder / "kernel.img").write_bytes(tiny_elf(body=b"synthetic kernel\n" * 64))
+    for name in SYNTHETIC_KLIBS:
+        (folder / "klibs" / name).write_bytes(tiny_elf(body=name.encode() * 16))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic release folder (see :func:`make_release_folder`)."""
+    return make_release_folder(tmp_path_factory.mktemp("release") / "nanos-release-linux-0.1.99")
+
+
+_FAKE_QEMU = """#!{python}
+import json, os, sys
+with open(os.environ["PYOPS_TEST_QEMU_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv) + "\\n")
+sys.stdout.write(os.environ.get("PYOPS_TEST_QEMU_OUTPUT", ""))
+sys.stderr.write(os.environ.get("PYOPS_TEST_QEMU_STDERR", ""))
+sys.exit(int(os.environ.get("PYOPS_TEST_QEMU_STATUS", "0")))
+"""
+
+
+@dataclass
+class FakeQemu:
+    """A qemu on PATH that records each command line and exits with ``status``."""
+
+    log: Path
+    monkeypatch: pytest.MonkeyPatch
+
+    def runs(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def answer(self, status: int = 0, output: str = "", stderr: str = "") -> None:
+        self.monkeypatch.setenv("PYOPS_TEST_QEMU_STATUS", str(status))
+        self.monkeypatch.setenv("PYOPS_TEST_QEMU_OUTPUT", output)
+        self.monkeypatch.setenv("PYOPS_TEST_QEMU_STDERR", stderr)
+
+
+@pytest.fixture
+def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeQemu:
+    """Puts a stand-in ``qemu-system-x86_64`` first on PATH (see :class:`FakeQemu`)."""
+    bindir = tmp_path / "fake-qemu-bin"
+    bindir.mkdir()
+    script = bindir / "qemu-system-x86_64"
+    script.write_text(_FAKE_QEMU.format(python=sys.executable))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    log = tmp_path / "qemu-runs.jsonl"
+    monkeypatch.setenv("PYOPS_TEST_QEMU_LOG", str(log))
+    fake = FakeQemu(log, monkeypatch)
+    fake.answer()
+    return fake

@@ -24,6 +24,8 @@ from pyops.manifest import Manifest
 from pyops.tfs import read_file_bytes
 from pyops.tree import File, ImageData, Tree
 
+from .conftest import make_boot_img
+
 
 def test_partition_entries_of_the_worked_example() -> None:
     """Section 1.3: boot FS at LBA 103 (24,576 sectors), root at 24,679 (5,120 sectors)."""
@@ -34,16 +36,6 @@ def test_partition_entries_of_the_worked_example() -> None:
 
 def test_chs_saturates_past_1023_cylinders() -> None:
     assert chs(1024 * 255 * 63) == bytes([254, (0 | 63) & 0xFF, 1023 & 0xFF])
-
-
-def make_boot_img(path: Path, stage2_sectors: int = 94) -> bytes:
-    """A structurally valid boot.img: signature, region record, stage2 length."""
-    sector = bytearray(512)
-    struct.pack_into("<QQI", sector, 0x1AA, 0x8000, stage2_sectors * 512, 12)
-    sector[510:512] = b"\x55\xaa"
-    data = bytes(sector) + bytes(range(256)) * (stage2_sectors * 2)
-    path.write_bytes(data)
-    return data
 
 
 @pytest.fixture
