@@ -133,6 +133,15 @@ _FAKE_QEMU = """#!{python}
 import json, os, sys
 with open(os.environ["PYOPS_TEST_QEMU_LOG"], "a") as log:
     log.write(json.dumps(sys.argv) + "\\n")
+drive = next(a.split("file=", 1)[1].split(",format=")[0] for a in sys.argv if "file=" in a)
+with open(drive, "r+b") as disk:
+    import hashlib
+    with open(os.environ["PYOPS_TEST_QEMU_LOG"] + ".drives", "a") as seen:
+        seen.write(drive + " " + hashlib.sha256(disk.read()).hexdigest() + "\\n")
+    marker = os.environ.get("PYOPS_TEST_QEMU_WRITE", "")
+    if marker:  # what a guest does: write to its disk
+        disk.seek(-4096, 2)
+        disk.write(marker.encode())
 sys.stdout.write(os.environ.get("PYOPS_TEST_QEMU_OUTPUT", ""))
 sys.stderr.write(os.environ.get("PYOPS_TEST_QEMU_STDERR", ""))
 sys.exit(int(os.environ.get("PYOPS_TEST_QEMU_STATUS", "0")))
@@ -151,7 +160,17 @@ class FakeQemu:
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
-    def answer(self, status: int = 0, output: str = "", stderr: str = "") -> None:
+    def drives(self) -> list[tuple[str, str]]:
+        """The disk each run booted, with the SHA-256 of its content when qemu started."""
+        seen = Path(f"{self.log}.drives")
+        if not seen.exists():
+            return []
+        return [tuple(line.split(" ")) for line in seen.read_text().splitlines()]  # type: ignore[misc]
+
+    def answer(self, status: int = 0, output: str = "", stderr: str = "", write: str = "") -> None:
+        """How the next runs behave: exit status, console output, and bytes the "guest"
+        writes near the end of its disk."""
+        self.monkeypatch.setenv("PYOPS_TEST_QEMU_WRITE", write)
         self.monkeypatch.setenv("PYOPS_TEST_QEMU_STATUS", str(status))
         self.monkeypatch.setenv("PYOPS_TEST_QEMU_OUTPUT", output)
         self.monkeypatch.setenv("PYOPS_TEST_QEMU_STDERR", stderr)

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pyops.build import BuildConfig, build_image, check_image_name, image_name, parse_env
+from pyops.build import (
+    HOSTS,
+    PASSWD,
+    RESOLV_CONF,
+    BuildConfig,
+    build_image,
+    check_image_name,
+    image_name,
+    parse_env,
+)
 from pyops.cli import cli
 from pyops.disk import open_image
 from pyops.errors import InvalidInput
@@ -22,7 +31,13 @@ from pyops.release import NanosRelease
 from pyops.tfs import read_file_bytes
 from pyops.tree import File, ImageData, Symlink
 
-from .conftest import compile_c, fixture_source, install_test_release
+from .conftest import (
+    SYNTHETIC_KLIBS,
+    FakeQemu,
+    compile_c,
+    fixture_source,
+    install_test_release,
+)
 
 HELLO = fixture_source("hello.c")
 
@@ -43,7 +58,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def release(home: Path, nanos_release: Path) -> NanosRelease:
+    """A real Nanos release: for the tests that boot."""
     return install_test_release(nanos_release, home)
+
+
+@pytest.fixture
+def fake_release(home: Path, synthetic_release: Path) -> NanosRelease:
+    """A synthetic release: real images that boot nothing, for the tests that do not boot."""
+    return install_test_release(synthetic_release, home)
 
 
 def test_image_names() -> None:
@@ -68,10 +90,10 @@ def test_env_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_image_holds_the_closure_and_standard_files(
-    tmp_path: Path, hello: Path, release: NanosRelease
+    tmp_path: Path, hello: Path, fake_release: NanosRelease
 ) -> None:
     config = BuildConfig(program=str(hello), args=("a",), env={"FOO": "bar"})
-    built = build_image(config, release, tmp_path / "hello.img")
+    built = build_image(config, fake_release, tmp_path / "hello.img")
     assert built.written
     disk = open_image(built.path)
     tree = disk.tree()
@@ -90,19 +112,19 @@ def test_image_holds_the_closure_and_standard_files(
     assert manifest.program == str(hello)
     assert manifest.arguments == (str(hello), "a")
     assert manifest.environment["FOO"] == "bar"
-    assert manifest.environment["NANOS_VERSION"] == release.version
+    assert manifest.environment["NANOS_VERSION"] == fake_release.version
     assert manifest.extra["debug_exit"] == "t"
 
 
 def test_unchanged_build_is_reused_and_a_change_rebuilds(
-    tmp_path: Path, hello: Path, release: NanosRelease
+    tmp_path: Path, hello: Path, fake_release: NanosRelease
 ) -> None:
     out = tmp_path / "hello.img"
-    assert build_image(BuildConfig(program=str(hello)), release, out).written
+    assert build_image(BuildConfig(program=str(hello)), fake_release, out).written
     mtime = out.stat().st_mtime_ns
-    assert not build_image(BuildConfig(program=str(hello)), release, out).written
+    assert not build_image(BuildConfig(program=str(hello)), fake_release, out).written
     assert out.stat().st_mtime_ns == mtime
-    assert build_image(BuildConfig(program=str(hello), args=("x",)), release, out).written
+    assert build_image(BuildConfig(program=str(hello), args=("x",)), fake_release, out).written
 
 
 # --- booting ---------------------------------------------------------------------------------
@@ -185,14 +207,16 @@ def test_tcp_server_in_the_guest_answers_through_a_forwarded_port(
         proc.communicate()
 
 
-def test_cli_build_prints_the_image_path(home: Path, release: NanosRelease, hello: Path) -> None:
+def test_cli_build_prints_the_image_path(
+    home: Path, fake_release: NanosRelease, hello: Path
+) -> None:
     result = CliRunner().invoke(cli, ["build", str(hello), "-i", "mine"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(home / "images" / "mine.img")
     assert (home / "images" / "mine.img").is_file()
 
 
-def test_cli_errors_are_one_line(home: Path, release: NanosRelease, tmp_path: Path) -> None:
+def test_cli_errors_are_one_line(home: Path, fake_release: NanosRelease, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["build", str(tmp_path / "missing")])
     assert result.exit_code == 1
     assert result.output.startswith("error: ")
@@ -228,3 +252,193 @@ def test_run_takes_arguments_environment_and_files_from_config_json(
     # a flag given on the command line wins over the file
     result = pyops("run", "-c", str(config), "-e", "FOO=flag")
     assert "env FOO=flag" in result.stdout
+
+
+# --- without a real release: the synthetic one, and a stand-in qemu -------------------------
+
+
+def image_file(disk_path: Path, path: str) -> bytes:
+    node = open_image(disk_path).tree().get(path)
+    assert isinstance(node, File) and isinstance(node.source, ImageData), path
+    return read_file_bytes(node.source)
+
+
+def test_host_lookup_files_never_reach_a_host_programs_image(
+    tmp_path: Path, hello: Path, fake_release: NanosRelease
+) -> None:
+    built = build_image(BuildConfig(program=str(hello)), fake_release, tmp_path / "h.img")
+    tree = open_image(built.path).tree()
+    assert image_file(built.path, "/etc/resolv.conf") == RESOLV_CONF
+    assert image_file(built.path, "/etc/hosts") == HOSTS
+    assert b"127.0.0.1\tlocalhost" in HOSTS and b"::1\tlocalhost" in HOSTS
+    assert image_file(built.path, "/etc/passwd") == PASSWD
+    assert image_file(built.path, "/proc/sys/kernel/hostname") == b"uniboot\n"
+    for host_only in (
+        "/etc/nsswitch.conf",
+        "/etc/group",
+        "/etc/services",
+        "/etc/protocols",
+        "/etc/host.conf",
+        "/etc/gai.conf",
+    ):
+        assert not tree.exists(host_only), host_only
+
+
+def test_name_servers_from_config_json_make_resolv_conf(
+    tmp_path: Path,
+    home: Path,
+    fake_release: NanosRelease,
+    hello: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # Ops reads Files from the working directory
+    config = tmp_path / "config.json"
+    extra = tmp_path / "motd"
+    extra.write_text("from Files\n")
+    config.write_text(json.dumps({"NameServers": ["1.1.1.1", "9.9.9.9"], "Files": ["motd"]}))
+    result = CliRunner().invoke(
+        cli, ["build", str(hello), "-c", str(config)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    disk = Path(result.output.strip())
+    assert image_file(disk, "/etc/resolv.conf") == b"nameserver 1.1.1.1\nnameserver 9.9.9.9\n"
+    assert image_file(disk, "/motd") == b"from Files\n"
+    config.write_text(json.dumps({"NameServers": ["1.1.1.1\nsearch evil"]}))
+    result = CliRunner().invoke(cli, ["build", str(hello), "-c", str(config)])
+    assert result.exit_code == 1 and "invalid name server" in result.output
+
+
+def test_klibs_go_to_the_boot_filesystem(
+    tmp_path: Path, home: Path, fake_release: NanosRelease, hello: Path
+) -> None:
+    result = CliRunner().invoke(cli, ["build", str(hello), "--klib", "strace"])
+    assert result.exit_code == 0, result.output
+    disk = open_image(Path(result.output.strip()))
+    boot = disk.boot_tree()
+    assert boot is not None and boot.exists("/klib/strace") and not boot.exists("/klib/tls")
+    assert disk.manifest.klibs == "bootfs"
+    result = CliRunner().invoke(cli, ["build", str(hello), "--klib", "nosuch"])
+    assert result.exit_code == 1
+    assert all(name in result.output for name in SYNTHETIC_KLIBS)
+
+
+def test_run_builds_then_hands_qemu_a_fresh_copy(
+    home: Path, fake_release: NanosRelease, hello: Path, fake_qemu: FakeQemu
+) -> None:
+    fake_qemu.answer(status=7, write="written by the first run")  # the guest exits 3
+    result = CliRunner().invoke(cli, ["run", str(hello), "-m", "512M", "-p", "8080:80"])
+    assert result.exit_code == 3, result.output
+    (argv,) = fake_qemu.runs()
+    copy = home / "runs" / "hello.img"
+    assert f"file={copy},format=raw,if=none,id=hd0" in argv
+    assert argv[argv.index("-m") + 1] == "512M"
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert any("hostfwd=tcp::8080-:80" in a for a in argv)
+    pristine = home / "images" / "hello.img"
+    assert b"written by the first run" not in pristine.read_bytes()
+    assert b"written by the first run" in copy.read_bytes()
+
+    # The second run reuses the built image and starts from it, not from the first run's
+    # writes, which stay in the copy until then.
+    fake_qemu.answer(status=1)
+    stamp = pristine.stat().st_mtime_ns
+    result = CliRunner().invoke(cli, ["run", str(hello)])
+    assert result.exit_code == 0, result.output
+    assert pristine.stat().st_mtime_ns == stamp
+    import hashlib
+
+    first, second = fake_qemu.drives()
+    assert second == (str(copy), hashlib.sha256(pristine.read_bytes()).hexdigest())
+    assert first[1] == second[1]
+
+
+def test_a_kernel_changed_in_place_rebuilds(
+    tmp_path: Path, hello: Path, fake_release: NanosRelease
+) -> None:
+    out = tmp_path / "hello.img"
+    assert build_image(BuildConfig(program=str(hello)), fake_release, out).written
+    data = bytearray(fake_release.kernel.read_bytes())
+    data[-1] ^= 0xFF  # same size, same path, same version: another kernel
+    fake_release.kernel.write_bytes(bytes(data))
+    assert build_image(BuildConfig(program=str(hello)), fake_release, out).written
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-m", "0"], "invalid memory size"),
+        (["-m", "1G,maxmem=2G"], "invalid memory size"),
+        (["--smp", "0"], "invalid number of CPUs"),
+        (["--size", "9" * 40], "invalid --size"),
+        (["--size", "99999999999999999999"], "too large"),
+    ],
+)
+def test_bad_vm_settings_are_refused_before_qemu(
+    home: Path,
+    fake_release: NanosRelease,
+    hello: Path,
+    fake_qemu: FakeQemu,
+    argv: list[str],
+    message: str,
+) -> None:
+    result = CliRunner().invoke(cli, ["run", str(hello), *argv])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert fake_qemu.runs() == []
+
+
+@pytest.mark.parametrize("value", ["a\0b", "bad \udcff byte"])
+def test_environment_values_nanos_cannot_take_are_refused(
+    tmp_path: Path, hello: Path, fake_release: NanosRelease, value: str
+) -> None:
+    with pytest.raises(InvalidInput, match="environment variable FOO"):
+        build_image(
+            BuildConfig(program=str(hello), env={"FOO": value}), fake_release, tmp_path / "x.img"
+        )
+    assert list(tmp_path.glob("*.img")) == []
+
+
+def test_deeply_nested_config_json_is_an_error(
+    tmp_path: Path, home: Path, fake_release: NanosRelease, hello: Path
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"ManifestPassthrough": {"x": ' + "[" * 50_000 + "]" * 50_000 + "}}")
+    result = CliRunner().invoke(cli, ["build", str(hello), "-c", str(config)])
+    assert result.exit_code == 1 and "PYOPS_LIMIT_JSON_DEPTH" in result.output
+
+
+def test_a_killed_builds_temporary_is_swept_by_the_next(
+    home: Path, fake_release: NanosRelease, hello: Path
+) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    images = home / "images"
+    images.mkdir(parents=True)
+    orphan = images / f".hello.img.pyops-{int(gone.stdout)}-0123abcd.tmp"
+    orphan.write_bytes(b"\0" * 4096)
+    result = CliRunner().invoke(cli, ["build", str(hello)])
+    assert result.exit_code == 0, result.output
+    assert not orphan.exists()
+    assert sorted(p.name for p in images.iterdir()) == ["hello.img", "hello.img.key"]
+
+
+def test_image_commands_take_a_name_and_the_last_run(
+    home: Path, fake_release: NanosRelease, hello: Path, fake_qemu: FakeQemu
+) -> None:
+    assert CliRunner().invoke(cli, ["build", str(hello)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["image", "cat", "hello", "/etc/hosts"])
+    assert result.exit_code == 0 and result.output.encode() == HOSTS
+    result = CliRunner().invoke(cli, ["image", "ls", "--last-run", "hello"])
+    assert result.exit_code == 1 and "has no last run" in result.output
+    fake_qemu.answer(status=1)
+    assert CliRunner().invoke(cli, ["run", str(hello)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["image", "ls", "--last-run", "hello", "/etc"])
+    assert result.exit_code == 0 and "hosts" in result.output
+    result = CliRunner().invoke(cli, ["image", "ls", "nosuchimage"])
+    assert result.exit_code == 1 and "image list" in result.output
+    assert CliRunner().invoke(cli, ["image", "rm", "hello"]).exit_code == 0
+    assert not (home / "runs" / "hello.img").exists()
