@@ -6,6 +6,12 @@ gets there without its digest having been checked. Downloads go to
 ``blobs/tmp/<hex>.partial``, are hashed in the same pass as they are written, and are moved
 into place with an atomic rename; a partial file survives a cut connection and the next try
 resumes it with an HTTP ``Range`` request.
+
+A partial file is kept only while it is a sound resume point: a prefix of the blob, written
+and flushed, after a cut connection, a deadline or a cancel (Ctrl-C). A full disk removes it
+(the last write may be torn, and a file the next pull cannot complete only takes room), as
+does a digest mismatch. Every other temporary follows :mod:`pyops.atomic`, and the blob
+folders are swept of those of dead processes when a process first writes there.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from pyops.errors import DigestMismatch, NetworkError
+from pyops import atomic
+from pyops.errors import DigestMismatch, DiskFull, LimitExceeded, NetworkError, PyopsError
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.reference import check_digest
 
@@ -34,6 +42,74 @@ DOWNLOAD_CHUNK = 1 << 16
 """Size of the chunks a blob stream yields: the registry client reads the socket in these, and
 each is written and hashed while it is still in the CPU cache."""
 _HASH_BLOCK = 1 << 20
+
+
+class Cancelled(PyopsError):
+    """A download stopped because the user cancelled it (Ctrl-C)."""
+
+
+class Cancel:
+    """A cancel signal shared by the threads of one pull.
+
+    Downloads check it for every chunk (an ``Event.is_set``, cheap next to a 64 KiB write),
+    and register hooks (:meth:`on_cancel`) that wake a read blocked on a silent server, so a
+    cancel takes effect within one read rather than after the layer.
+    """
+
+    __slots__ = ("_event", "_hooks", "_lock")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._hooks: dict[int, Callable[[], None]] = {}
+
+    def cancel(self) -> None:
+        """Set the signal and run every registered hook."""
+        self._event.set()
+        with self._lock:
+            hooks = list(self._hooks.values())
+        for hook in hooks:
+            hook()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` once :meth:`cancel` was called."""
+        if self._event.is_set():
+            raise Cancelled("the download was cancelled.")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking early on a cancel; whether it was cancelled."""
+        return self._event.wait(seconds)
+
+    @contextmanager
+    def on_cancel(self, hook: Callable[[], None]) -> Iterator[None]:
+        """Run ``hook`` on a cancel while the block runs (at once if already cancelled)."""
+        key = id(hook)
+        with self._lock:
+            self._hooks[key] = hook
+        try:
+            if self._event.is_set():
+                hook()
+            yield
+        finally:
+            with self._lock:
+                self._hooks.pop(key, None)
+
+
+_swept: set[Path] = set()
+_swept_lock = threading.Lock()
+
+
+def _sweep_once(*folders: Path) -> None:
+    """Sweep each folder of dead processes' temporaries, once per process."""
+    for folder in folders:
+        with _swept_lock:
+            if folder in _swept:
+                continue
+            _swept.add(folder)
+        atomic.sweep(folder)
 
 
 class BlobStream(Protocol):
@@ -99,11 +175,10 @@ class Store:
             raise DigestMismatch(f"content has digest {actual}, expected {digest}.")
         final = self.blob_path(actual)
         if not final.exists():
-            tmp = self._partial_path(actual).with_suffix(f".{os.getpid()}.new")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, final)
+            with atomic.reporting_disk_full(final, len(data)):
+                final.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_once(final.parent)
+            atomic.write_bytes(final, data)
         return actual
 
     def ensure_blob(
@@ -115,106 +190,152 @@ class Store:
         label: str | None = None,
         progress: Progress = NULL_PROGRESS,
         attempts: int = 3,
+        cancel: Cancel | None = None,
     ) -> Path:
         """Return the path of the blob, downloading it with ``open_blob`` if it is not cached.
 
         The bytes are hashed as they are written; the file enters the cache only if its size
         and digest match, by an atomic rename. A connection that breaks is resumed from the
         partial file, up to ``attempts`` tries in this call; the partial file is kept for a
-        later call when the tries run out. A mismatch removes the partial file and raises
-        :class:`~pyops.errors.DigestMismatch`.
+        later call when the tries run out, the deadline passes or ``cancel`` is set. A
+        mismatch or a full disk removes the partial file and raises
+        :class:`~pyops.errors.DigestMismatch` or :class:`~pyops.errors.DiskFull`.
         """
         final = self.blob_path(digest)
         name = label or digest
         if self.has_blob(digest, size):
             return final
         partial = self._partial_path(digest)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(partial) as handle:
+        with atomic.reporting_disk_full(partial):
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_once(partial.parent, final.parent)
+        with locked_partial(partial) as handle:
             # Another process may have finished the blob while we waited for the lock.
             if self.has_blob(digest, size):
                 return final
             progress.start(digest, name, size)
             try:
-                self._download(digest, size, open_blob, handle, name, progress, attempts)
+                resume_download(
+                    handle,
+                    partial,
+                    size,
+                    open_blob,
+                    digest=digest,
+                    name=name,
+                    progress=progress,
+                    attempts=attempts,
+                    cancel=cancel,
+                )
             finally:
                 progress.finish(digest)
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.replace(partial, final)
+            try:
+                with atomic.reporting_disk_full(final):
+                    os.fsync(handle.fileno())
+                    os.replace(partial, final)
+            except DiskFull:
+                _discard(handle)
+                raise
         return final
 
-    def _download(
-        self,
-        digest: str,
-        size: int,
-        open_blob: BlobOpener,
-        handle: IO[bytes],
-        name: str,
-        progress: Progress,
-        attempts: int,
-    ) -> None:
-        algorithm = digest.partition(":")[0]
-        have = handle.seek(0, os.SEEK_END)
-        if have > size:
-            handle.truncate(0)
-            have = 0
-        # hashlib state cannot be saved, so a resumed download re-hashes what it has.
-        writer = BlobWriter(
-            digest,
-            size,
-            handle,
-            name=name,
-            have=have,
-            hasher=_hash_prefix(handle, algorithm, have),
-            progress=progress,
-        )
-        progress.advance(digest, have)
-        for attempt in range(1, attempts + 1):
-            if writer.have == size:
-                break
-            if writer.have:
-                log.info("%s: resuming at byte %d of %d", name, writer.have, size)
-            stream = open_blob(writer.have)
-            try:
-                if stream.offset != writer.have:
-                    # 200 instead of 206: the server ignored Range; start again.
-                    handle.seek(0)
-                    handle.truncate(0)
-                    progress.advance(digest, -writer.have)
-                    writer.restart()
-                handle.seek(writer.have)
-                writer.write_all(stream.chunks())
-            except NetworkError:
-                handle.flush()
-                if attempt == attempts:
-                    raise
-                log.info("%s: download cut at byte %d, retrying", name, writer.have)
-                continue
-            except DigestMismatch:  # more bytes than announced
-                self._discard(handle)
-                raise
-            finally:
-                stream.close()
-            if writer.have < size:
-                handle.flush()
-                if attempt == attempts:
-                    raise NetworkError(
-                        f"{name}: the download ended after {writer.have} of {size} bytes.",
-                        hint="Run the command again to resume it.",
-                    )
-        try:
-            writer.verify()
-        except DigestMismatch:
-            self._discard(handle)
-            raise
 
-    @staticmethod
-    def _discard(handle: IO[bytes]) -> None:
+def resume_download(
+    handle: IO[bytes],
+    path: Path,
+    size: int,
+    open_blob: BlobOpener,
+    *,
+    digest: str | None,
+    algorithm: str = "sha256",
+    name: str,
+    progress: Progress = NULL_PROGRESS,
+    key: str | None = None,
+    attempts: int = 3,
+    cancel: Cancel | None = None,
+) -> None:
+    """Complete the download in ``handle`` (the partial file at ``path``) to ``size`` bytes.
+
+    The one download loop of pyops (blobs and Nanos releases): the bytes already in the file
+    are the resume point, asked for with ``open_blob(offset)``; each chunk is written and
+    hashed in one pass by a :class:`BlobWriter`; a cut connection is resumed up to
+    ``attempts`` times; a ``digest`` (``algorithm:hex``) is verified at the end, or when it is
+    ``None`` only the size is. On return the file holds the whole verified content, flushed.
+    """
+    key = key or digest or name
+    hash_name = digest.partition(":")[0] if digest else algorithm
+    have = handle.seek(0, os.SEEK_END)
+    if have > size:
+        handle.truncate(0)
+        have = 0
+    # hashlib state cannot be saved, so a resumed download re-hashes what it has.
+    writer = BlobWriter(
+        digest,
+        size,
+        handle,
+        name=name,
+        have=have,
+        hasher=_hash_prefix(handle, hash_name, have),
+        progress=progress,
+        key=key,
+        algorithm=algorithm,
+    )
+    progress.advance(key, have)
+    try:
+        with atomic.reporting_disk_full(path, size - have):
+            for attempt in range(1, attempts + 1):
+                if writer.have == size:
+                    break
+                if cancel is not None:
+                    cancel.check()
+                if writer.have:
+                    log.info("%s: resuming at byte %d of %d", name, writer.have, size)
+                stream = open_blob(writer.have)
+                try:
+                    if stream.offset != writer.have:
+                        # 200 instead of 206: the server ignored Range; start again.
+                        handle.seek(0)
+                        handle.truncate(0)
+                        progress.advance(key, -writer.have)
+                        writer.restart()
+                    handle.seek(writer.have)
+                    writer.write_all(stream.chunks(), cancel)
+                except NetworkError:
+                    handle.flush()
+                    if cancel is not None:
+                        cancel.check()
+                    if attempt == attempts:
+                        raise
+                    log.info("%s: download cut at byte %d, retrying", name, writer.have)
+                    continue
+                except (Cancelled, LimitExceeded, KeyboardInterrupt):
+                    # A sound resume point: what was written is a prefix of the blob.
+                    handle.flush()
+                    raise
+                finally:
+                    stream.close()
+                if writer.have < size:
+                    handle.flush()
+                    if attempt == attempts:
+                        raise NetworkError(
+                            f"{name}: the download ended after {writer.have} of {size} bytes.",
+                            hint="Run the command again to resume it.",
+                        )
+            handle.flush()
+        writer.verify()
+    except (DigestMismatch, DiskFull):
+        # A full disk may have torn the last write: the file is no resume point.
+        _discard(handle)
+        raise
+
+
+def _discard(handle: IO[bytes]) -> None:
+    """Empty a partial file (:func:`locked_partial` then removes it)."""
+    try:
         handle.seek(0)
         handle.truncate(0)
         handle.flush()
+    except OSError:  # pragma: no cover - truncating to 0 needs no room
+        log.warning("cannot empty the partial download %s", getattr(handle, "name", "?"))
 
 
 class _Sink(Protocol):
@@ -232,11 +353,21 @@ class BlobWriter:
     discards the bytes, to time the digest checking without the disk.
     """
 
-    __slots__ = ("_algorithm", "_hasher", "_progress", "_sink", "digest", "have", "name", "size")
+    __slots__ = (
+        "_algorithm",
+        "_hasher",
+        "_key",
+        "_progress",
+        "_sink",
+        "digest",
+        "have",
+        "name",
+        "size",
+    )
 
     def __init__(
         self,
-        digest: str,
+        digest: str | None,
         size: int,
         sink: _Sink,
         *,
@@ -244,28 +375,38 @@ class BlobWriter:
         have: int = 0,
         hasher: hashlib._Hash | None = None,
         progress: Progress = NULL_PROGRESS,
+        key: str | None = None,
+        algorithm: str = "sha256",
     ) -> None:
         self.digest = digest
+        """The expected ``algorithm:hex``; ``None`` when only the size can be checked."""
         self.size = size
-        self.name = name or digest
+        self.name = name or digest or "download"
         self.have = have
-        self._algorithm = digest.partition(":")[0]
+        self._algorithm = digest.partition(":")[0] if digest else algorithm
         self._hasher = hasher if hasher is not None else hashlib.new(self._algorithm)
         self._sink = sink
         self._progress = progress
+        self._key = key or digest or self.name
 
     def restart(self) -> None:
         """Forget what was taken (the caller truncates the sink)."""
         self.have = 0
         self._hasher = hashlib.new(self._algorithm)
 
-    def write_all(self, chunks: Iterable[bytes]) -> None:
-        """Write and hash every chunk; more bytes than :attr:`size` raise DigestMismatch."""
+    def write_all(self, chunks: Iterable[bytes], cancel: Cancel | None = None) -> None:
+        """Write and hash every chunk; more bytes than :attr:`size` raise DigestMismatch.
+
+        ``cancel`` is checked before each chunk is written.
+        """
         write, update, advance = self._sink.write, self._hasher.update, self._progress.advance
-        digest, size = self.digest, self.size
+        key, size = self._key, self.size
         have = self.have
+        cancelled = cancel.is_set if cancel is not None else None
         try:
             for chunk in chunks:
+                if cancelled is not None and cancelled():
+                    raise Cancelled("the download was cancelled.")
                 length = len(chunk)
                 if have + length > size:
                     raise DigestMismatch(
@@ -275,7 +416,7 @@ class BlobWriter:
                 write(chunk)
                 update(chunk)
                 have += length
-                advance(digest, length)
+                advance(key, length)
         finally:
             self.have = have
 
@@ -285,7 +426,9 @@ class BlobWriter:
         return f"{self._algorithm}:{self._hasher.hexdigest()}"
 
     def verify(self) -> None:
-        """Raise DigestMismatch unless the bytes taken have the expected digest."""
+        """Raise DigestMismatch unless the bytes taken have the expected digest (if any)."""
+        if self.digest is None:
+            return
         actual = self.actual
         if actual != self.digest:
             raise DigestMismatch(
@@ -309,13 +452,14 @@ def _hash_prefix(handle: IO[bytes], algorithm: str, length: int) -> hashlib._Has
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[IO[bytes]]:
+def locked_partial(path: Path) -> Iterator[IO[bytes]]:
     """Open ``path`` for reading and appending, holding an exclusive lock on it.
 
     An empty partial file is removed on the way out, so a failed download leaves nothing that
     looks like progress.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with atomic.reporting_disk_full(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     handle = os.fdopen(fd, "r+b")
     try:
         if fcntl is not None:

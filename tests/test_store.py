@@ -271,7 +271,7 @@ class CountingHash:
 def _count_io(monkeypatch: pytest.MonkeyPatch, root: Path) -> IoCounts:
     """Watch every open of a file under ``root``, reads of the partial file, and hashing."""
     counts = IoCounts(root)
-    real_locked, real_new = store_module._locked, hashlib.new
+    real_locked, real_new = store_module.locked_partial, hashlib.new
     real_os_open, real_io_open = os.open, io.open
 
     @contextmanager
@@ -287,7 +287,7 @@ def _count_io(monkeypatch: pytest.MonkeyPatch, root: Path) -> IoCounts:
         counts.note_open(path)
         return real_io_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(store_module, "_locked", locked)
+    monkeypatch.setattr(store_module, "locked_partial", locked)
     monkeypatch.setattr(
         hashlib, "new", lambda name, *a, **k: CountingHash(real_new(name, *a, **k), counts)
     )
