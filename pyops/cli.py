@@ -475,11 +475,11 @@ def _image_file(image: str, last_run: bool = False) -> str:
                 hint=f"pyops run or pkg load boots it; its copy is kept in {runs_dir()}",
             )
         return str(path)
+    named = images_dir() / f"{image}.img"
+    if "/" not in image and named.is_file():
+        return str(named)  # a built image's name wins over a file of that name here
     if os.path.exists(image) or "/" in image:
         return image
-    named = images_dir() / f"{image}.img"
-    if named.is_file():
-        return str(named)
     raise PyopsError(
         f"no image file or built image named {image!r}",
         hint="give a path, or a name from 'pyops image list'",

@@ -167,7 +167,8 @@ def test_second_run_of_an_unchanged_program_reuses_the_image(
     assert result.returncode == 0
     assert image.with_name("hello.img.key").stat().st_mtime_ns == stamp
     assert image.with_name("hello.img.key").read_text() == key
-    assert f"file={image}" in result.stderr  # -v prints the qemu command line
+    # -v prints the qemu command line: it boots a fresh copy, not the built image
+    assert f"file={home / 'runs' / 'hello.img'}" in result.stderr
 
 
 def free_port() -> int:
@@ -442,3 +443,23 @@ def test_image_commands_take_a_name_and_the_last_run(
     assert result.exit_code == 1 and "image list" in result.output
     assert CliRunner().invoke(cli, ["image", "rm", "hello"]).exit_code == 0
     assert not (home / "runs" / "hello.img").exists()
+
+
+@pytest.mark.boot
+def test_each_run_starts_from_the_built_image_and_the_last_runs_writes_stay_readable(
+    tmp_path: Path, home: Path, release: NanosRelease, cc: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = compile_c(cc, fixture_source("probe.c"), tmp_path / "probe", "-static")
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "keep").write_text("")
+    (tmp_path / "config.json").write_text(json.dumps({"Dirs": ["tmp"]}))
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        result = pyops("run", str(probe), "-c", "config.json", "-a", "x", "-a", "0")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "probe readback: written in the guest" in result.stdout
+        # The built image never holds what a guest wrote; the last run's copy does.
+        listing = pyops("image", "ls", "probe", "/tmp")
+        assert listing.returncode == 0 and "new.txt" not in listing.stdout
+        written = pyops("image", "cat", "--last-run", "probe", "/tmp/new.txt")
+        assert written.stdout == "written in the guest\n", written.stderr
