@@ -130,7 +130,7 @@ class Descriptor:
         except InvalidReference as exc:
             raise RegistryError(f"{where}: {exc}") from exc
         size = data.get("size")
-        if not _is_int(size) or not 0 <= size <= MAX_BLOB_SIZE:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BLOB_SIZE:
             raise RegistryError(
                 f"{where}: descriptor {digest}: 'size' is not a whole number from 0 to "
                 f"{MAX_BLOB_SIZE}."

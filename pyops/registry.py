@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -19,22 +18,26 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from pyops import limits
 from pyops.auth import Credentials
 from pyops.errors import (
     AuthError,
     DigestMismatch,
+    LimitExceeded,
     ManifestNotFound,
     RegistryError,
 )
-from pyops.net import HttpClient, HttpResponse
-from pyops.oci import MANIFEST_ACCEPT, MAX_MANIFEST_SIZE
+from pyops.net import HttpClient, HttpResponse, origin, redact, retry_after
+from pyops.oci import MANIFEST_ACCEPT
 from pyops.reference import is_loopback_host
-from pyops.store import DOWNLOAD_CHUNK
+from pyops.store import DOWNLOAD_CHUNK, Cancel
 
 log = logging.getLogger(__name__)
 
 _LOGIN_HINT = "Give credentials with --username and --password-stdin, or log in with docker login."
-_TOKEN_SIZE_LIMIT = 1 << 20
+_ERROR_BODY_LIMIT = 4096
+"""Bytes of an error answer read for its message; the rest is never read."""
+_TOKEN_LIFETIME_MAX = 24 * 3600.0
 _CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 
 
@@ -82,11 +85,24 @@ class _Token:
 
 
 class RegistryBlobStream:
-    """A blob download; implements :class:`pyops.store.BlobStream`."""
+    """A blob download; implements :class:`pyops.store.BlobStream`.
 
-    def __init__(self, response: HttpResponse, offset: int) -> None:
+    ``expected`` (the bytes still to come, when the descriptor says) sets the download's
+    deadline; ``cancel`` wakes and stops it.
+    """
+
+    def __init__(
+        self,
+        response: HttpResponse,
+        offset: int,
+        *,
+        expected: int | None = None,
+        cancel: Cancel | None = None,
+    ) -> None:
         self._response = response
         self._offset = offset
+        self._expected = expected
+        self._cancel = cancel
 
     @property
     def offset(self) -> int:
@@ -95,7 +111,7 @@ class RegistryBlobStream:
 
     def chunks(self) -> Iterator[bytes]:
         """The raw bytes of the blob from :attr:`offset` on, in chunks of ``DOWNLOAD_CHUNK``."""
-        return self._response.iter_raw(DOWNLOAD_CHUNK)
+        return self._response.iter_raw(DOWNLOAD_CHUNK, expected=self._expected, cancel=self._cancel)
 
     def close(self) -> None:
         """Release the connection."""
@@ -197,16 +213,16 @@ class RegistryClient:
                 "client_id": "pyops",
             }
             with self.http.request("POST", realm, data=form) as response:
-                body = response.read(_TOKEN_SIZE_LIMIT)
                 status = response.status
+                body = _read_token_answer(response, image)
         if status == 404:
             if creds is not None and creds.basic is not None:
                 query["account"] = creds.username
                 raw = f"{creds.username}:{creds.password}".encode()
                 headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
             with self.http.request("GET", realm, headers=headers, params=query) as response:
-                body = response.read(_TOKEN_SIZE_LIMIT)
                 status = response.status
+                body = _read_token_answer(response, image)
         with self._lock:
             self.token_requests += 1
         if status in (400, 401, 403):
@@ -225,18 +241,7 @@ class RegistryClient:
             raise RegistryError(
                 f"{image}: the token server answered HTTP {status}{_error_detail(body)}."
             )
-        try:
-            doc = json.loads(body)
-            value = doc.get("token") or doc.get("access_token")
-        except (ValueError, AttributeError) as exc:
-            raise RegistryError(
-                f"{image}: the token server sent something that is not JSON."
-            ) from exc
-        if not isinstance(value, str) or not value:
-            raise RegistryError(f"{image}: the token server sent no token.")
-        lifetime = doc.get("expires_in")
-        if not isinstance(lifetime, int | float) or lifetime <= 0:
-            lifetime = 60  # the token spec's default
+        value, lifetime = parse_token_answer(body, image)
         # Renew a little before expiry, with a margin smaller than the lifetime: a fixed 10 s
         # margin throws short-lived tokens away unused (reference doc section 2.2).
         margin = min(10.0, lifetime / 2)
@@ -253,8 +258,13 @@ class RegistryClient:
         repository: str,
         image: str,
         headers: Mapping[str, str] | None = None,
+        cancel: Cancel | None = None,
     ) -> HttpResponse:
-        """Send a request to the registry, answering one auth challenge if needed."""
+        """Send a request to the registry, answering one auth challenge if needed.
+
+        Only a challenge from the registry itself is answered: a 401 from a server it
+        redirected to is an error, so credentials never go to a realm such a server names.
+        """
         scope = f"repository:{repository}:pull"
         url = self.base_url + path
         for attempt in (1, 2):
@@ -262,11 +272,20 @@ class RegistryClient:
             authorization = self._auth_header(scope)
             if authorization is not None:
                 sent["Authorization"] = authorization
-            response = self.http.request(method, url, headers=sent)
+            response = self.http.request(method, url, headers=sent, cancel=cancel)
             if response.status != 401:
                 return response
+            if origin(response.url) != origin(url):
+                # A redirect target (a CDN, or a stranger's server) is not the registry:
+                # its challenge must not get the registry's credentials, nor a token.
+                response.close()
+                raise AuthError(
+                    f"{image}: the registry {self.host} redirected to {redact(response.url)}, "
+                    "which asks for credentials; pyops sends credentials only to the registry "
+                    "they are for and to the token server it names, so this was refused.",
+                )
             header = response.headers.get("WWW-Authenticate", "")
-            body = response.read(4096)
+            body = response.read(_ERROR_BODY_LIMIT)
             response.close()
             challenge = Challenge.parse(header)
             if attempt == 2 or (authorization is not None and self._scheme == "basic"):
@@ -318,13 +337,21 @@ class RegistryClient:
 
     # -- manifests --------------------------------------------------------------------------
 
-    def fetch_manifest(self, repository: str, reference: str, *, image: str) -> FetchedManifest:
+    def fetch_manifest(
+        self, repository: str, reference: str, *, image: str, size: int | None = None
+    ) -> FetchedManifest:
         """GET a manifest or index by tag or digest and check its digest.
 
         The digest is computed over the exact bytes received; it must equal the requested one
         when pulling by digest, and ``Docker-Content-Digest`` when the registry sends it
-        (reference doc section 3.3).
+        (reference doc section 3.3). ``size`` (from the descriptor naming the manifest) and
+        ``Content-Length`` are checked against ``limits.JSON_BYTES`` before anything is read,
+        and at most the limit + 1 bytes are ever read.
         """
+        limit = limits.JSON_BYTES.value()
+        subject = f"{image}: manifest {reference}"
+        if size is not None:
+            limits.JSON_BYTES.check(size, f"{subject}: its declared size")
         response = self._request(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
@@ -334,18 +361,25 @@ class RegistryClient:
         )
         with response:
             if response.status != 200:
-                body = response.read(4096)
+                body = response.read(_ERROR_BODY_LIMIT)
                 if response.status == 404:
                     raise ManifestNotFound(
                         f"{image}: not found in registry {self.host} (no such repository, "
                         f"tag or digest){_error_detail(body)}.",
                     )
                 raise _status_error(response, body, f"{image}: fetching the manifest")
-            data = response.read(MAX_MANIFEST_SIZE)
+            length = response.content_length
+            if length is not None:
+                limits.JSON_BYTES.check(length, f"{subject}: its Content-Length")
+            data = response.read(limit)
             media_type = response.headers.get("Content-Type", "")
             header_digest = response.headers.get("Docker-Content-Digest", "")
-        if len(data) > MAX_MANIFEST_SIZE:
-            raise RegistryError(f"{image}: the manifest is larger than {MAX_MANIFEST_SIZE} bytes.")
+        limits.JSON_BYTES.check(len(data), subject)
+        if size is not None and len(data) != size:
+            raise DigestMismatch(
+                f"{subject}: the registry sent {len(data):,} bytes, not the {size:,} its "
+                "descriptor announces."
+            )
         algorithm = reference.partition(":")[0] if ":" in reference else "sha256"
         if algorithm not in ("sha256", "sha512"):
             algorithm = "sha256"
@@ -359,20 +393,28 @@ class RegistryClient:
             if header_digest != digest:
                 raise DigestMismatch(
                     f"{image}: the manifest has digest {digest} but the registry says "
-                    f"{header_digest}."
+                    f"{header_digest[:140]}."
                 )
         return FetchedManifest(data, media_type, digest)
 
     # -- blobs ------------------------------------------------------------------------------
 
     def open_blob(
-        self, repository: str, digest: str, offset: int = 0, *, image: str = ""
+        self,
+        repository: str,
+        digest: str,
+        offset: int = 0,
+        *,
+        image: str = "",
+        size: int | None = None,
+        cancel: Cancel | None = None,
     ) -> RegistryBlobStream:
         """Start downloading a blob, from byte ``offset`` on when the server allows it.
 
         ``Accept-Encoding: identity`` keeps proxies from re-encoding the bytes we hash. A
         ``206`` continues at ``offset``; a ``200`` starts over at 0; a ``416`` (the range
-        is past the end) retries from 0.
+        is past the end) retries from 0. ``size`` (the descriptor's) sets the deadline of the
+        download; ``cancel`` stops it.
         """
         label = image or f"{self.host}/{repository}"
         headers = {"Accept-Encoding": "identity"}
@@ -384,21 +426,23 @@ class RegistryClient:
             repository=repository,
             image=label,
             headers=headers,
+            cancel=cancel,
         )
         if response.status == 200:
-            return RegistryBlobStream(response, 0)
+            return RegistryBlobStream(response, 0, expected=size, cancel=cancel)
         if response.status == 206 and offset:
             start = _content_range_start(response.headers.get("Content-Range", ""))
             if start == offset:
-                return RegistryBlobStream(response, offset)
+                rest = None if size is None else max(0, size - offset)
+                return RegistryBlobStream(response, offset, expected=rest, cancel=cancel)
             response.close()
             raise RegistryError(
                 f"{label}: the registry answered a range request for {digest} with the wrong range."
             )
-        body = response.read(4096)
+        body = response.read(_ERROR_BODY_LIMIT)
         response.close()
         if response.status == 416 and offset:
-            return self.open_blob(repository, digest, 0, image=image)
+            return self.open_blob(repository, digest, 0, image=image, size=size, cancel=cancel)
         if response.status == 404:
             raise RegistryError(
                 f"{label}: blob {digest} is missing from the registry{_error_detail(body)}."
@@ -407,17 +451,69 @@ class RegistryClient:
 
 
 def _content_range_start(header: str) -> int | None:
-    match = re.match(r"\s*bytes\s+(\d+)-\d+/(?:\d+|\*)", header)
+    match = re.match(r"\s*bytes\s+([0-9]{1,19})-[0-9]{1,19}/(?:[0-9]{1,19}|\*)", header)
     return int(match.group(1)) if match else None
+
+
+def _read_token_answer(response: HttpResponse, image: str) -> bytes:
+    """The body of a token server's answer, refused unread when it says it is too large."""
+    subject = f"{image}: the token server's answer"
+    length = response.content_length
+    if length is not None and response.status == 200:
+        limits.JSON_BYTES.check(length, f"{subject}: its Content-Length")
+    limit = limits.JSON_BYTES.value() if response.status == 200 else _ERROR_BODY_LIMIT
+    body = response.read(limit)
+    if response.status == 200:
+        limits.JSON_BYTES.check(len(body), subject)
+    return body
+
+
+def parse_token_answer(body: bytes, image: str = "image") -> tuple[str, float]:
+    """``(token, lifetime in seconds)`` from a token server's JSON answer.
+
+    ``token`` (or ``access_token``) must be a non-empty string; ``expires_in`` is used when
+    it is a number from 1 s to a day, else the token spec's default of 60 s.
+    """
+    try:
+        doc = limits.parse_json(body, f"{image}: the token server's answer")
+    except LimitExceeded:
+        raise
+    except ValueError as exc:
+        raise RegistryError(f"{image}: the token server sent something that is not JSON.") from exc
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{image}: the token server's answer is not a JSON object.")
+    value = doc.get("token") or doc.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise RegistryError(f"{image}: the token server sent no token.")
+    if len(value) > 64 * 1024 or not value.isascii() or not value.isprintable():
+        raise RegistryError(f"{image}: the token server sent a token that cannot be a header.")
+    lifetime = doc.get("expires_in")
+    if (
+        not isinstance(lifetime, int | float)
+        or isinstance(lifetime, bool)
+        or not 1 <= lifetime <= _TOKEN_LIFETIME_MAX
+    ):
+        lifetime = 60  # the token spec's default
+    return value, float(lifetime)
 
 
 def _error_detail(body: bytes) -> str:
     """``": CODE: message"`` from an OCI error body (distribution-spec "Error Codes")."""
     try:
-        errors = json.loads(body).get("errors") or []
-        parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors]
-    except (ValueError, AttributeError, TypeError):
+        doc = limits.parse_json(body[:_ERROR_BODY_LIMIT], "an error answer")
+    except (ValueError, LimitExceeded):
         return ""
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    parts = []
+    for entry in errors[:5]:
+        if not isinstance(entry, dict):
+            continue
+        code, message = entry.get("code", ""), entry.get("message", "")
+        code = code if isinstance(code, str) else ""
+        message = message if isinstance(message, str) else ""
+        parts.append(f"{code[:60]}: {message[:200]}".strip(": "))
     text = "; ".join(p for p in parts if p)
     return f" ({text})" if text else ""
 
@@ -425,14 +521,16 @@ def _error_detail(body: bytes) -> str:
 def _status_error(response: HttpResponse, body: bytes, what: str) -> RegistryError:
     status = response.status
     if status == 429:
-        limits = ", ".join(
-            f"{name}: {response.headers[name]}"
+        quota = ", ".join(
+            f"{name}: {response.headers[name][:40]}"
             for name in ("ratelimit-limit", "ratelimit-remaining")
             if name in response.headers
         )
+        wait = retry_after(response.headers)
+        later = f"; it asks to wait {wait:,.0f} seconds" if wait is not None else ""
         return RegistryError(
             f"{what}: the registry says too many requests (HTTP 429)"
-            f"{' [' + limits + ']' if limits else ''}.",
+            f"{' [' + quota + ']' if quota else ''}{later}.",
             hint="Wait, or log in to get a higher pull limit.",
         )
     if status == 403:
