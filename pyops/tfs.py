@@ -37,6 +37,7 @@ from pyops.errors import (
     InvalidInput,
 )
 from pyops.gcpause import gc_paused
+from pyops.limits import FILE_BYTES, PATH_DEPTH
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.tree import (
     Directory,
@@ -50,7 +51,7 @@ from pyops.tree import (
     Tree,
     sorted_names,
 )
-from pyops.tuples import DecodedTuple, Decoder, Encoder, encode_varint
+from pyops.tuples import DecodedTuple, Decoder, Encoder, check_structure, encode_varint
 
 SECTOR = 512
 MAGIC = b"NVMTFS"
@@ -135,35 +136,46 @@ class RootTuple(dict[str, Any]):
     written by hand (a plain dict) is walked instead.
     """
 
-    __slots__ = ("files",)
+    __slots__ = ("files", "depth")
 
-    def __init__(self, files: list[FileEntry]) -> None:
+    def __init__(self, files: list[FileEntry], depth: int = 0) -> None:
         super().__init__()
         self.files = files
+        self.depth = depth
+        """How many folders deep the tree goes."""
 
 
-def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry]]:
-    """The root's ``children`` tuple, and every distinct file in encoding order.
+def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry], int]:
+    """The root's ``children`` tuple, every distinct file in encoding order, and the depth.
 
     Names are sorted by their bytes; hard links become the very same :class:`FileEntry`
-    object under each name, with ``nlink`` set to the number of names.
+    object under each name, with ``nlink`` set to the number of names.  The walk is
+    iterative (depth first, as the log is encoded), so any depth of folders converts.
     """
     files: list[FileEntry] = []
     links: list[tuple[dict[str, Any], str, str]] = []
-
-    def convert(directory: Directory, path: str) -> dict[str, Any]:
-        children: dict[str, Any] = {}
-        entries = directory.entries
-        for name in sorted_names(entries):
+    root: dict[str, Any] = {}
+    entries = tree.root.entries
+    # Open directories: (their entries, the names still to convert, their children tuple).
+    stack = [(entries, iter(sorted_names(entries)), root)]
+    deepest = 0
+    while stack:
+        entries, names, children = stack[-1]
+        for name in names:
             node = entries[name]
             if isinstance(node, File):
                 entry = FileEntry(node.source, node.attributes)
                 files.append(entry)
                 children[name] = entry
             elif isinstance(node, Directory):
-                sub = {"children": convert(node, f"{path.rstrip('/')}/{name}")}
+                inner: dict[str, Any] = {}
+                sub = {"children": inner}
                 sub.update(node.attributes)
                 children[name] = sub
+                sub_entries = node.entries
+                stack.append((sub_entries, iter(sorted_names(sub_entries)), inner))
+                deepest = max(deepest, len(stack) - 1)
+                break
             elif isinstance(node, Symlink):
                 link: dict[str, Any] = {"linktarget": node.target}
                 link.update(node.attributes)
@@ -173,9 +185,9 @@ def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry]]:
                 links.append((children, name, node.target))
             else:  # pragma: no cover - the Node union is closed
                 raise TypeError(node)
-        return children
+        else:
+            stack.pop()
 
-    root = convert(tree.root, "/")
     counts: dict[int, int] = {}
     for children, name, target in links:
         entry = _converted_file(root, target)
@@ -187,7 +199,7 @@ def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry]]:
         n = counts.get(id(entry))
         if n is not None:
             entry["nlink"] = n
-    return root, files
+    return root, files, deepest
 
 
 def _converted_file(children: dict[str, Any], path: str) -> FileEntry | None:
@@ -206,8 +218,8 @@ def _converted_file(children: dict[str, Any], path: str) -> FileEntry | None:
 def root_tuple(tree: Tree, items: dict[str, Any] | None = None) -> RootTuple:
     """The root tuple of a volume: ``children`` first, then configuration ``items``."""
     with gc_paused():
-        children, files = _convert_tree(tree)
-    root = RootTuple(files)
+        children, files, depth = _convert_tree(tree)
+    root = RootTuple(files, depth)
     root["children"] = children
     if items:
         for key, value in items.items():
@@ -393,6 +405,9 @@ def _file_records(encoder: Encoder, placement: Placement) -> Iterator[bytes]:
 _FILE_SYMBOLS = ("extents", "0", "offset", "length", "allocated", "filelength")
 
 
+# Trees up to this many folders deep are encoded recursively (two frames a folder).
+_SHALLOW = 200
+
 # The first log extension is at sector 1; then C mkfs's two reserved runs; then the data.
 FIRST_DATA_SECTOR = 1 + EXTENSION_SECTORS + RESERVED_GAP_SECTORS  # 3,073
 
@@ -424,7 +439,10 @@ def encode_log(root: dict[str, Any], placement: Placement) -> VolumePlan:
     """Encode the snapshot and the file updates, and frame them into extensions."""
     encoder = Encoder()
     snapshot = bytearray()
-    encoder.value(snapshot, root)
+    if isinstance(root, RootTuple) and root.depth <= _SHALLOW:
+        encoder.value(snapshot, root)  # recursive, and the faster
+    else:
+        encoder.value_deep(snapshot, root)
     records = chain((bytes(snapshot),), _file_records(encoder, placement))
     data_end = placement.data_end
 
@@ -721,6 +739,8 @@ def read_volume(f: BinaryIO, offset: int = 0, length: int | None = None) -> Volu
     if len(decoder.dictionary) < 2 or not isinstance(decoder.dictionary[1], DecodedTuple):
         raise ImageFormatError("the volume's log has no root tuple")
     root = decoder.dictionary[1]
+    # Later records update earlier tuples: only the finished structure shows cycles and depth.
+    check_structure(root, "the volume's metadata")
     data_start, data_end, nfiles = _data_range(root)
     info = VolumeInfo(uuid, label, length, tuple(extensions), data_start, data_end, nfiles)
     return Volume(info, version, root, offset, records)
@@ -759,12 +779,21 @@ class _LogParser:
         return out
 
 
+_MAX_NUMBER = 1 << 64
+
+
 def _number(value: Any, what: str) -> int:
-    if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, str | bytes) and value.isdigit():
-        return int(value)
-    raise ImageFormatError(f"{what} is not an unsigned number: {value!r}")
+    """An unsigned number below 2^64 stored as an integer or as decimal digits."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str | bytes) and 0 < len(value) <= 20:
+        if value.isascii() and value.isdigit():
+            number = int(value)
+    if number is None or not 0 <= number < _MAX_NUMBER:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ImageFormatError(f"{what} is not an unsigned 64-bit number: {shown}")
+    return number
 
 
 def _iter_tuples(root: DecodedTuple) -> Iterator[dict[str, Any]]:
@@ -805,6 +834,7 @@ def file_extents(
 ) -> tuple[tuple[ImageExtent, ...], int]:
     """The extents of a decoded file tuple (absolute byte offsets), and its length."""
     size = _number(entry.get("filelength", 0), f"the length of {path}")
+    FILE_BYTES.check(size, f"{path} in the image: its length")
     raw = entry.get("extents", {})
     if not isinstance(raw, dict):
         raise ImageFormatError(f"the extents of {path} are not a tuple")
@@ -817,6 +847,8 @@ def file_extents(
         length = _number(ext.get("length"), f"an extent length of {path}")
         if (offset + length) * SECTOR > volume_length:
             raise ImageFormatError(f"an extent of {path} lies outside the volume")
+        if file_sector * SECTOR > FILE_BYTES.value():
+            raise FILE_BYTES.exceeded(f"an extent of {path} in the image: its offset")
         out.append(
             ImageExtent(
                 file_sector, volume_offset + offset * SECTOR, length * SECTOR, "uninited" in ext
@@ -829,17 +861,30 @@ def file_extents(
     return tuple(out), size
 
 
+_ZEROS = bytes(_HOLE_CHUNK := 1 << 20)
+
+
+def _zeros(n: int) -> Iterator[bytes]:
+    """``n`` zero bytes in pieces of at most 1 MiB (one shared buffer: holes cost nothing)."""
+    while n >= _HOLE_CHUNK:
+        yield _ZEROS
+        n -= _HOLE_CHUNK
+    if n:
+        yield _ZEROS[:n]
+
+
 def iter_file_contents(data: ImageData) -> Iterator[bytes]:
-    """A stored file's contents in order, holes and unmapped tails as zero bytes."""
+    """A stored file's contents in order, in pieces of at most 1 MiB; holes and unmapped
+    tails are zero bytes, produced without reading or allocating."""
     written = 0
     with open(data.image, "rb") as f:
-        for pos, piece in iter_image_data(f, data):
+        for pos, piece in iter_image_data(f, data, _HOLE_CHUNK):
             if pos > written:
-                yield bytes(pos - written)
+                yield from _zeros(pos - written)
             yield piece
             written = pos + len(piece)
     if data.size > written:
-        yield bytes(data.size - written)
+        yield from _zeros(data.size - written)
 
 
 def read_file_bytes(data: ImageData) -> bytes:
@@ -850,34 +895,36 @@ def read_file_bytes(data: ImageData) -> bytes:
 _TREE_KEYS = frozenset({"children", "extents", "filelength", "linktarget"})
 
 
+def _short(path: str) -> str:
+    return path if len(path) <= 80 else path[:77] + "..."
+
+
 def volume_tree(volume: Volume, image_path: str) -> Tree:
     """The file tree of a volume read by :func:`read_volume`.
 
     A tuple met a second time (a hard link) becomes a :class:`HardLink` to the first path
-    in byte order of names.
+    in byte order of names.  The walk is iterative; folders deeper than
+    :data:`~pyops.limits.PATH_DEPTH` are refused.
     """
     tree = Tree()
     first_path: dict[int, str] = {}
     length = volume.info.size
+    max_depth = PATH_DEPTH.value()
 
-    def convert(t: Any, path: str) -> Node:
-        if not isinstance(t, dict):
-            raise ImageFormatError(f"{path} is not a tuple in the volume")
-        attrs = {k: v for k, v in t.items() if k not in _TREE_KEYS}
-        if "children" in t:
-            children = t["children"]
-            if not isinstance(children, dict):
-                raise ImageFormatError(f"the children of {path} are not a tuple")
-            if id(t) in first_path:
-                raise ImageFormatError(f"directory {path} appears twice in the volume")
-            first_path[id(t)] = path
-            directory = Directory(attributes=attrs)
-            base = path.rstrip("/")
-            for name in sorted(children, key=os.fsencode):
-                if not name or "/" in name or name in (".", ".."):
-                    raise ImageFormatError(f"invalid name {name!r} in directory {path}")
-                directory.entries[name] = convert(children[name], f"{base}/{name}")
-            return directory
+    def attributes(t: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in t.items() if k not in _TREE_KEYS}
+
+    def listing(t: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
+        children = t["children"]
+        if not isinstance(children, dict):
+            raise ImageFormatError(f"the children of {path} are not a tuple")
+        if id(t) in first_path:
+            raise ImageFormatError(f"directory {path} appears twice in the volume")
+        first_path[id(t)] = path
+        return ((name, children[name]) for name in sorted(children, key=os.fsencode))
+
+    def leaf(t: dict[str, Any], path: str) -> Node:
+        attrs = attributes(t)
         target = t.get("linktarget")
         if isinstance(target, str | bytes):
             if isinstance(target, bytes):
@@ -889,8 +936,27 @@ def volume_tree(volume: Volume, image_path: str) -> Tree:
         extents, size = file_extents(t, volume.offset, length, path)
         return File(ImageData(image_path, extents, size), attrs)
 
-    root = convert(volume.root, "/")
-    if not isinstance(root, Directory):
+    root = volume.root
+    if not isinstance(root, dict) or "children" not in root:
         raise ImageFormatError("the root of the volume is not a directory")
-    tree.root.entries.update(root.entries)
+    # Open directories: (the Directory, its remaining (name, tuple) pairs, its path).
+    stack = [(tree.root, listing(root, "/"), "")]
+    while stack:
+        directory, names, base = stack[-1]
+        for name, t in names:
+            if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+                raise ImageFormatError(f"invalid name {name!r} in directory {base or '/'}")
+            path = f"{base}/{name}"
+            if not isinstance(t, dict):
+                raise ImageFormatError(f"{path} is not a tuple in the volume")
+            if "children" in t:
+                if len(stack) > max_depth:
+                    raise PATH_DEPTH.exceeded(f"a folder of the image ({_short(path)})", len(stack))
+                sub = Directory(attributes=attributes(t))
+                directory.entries[name] = sub
+                stack.append((sub, listing(t, path), path))
+                break
+            directory.entries[name] = leaf(t, path)
+        else:
+            stack.pop()
     return tree

@@ -25,10 +25,12 @@ reference the second time, which is how hard links are encoded.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from pyops.errors import ImageFormatError, InvalidInput
+from pyops.limits import TUPLE_DEPTH
 
 Value: TypeAlias = "dict[str, Any] | list[Any] | str | int | None | bytes"
 
@@ -207,6 +209,33 @@ class Encoder:
                 f"cannot store a value of type {type(value).__name__} in a Nanos manifest"
             )
 
+    def value_deep(self, out: bytearray, value: Any) -> None:
+        """:meth:`value` without recursion, for values nested too deeply for the stack.
+
+        The bytes and the dictionary numbering are those of :meth:`value`.
+        """
+        stack: list[Iterator[Any]] = [iter((value,))]
+        while stack:
+            item = next(stack[-1], _END)
+            if item is _END:
+                stack.pop()
+            elif isinstance(item, dict) and id(item) not in self._objects:
+                self._number(item)
+                n = len(item)
+                out += bytes([0x90 | n]) if n < 8 else encode_header(True, TYPE_TUPLE, n)
+                stack.append(self._tuple_items(out, item))
+            elif isinstance(item, list | tuple) and id(item) not in self._objects:
+                self._number(item)
+                out += encode_header(True, TYPE_VECTOR, len(item))
+                stack.append(iter(item))
+            else:
+                self.value(out, item)  # a scalar or a reference: no recursion
+
+    def _tuple_items(self, out: bytearray, value: dict[str, Any]) -> Iterator[Any]:
+        for key, item in value.items():
+            self.name(out, key)
+            yield item
+
     def update(self, out: bytearray, target: object, name: str, value: Any) -> None:
         """Append an entity-attribute-value update: ``target[name] = value``.
 
@@ -226,10 +255,13 @@ class Encoder:
         self._keepalive.append(obj)
 
 
+_END = object()
+
+
 def encode_record(value: Any, encoder: Encoder | None = None) -> bytes:
     """Encode one value as a record, with a fresh dictionary unless one is given."""
     out = bytearray()
-    (encoder or Encoder()).value(out, value)
+    (encoder or Encoder()).value_deep(out, value)
     return bytes(out)
 
 
@@ -260,12 +292,21 @@ class _Deleted:
 
 DELETE = _Deleted()
 
-# Nesting deeper than this is not produced by any writer and would only come from corrupt data.
-MAX_DEPTH = 200
+# Nesting is counted in levels: every tuple and vector is one level, except a directory's
+# ``children`` tuple, which shares its directory's level (so a folder chain N deep is about
+# N levels). Deeper than TUPLE_DEPTH is refused.
+
+
+def _step(parent_is_tuple: bool, key: str | None) -> int:
+    return 0 if parent_is_tuple and key == "children" else 1
 
 
 class Decoder:
-    """Decodes records with one dictionary shared across a whole volume's log."""
+    """Decodes records with one dictionary shared across a whole volume's log.
+
+    Decoding is iterative: no input, however deep, makes it recurse.  Nesting deeper than
+    :data:`~pyops.limits.TUPLE_DEPTH` levels within one record is refused.
+    """
 
     def __init__(self) -> None:
         self.dictionary: list[Any] = [None]  # index 0 is never assigned
@@ -275,13 +316,14 @@ class Decoder:
     ) -> Any:
         """Decode one record from ``data[pos:end]`` and return its value.
 
-        Raises :class:`ImageFormatError` on any malformed input.
+        Raises :class:`ImageFormatError` on any malformed input and
+        :class:`~pyops.errors.LimitExceeded` for a value nested too deeply.
         """
         self._data = data
         self._end = len(data) if end is None else end
         self._pos = pos
         try:
-            return self._value(0)
+            return self._value(TUPLE_DEPTH.value())
         except IndexError as exc:
             raise ImageFormatError("a metadata record ends in the middle of a value") from exc
 
@@ -342,43 +384,26 @@ class Decoder:
             raise ImageFormatError(f"a metadata record uses #{length} as a name, but it is not one")
         return found
 
-    def _value(self, depth: int) -> Any:
-        if depth > MAX_DEPTH:
-            raise ImageFormatError("metadata is nested too deeply")
-        immediate, type_, length = self._header()
+    def _container(self, immediate: bool, type_: int) -> DecodedTuple | DecodedVector:
         if type_ == TYPE_TUPLE:
             if immediate:
                 tup = DecodedTuple()
                 self.dictionary.append(tup)
-            else:
-                tup = self._lookup(self._varint(), "tuple")
-                if not isinstance(tup, DecodedTuple):
-                    raise ImageFormatError("a tuple reference names something that is not a tuple")
-            for _ in range(length):
-                key = self._name()
-                item = self._value(depth + 1)
-                if item is DELETE:
-                    tup.pop(key, None)
-                else:
-                    tup[key] = item
-            return tup
-        if type_ == TYPE_VECTOR:
-            if immediate:
-                vec = DecodedVector()
-                self.dictionary.append(vec)
-                for _ in range(length):
-                    vec.append(self._value(depth + 1))
-                return vec
-            vec = self._lookup(self._varint(), "vector")
-            if not isinstance(vec, DecodedVector):
-                raise ImageFormatError("a vector reference names something that is not a vector")
-            for i in range(length):
-                item = self._value(depth + 1)
-                if i < len(vec):
-                    vec[i] = item
-                else:
-                    vec.append(item)
+                return tup
+            found = self._lookup(self._varint(), "tuple")
+            if not isinstance(found, DecodedTuple):
+                raise ImageFormatError("a tuple reference names something that is not a tuple")
+            return found
+        if immediate:
+            vec = DecodedVector()
+            self.dictionary.append(vec)
             return vec
+        found = self._lookup(self._varint(), "vector")
+        if not isinstance(found, DecodedVector):
+            raise ImageFormatError("a vector reference names something that is not a vector")
+        return found
+
+    def _scalar(self, immediate: bool, type_: int, length: int) -> Any:
         if type_ == TYPE_INTEGER:
             if not immediate:
                 raise ImageFormatError("an integer in a metadata record is in reference form")
@@ -395,8 +420,7 @@ class Decoder:
             raise ImageFormatError(f"unknown value type {type_} in a metadata record")
         # Type 0: a buffer.  By length: empty deletes, a single 00 is null, else raw bytes.
         if not immediate:
-            found = self._lookup(length, "symbol")
-            return found
+            return self._lookup(length, "symbol")
         raw = self._take(length)
         if length == 0:
             return DELETE
@@ -404,32 +428,232 @@ class Decoder:
             return None
         return raw
 
+    def _value(self, limit: int) -> Any:
+        # Open containers: [container, items left, current key (tuples), level, next index].
+        frames: list[list[Any]] = []
+        while True:
+            immediate, type_, length = self._header()
+            value: Any
+            if type_ == TYPE_TUPLE or type_ == TYPE_VECTOR:
+                if frames:
+                    parent = frames[-1]
+                    level = parent[3] + _step(isinstance(parent[0], DecodedTuple), parent[2])
+                else:
+                    level = 1
+                if level > limit:
+                    raise TUPLE_DEPTH.exceeded("a metadata record's nesting", level)
+                container = self._container(immediate, type_)
+                if length:
+                    key = self._name() if type_ == TYPE_TUPLE else None
+                    frames.append([container, length, key, level, 0])
+                    continue
+                value = container
+            else:
+                value = self._scalar(immediate, type_, length)
+            # Store the value in the innermost open container; close those now complete.
+            while frames:
+                frame = frames[-1]
+                container = frame[0]
+                if isinstance(container, DecodedTuple):
+                    if value is DELETE:
+                        container.pop(frame[2], None)
+                    else:
+                        container[frame[2]] = value
+                else:
+                    index = frame[4]
+                    if index < len(container):
+                        container[index] = value
+                    else:
+                        container.append(value)
+                    frame[4] = index + 1
+                frame[1] -= 1
+                if frame[1]:
+                    if isinstance(container, DecodedTuple):
+                        frame[2] = self._name()
+                    break
+                frames.pop()
+                value = container
+            else:
+                return value
+
+
+# Shared tuples are how hard links are stored; shared tuples nested in each other would
+# make the written-out form (JSON, the manifest text) exponentially long.
+_MAX_EXPANSION = 10_000_000
+_SATURATED = 1 << 62
+
+
+def _edges(node: Any) -> Iterator[tuple[Any, int]]:
+    if isinstance(node, dict):
+        for key, item in node.items():
+            if isinstance(item, dict | list):
+                yield item, 0 if key == "children" else 1
+    else:
+        for item in node:
+            if isinstance(item, dict | list):
+                yield item, 1
+
+
+def check_structure(value: Any, what: str = "the image's metadata") -> None:
+    """Refuse decoded values that no walker could finish: cycles, nesting deeper than
+    :data:`~pyops.limits.TUPLE_DEPTH` levels, or shared tuples nested in each other so
+    that writing them out would be exponentially long.
+
+    Records can update tuples decoded earlier, so a structure is checked once it is
+    complete (for a volume, after its whole log).  One pass, without recursion.
+    """
+    if not isinstance(value, dict | list):
+        return
+    limit = TUPLE_DEPTH.value()
+    done: dict[int, tuple[int, int]] = {}  # id -> (levels below and including it, size)
+    on_path = {id(value)}
+    # [node, its edges, its level, its height so far, its size so far, step from its parent]
+    frames: list[list[Any]] = [[value, _edges(value), 1, 1, 1, 0]]
+    while frames:
+        frame = frames[-1]
+        level = frame[2]
+        for child, step in frame[1]:
+            key = id(child)
+            got = done.get(key)
+            if got is None:
+                if key in on_path:
+                    raise ImageFormatError(f"{what} is cyclic: a tuple or vector contains itself")
+                if level + step > limit:
+                    raise TUPLE_DEPTH.exceeded(f"{what}: its nesting", level + step)
+                on_path.add(key)
+                frames.append([child, _edges(child), level + step, 1, 1, step])
+                break
+            height, size = got
+            if level + step + height - 1 > limit:
+                raise TUPLE_DEPTH.exceeded(f"{what}: its nesting", level + step + height - 1)
+            frame[3] = max(frame[3], height + step)
+            frame[4] = min(frame[4] + size, _SATURATED)
+        else:
+            frames.pop()
+            node = frame[0]
+            on_path.discard(id(node))
+            done[id(node)] = (frame[3], frame[4])
+            if frames:
+                parent = frames[-1]
+                parent[3] = max(parent[3], frame[3] + frame[5])
+                parent[4] = min(parent[4] + frame[4], _SATURATED)
+    size = done[id(value)][1]
+    if size > _MAX_EXPANSION + 64 * len(done):
+        raise ImageFormatError(
+            f"{what} nests shared tuples in each other: written out it would hold "
+            f"{size:,} values, from {len(done):,} distinct ones"
+        )
+
 
 def canonical(value: Any) -> Any:
-    """Turn decoded values into plain dicts, lists and scalars (for comparisons and JSON)."""
-    if isinstance(value, dict):
-        return {k: canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [canonical(v) for v in value]
-    return value
+    """Turn decoded values into plain dicts, lists and scalars (for comparisons and JSON).
+
+    Iterative; a value shared by several parents stays one object; a cycle is an
+    :class:`ImageFormatError`.
+    """
+    if not isinstance(value, dict | list):
+        return value
+    top: dict[str, Any] | list[Any] = {} if isinstance(value, dict) else []
+    made: dict[int, Any] = {id(value): top}
+    on_path = {id(value)}
+    stack: list[tuple[Any, Any, Iterator[Any]]] = [(value, top, _items(value))]
+    while stack:
+        source, out, items = stack[-1]
+        for key, item in items:
+            if isinstance(item, dict | list):
+                ident = id(item)
+                copy = made.get(ident)
+                if copy is None:
+                    copy = {} if isinstance(item, dict) else []
+                    made[ident] = copy
+                    on_path.add(ident)
+                    _put(out, key, copy)
+                    stack.append((item, copy, _items(item)))
+                    break
+                if ident in on_path:
+                    raise ImageFormatError(
+                        "the image's metadata is cyclic: a tuple contains itself"
+                    )
+                item = copy
+            _put(out, key, item)
+        else:
+            stack.pop()
+            on_path.discard(id(source))
+    return top
+
+
+def _items(value: Any) -> Iterator[tuple[Any, Any]]:
+    return iter(value.items()) if isinstance(value, dict) else ((None, v) for v in value)
+
+
+def _put(out: Any, key: Any, item: Any) -> None:
+    if isinstance(out, dict):
+        out[key] = item
+    else:
+        out.append(item)
+
+
+class _Emit(str):
+    """Text that :func:`to_text` writes as it is."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Leave:
+    ident: int
 
 
 def to_text(value: Any) -> str:
-    """Render a value in the manifest text syntax Nanos's own tools use: ``(key:value ...)``."""
-    if isinstance(value, Mapping):
-        if not value:
-            return "()"
-        inner = " ".join(f"{_quote(k, _NAME_SPECIAL)}:{to_text(v)}" for k, v in value.items())
-        return f"({inner})"
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
-        return "[" + " ".join(to_text(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    if isinstance(value, int):
-        return str(value)
-    return _quote(str(value), _VALUE_SPECIAL)
+    """Render a value in the manifest text syntax Nanos's own tools use: ``(key:value ...)``.
+
+    Iterative; a cycle is an :class:`ImageFormatError`.
+    """
+    out: list[str] = []
+    on_path: set[int] = set()
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Emit):
+            out.append(item)
+        elif isinstance(item, _Leave):
+            on_path.discard(item.ident)
+        elif isinstance(item, Mapping) or (
+            isinstance(item, Sequence) and not isinstance(item, str | bytes | bytearray)
+        ):
+            if not item:
+                out.append("()" if isinstance(item, Mapping) else "[]")
+                continue
+            ident = id(item)
+            if ident in on_path:
+                raise ImageFormatError("the image's metadata is cyclic: a tuple contains itself")
+            on_path.add(ident)
+            todo: list[Any] = []
+            if isinstance(item, Mapping):
+                todo.append(_Emit("("))
+                for i, (key, inner) in enumerate(item.items()):
+                    todo.append(_Emit(("" if i == 0 else " ") + _quote(key, _NAME_SPECIAL) + ":"))
+                    todo.append(inner)
+                todo.append(_Emit(")"))
+            else:
+                todo.append(_Emit("["))
+                for i, inner in enumerate(item):
+                    if i:
+                        todo.append(_Emit(" "))
+                    todo.append(inner)
+                todo.append(_Emit("]"))
+            todo.append(_Leave(ident))
+            todo.reverse()
+            stack.extend(todo)
+        elif item is None:
+            out.append("null")
+        elif isinstance(item, bytes):
+            out.append("0x" + item.hex())
+        elif isinstance(item, int):
+            out.append(str(item))
+        else:
+            out.append(_quote(str(item), _VALUE_SPECIAL))
+    return "".join(out)
 
 
 # Appendix B of the spec: unquoted names stop at ( ) [ ] : | / and whitespace; unquoted
