@@ -8,10 +8,12 @@ store. Blobs already in the store cost no download.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyops import limits
 from pyops.auth import Credentials, load_docker_credentials
 from pyops.errors import LayerError, PlatformNotFound, RegistryError
 from pyops.net import HttpClient
@@ -35,12 +37,28 @@ from pyops.oci import (
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.reference import ImageRef
 from pyops.registry import FetchedManifest, RegistryBlobStream, RegistryClient
-from pyops.store import Store
+from pyops.store import Cancel, Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 3
 """Layers downloaded at once (Docker's default)."""
+
+_POLL = 0.2
+"""Seconds the main thread waits for the layer threads at a time, so that Ctrl-C, which
+Python delivers to the main thread only, is seen at once."""
+
+
+@dataclass
+class _Visits:
+    """Counts the manifests and indexes one pull fetches (``limits.MANIFESTS``)."""
+
+    name: str
+    count: int = 0
+
+    def visit(self, reference: str) -> None:
+        self.count += 1
+        limits.MANIFESTS.check(self.count, f"{self.name}: the manifests and indexes to visit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +106,14 @@ def pull(
 
     digest, manifest = _resolve_manifest(client, store, image, wanted, name)
     log.info("%s: manifest %s", name, digest)
+    config_desc = manifest.config
+    # The config is read into memory: refuse a large one before downloading a byte of it.
+    limits.JSON_BYTES.check(config_desc.size, f"{name}: the image config's declared size")
     config_path = store.ensure_blob(
-        manifest.config.digest,
-        manifest.config.size,
+        config_desc.digest,
+        config_desc.size,
         lambda offset: client.open_blob(
-            image.repository, manifest.config.digest, offset, image=name
+            image.repository, config_desc.digest, offset, image=name, size=config_desc.size
         ),
         label=f"{name} config",
     )
@@ -109,12 +130,27 @@ def pull(
 
 
 def _fetch(
-    client: RegistryClient, store: Store, image: ImageRef, reference: str, name: str
+    client: RegistryClient,
+    store: Store,
+    image: ImageRef,
+    reference: str,
+    name: str,
+    visits: _Visits,
+    size: int | None = None,
 ) -> FetchedManifest:
-    """A manifest by tag or digest; by digest it comes from the store when it is there."""
-    if ":" in reference and store.has_blob(reference):
+    """A manifest by tag or digest; by digest it comes from the store when it is there.
+
+    Each call counts against ``limits.MANIFESTS``; ``size`` (the descriptor's) is checked
+    against ``limits.JSON_BYTES`` before any download.
+    """
+    visits.visit(reference)
+    if size is not None:
+        limits.JSON_BYTES.check(size, f"{name}: manifest {reference}: its declared size")
+    if ":" in reference and store.has_blob(reference, size):
+        path = store.blob_path(reference)
+        limits.JSON_BYTES.check(path.stat().st_size, f"{name}: manifest {reference}")
         return FetchedManifest(store.read_blob(reference), "", reference)
-    fetched = client.fetch_manifest(image.repository, reference, image=name)
+    fetched = client.fetch_manifest(image.repository, reference, image=name, size=size)
     store.put_blob(fetched.data, fetched.digest)
     return fetched
 
@@ -122,11 +158,12 @@ def _fetch(
 def _resolve_manifest(
     client: RegistryClient, store: Store, image: ImageRef, wanted: Platform, name: str
 ) -> tuple[str, ImageManifest]:
-    fetched = _fetch(client, store, image, image.reference, name)
+    visits = _Visits(name)
+    fetched = _fetch(client, store, image, image.reference, name, visits)
     document = parse_manifest(fetched.data, fetched.media_type, where=f"{name}: manifest")
     if isinstance(document, ImageManifest):
         return fetched.digest, document
-    found = _select(client, store, image, document, wanted, name, depth=1)
+    found = _select(client, store, image, document, wanted, name, 1, visits)
     if found is None:
         raise PlatformNotFound(
             f"{name} has no image for {wanted} (it has: {describe_platforms(document)}).",
@@ -143,18 +180,19 @@ def _select(
     wanted: Platform,
     name: str,
     depth: int,
+    visits: _Visits,
 ) -> tuple[str, ImageManifest] | None:
     """The first manifest of ``index`` (or of an index nested in it) that fits ``wanted``."""
     if depth > MAX_INDEX_DEPTH:
         raise RegistryError(f"{name}: indexes are nested more than {MAX_INDEX_DEPTH} deep.")
     for desc in iter_platform_candidates(index, wanted):
-        fetched = _fetch(client, store, image, desc.digest, name)
+        fetched = _fetch(client, store, image, desc.digest, name, visits, desc.size)
         media_type = fetched.media_type or desc.media_type
         document = parse_manifest(fetched.data, media_type, where=f"{name}: manifest {desc.digest}")
         if isinstance(document, ImageManifest):
             return desc.digest, document
         if desc.media_type in INDEX_TYPES or isinstance(document, ImageIndex):
-            found = _select(client, store, image, document, wanted, name, depth + 1)
+            found = _select(client, store, image, document, wanted, name, depth + 1, visits)
             if found is not None:
                 return found
     return None
@@ -198,9 +236,13 @@ def _download_layers(
         if store.has_blob(desc.digest, desc.size):
             paths[desc.digest] = store.blob_path(desc.digest)
 
+    cancel = Cancel()
+
     def fetch(number: int, desc: Descriptor) -> Path:
         def opener(offset: int) -> RegistryBlobStream:
-            return client.open_blob(image.repository, desc.digest, offset, image=name)
+            return client.open_blob(
+                image.repository, desc.digest, offset, image=name, size=desc.size, cancel=cancel
+            )
 
         return store.ensure_blob(
             desc.digest,
@@ -208,18 +250,41 @@ def _download_layers(
             opener,
             label=f"{name} layer {number}/{total} {desc.digest[7:19]}",
             progress=progress,
+            cancel=cancel,
         )
 
     if missing:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(fetch, n, d): d.digest for n, d in missing}
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
+        _run_all(fetch, missing, paths, workers, cancel)
+    return tuple(paths[layer.digest] for layer in manifest.layers)
+
+
+def _run_all(
+    fetch: Callable[[int, Descriptor], Path],
+    missing: list[tuple[int, Descriptor]],
+    paths: dict[str, Path],
+    workers: int,
+    cancel: Cancel,
+) -> None:
+    """Run ``fetch`` for each missing layer in threads; the first error or a Ctrl-C stops all.
+
+    The main thread never blocks uninterruptibly: it polls the threads every :data:`_POLL`
+    seconds. On an error or ``KeyboardInterrupt`` it sets ``cancel`` (which the threads check
+    per chunk, and which wakes a read waiting on the network) and waits only for them to stop.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="pyops-layer")
+    try:
+        futures: dict[Future[Path], str] = {pool.submit(fetch, n, d): d.digest for n, d in missing}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=_POLL, return_when=FIRST_EXCEPTION)
             for future in done:
                 error = future.exception()
                 if error is not None:
                     raise error
-            for future, digest in futures.items():
-                paths[digest] = future.result()
-    return tuple(paths[layer.digest] for layer in manifest.layers)
+        for future, digest in futures.items():
+            paths[digest] = future.result()
+    except BaseException:
+        cancel.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
