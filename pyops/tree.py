@@ -290,36 +290,47 @@ class Tree:
         self, host: str, directory: Directory, path: str, inodes: dict[tuple[int, int], str]
     ) -> None:
         # The hot loop of building a tree from a large folder: the entry's type comes from
-        # the directory listing, so only regular files cost a stat (for their size).
+        # the directory listing, so only regular files cost a stat (for their size).  The
+        # walk is iterative (depth first, names in byte order), so any depth of folders works.
+        stack = [self._host_listing(host, directory, path)]
+        while stack:
+            listing, names, children, base = stack[-1]
+            for name in names:
+                entry = listing[name]
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        if st.st_nlink == 1:
+                            source = HostFile(entry.path, st.st_size, st.st_mtime_ns)
+                            children[name] = File(source, _NO_ATTRIBUTES)
+                        else:  # perhaps a hard link to a file met before
+                            image_path = f"{base}/{name}"
+                            children[name] = self._host_file(entry.path, st, image_path, inodes)
+                    elif entry.is_dir(follow_symlinks=False):
+                        sub = children.get(name)
+                        if not isinstance(sub, Directory):
+                            sub = Directory()
+                            children[name] = sub
+                        stack.append(self._host_listing(entry.path, sub, f"{base}/{name}"))
+                        break
+                    elif entry.is_symlink():
+                        children[name] = _host_symlink(entry.path)
+                    # sockets, fifos and devices are skipped: Nanos cannot store them
+                except OSError as exc:
+                    raise HostFileError(f"{entry.path}: cannot read it ({exc.strerror})") from exc
+            else:
+                stack.pop()
+
+    @staticmethod
+    def _host_listing(
+        host: str, directory: Directory, path: str
+    ) -> tuple[dict[str, os.DirEntry[str]], Iterator[str], dict[str, Node], str]:
         try:
             with os.scandir(host) as it:
                 listing = {entry.name: entry for entry in it}
         except OSError as exc:
             raise HostFileError(f"{host}: cannot list it ({exc.strerror})") from exc
-        base = path.rstrip("/")
-        children = directory.entries
-        for name in sorted_names(listing):
-            entry = listing[name]
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    if st.st_nlink == 1:
-                        source = HostFile(entry.path, st.st_size, st.st_mtime_ns)
-                        children[name] = File(source, _NO_ATTRIBUTES)
-                    else:  # perhaps a hard link to a file met before
-                        image_path = f"{base}/{name}"
-                        children[name] = self._host_file(entry.path, st, image_path, inodes)
-                elif entry.is_dir(follow_symlinks=False):
-                    sub = children.get(name)
-                    if not isinstance(sub, Directory):
-                        sub = Directory()
-                        children[name] = sub
-                    self._add_host_dir(entry.path, sub, f"{base}/{name}", inodes)
-                elif entry.is_symlink():
-                    children[name] = _host_symlink(entry.path)
-                # sockets, fifos and devices are skipped: Nanos cannot store them
-            except OSError as exc:
-                raise HostFileError(f"{entry.path}: cannot read it ({exc.strerror})") from exc
+        return listing, iter(sorted_names(listing)), directory.entries, path.rstrip("/")
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -340,11 +351,12 @@ class Tree:
         the tree's root and ``..`` stops at the root.
         """
         pending = split_path(path)
+        pending.reverse()  # a stack: the next part last
         done: list[str] = []
         node: Node = self.root
         hops = 0
         while pending:
-            part = pending.pop(0)
+            part = pending.pop()
             if not isinstance(node, Directory) or part not in node.entries:
                 raise InvalidInput(f"{path}: not in the image")
             child = node.entries[part]
@@ -362,7 +374,8 @@ class Tree:
                             resolved.pop()
                     else:
                         resolved.append(p)
-                pending = resolved + pending
+                resolved.reverse()
+                pending.extend(resolved)
                 done = []
                 node = self.root
                 continue
