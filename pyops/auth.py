@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
 import subprocess
@@ -20,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyops.errors import AuthError, InvalidInput
+from pyops import limits
+from pyops.errors import AuthError, InvalidInput, LimitExceeded
 from pyops.reference import DOCKER_HUB
 
 log = logging.getLogger(__name__)
@@ -81,20 +81,36 @@ def _decode_auth(value: str, source: Path) -> tuple[str, str]:
     return user, password
 
 
+def _text(entry: Mapping[str, Any], key: str, source: Path) -> str:
+    value = entry.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{source}: an {key!r} entry is not a string.")
+    return value
+
+
 def _from_entry(entry: Mapping[str, Any], source: Path) -> Credentials | None:
-    if entry.get("registrytoken"):
-        return Credentials(registry_token=str(entry["registrytoken"]))
-    if entry.get("identitytoken"):
-        return Credentials(
-            username=str(entry.get("username", "")),
-            identity_token=str(entry["identitytoken"]),
-        )
-    if entry.get("auth"):
-        user, password = _decode_auth(str(entry["auth"]), source)
-        return Credentials(user, password)
-    if entry.get("username") and entry.get("password"):
-        return Credentials(str(entry["username"]), str(entry["password"]))
+    registry_token = _text(entry, "registrytoken", source)
+    identity_token = _text(entry, "identitytoken", source)
+    auth = _text(entry, "auth", source)
+    username = _text(entry, "username", source)
+    password = _text(entry, "password", source)
+    if registry_token:
+        return Credentials(registry_token=registry_token)
+    if identity_token:
+        return Credentials(username=username, identity_token=identity_token)
+    if auth:
+        user, secret = _decode_auth(auth, source)
+        return Credentials(user, secret)
+    if username and password:
+        return Credentials(username, password)
     return None
+
+
+def _read_json(data: bytes, subject: str) -> Any:
+    """Parse JSON from a file or a helper within the JSON limits; ValueError if it is not."""
+    return limits.parse_json(data, subject)
 
 
 def run_credential_helper(helper: str, registry: str) -> Credentials | None:
@@ -104,6 +120,8 @@ def run_credential_helper(helper: str, registry: str) -> Credentials | None:
     missing program is logged as a warning, since Desktop-only helpers are often absent.
     """
     program = f"docker-credential-{helper}"
+    if not helper or "/" in helper or "\\" in helper or not helper.isprintable():
+        raise AuthError(f"the credential helper name {helper[:60]!r} is not a program name.")
     server = _server_url(registry)
     try:
         result = subprocess.run(
@@ -127,10 +145,14 @@ def run_credential_helper(helper: str, registry: str) -> Credentials | None:
         log.debug("%s get %s: exit %d", program, server, result.returncode)
         return None
     try:
-        answer = json.loads(result.stdout)
-        username, secret = str(answer["Username"]), str(answer["Secret"])
+        answer = _read_json(result.stdout, f"the answer of credential helper {program}")
+        username, secret = answer["Username"], answer["Secret"]
+    except LimitExceeded:
+        raise
     except (ValueError, KeyError, TypeError) as exc:
         raise AuthError(f"credential helper {program} gave an answer that is not JSON.") from exc
+    if not isinstance(username, str) or not isinstance(secret, str):
+        raise AuthError(f"credential helper {program} gave a user name or secret that is not text.")
     if username == "<token>":
         return Credentials(identity_token=secret)
     return Credentials(username, secret)
@@ -147,9 +169,13 @@ def load_docker_credentials(
     """
     path = config_path or docker_config_path(env)
     try:
-        doc = json.loads(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(limits.JSON_BYTES.value() + 1)
+        doc = _read_json(data, f"the Docker config {path}")
     except FileNotFoundError:
         return None
+    except LimitExceeded:
+        raise
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"cannot read the Docker config {path}: {exc}") from exc
     if not isinstance(doc, dict):
@@ -159,8 +185,8 @@ def load_docker_credentials(
     helpers = doc.get("credHelpers") or {}
     if isinstance(helpers, dict):
         for key, helper in helpers.items():
-            if _normalise_key(key) == wanted and helper:
-                return run_credential_helper(str(helper), registry)
+            if _normalise_key(key) == wanted and isinstance(helper, str) and helper:
+                return run_credential_helper(helper, registry)
 
     auths = doc.get("auths") or {}
     if isinstance(auths, dict):
