@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -190,3 +190,55 @@ def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeQemu:
     fake = FakeQemu(log, monkeypatch)
     fake.answer()
     return fake
+
+
+# --- one line on the tests that need Nanos: how many ran, how many skipped and why ---------
+
+_NANOS_TESTS: dict[str, tuple[str, str]] = {}
+
+
+def _needs_nanos(item: pytest.Item) -> bool:
+    return item.get_closest_marker("boot") is not None or "test_tfs_interop" in item.nodeid
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid not in _NANOS_NODEIDS:
+        return
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else "skipped"
+        _NANOS_TESTS[report.nodeid] = ("skipped", str(reason).removeprefix("Skipped: "))
+    elif report.failed:
+        _NANOS_TESTS[report.nodeid] = ("failed", "")
+    elif report.when == "call":
+        _NANOS_TESTS.setdefault(report.nodeid, ("ran", ""))
+
+
+_NANOS_NODEIDS: set[str] = set()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _NANOS_NODEIDS.update(item.nodeid for item in items if _needs_nanos(item))
+
+
+def nanos_summary() -> str:
+    """``boot and interop tests: N ran, N skipped (reason; reason)``."""
+    ran = sum(1 for outcome, _ in _NANOS_TESTS.values() if outcome == "ran")
+    failed = sum(1 for outcome, _ in _NANOS_TESTS.values() if outcome == "failed")
+    reasons: dict[str, int] = {}
+    for outcome, reason in _NANOS_TESTS.values():
+        if outcome == "skipped":
+            reasons[reason] = reasons.get(reason, 0) + 1
+    skipped = sum(reasons.values())
+    why = "; ".join(f"{n}: {reason}" for reason, n in sorted(reasons.items()))
+    text = f"boot and interop tests: {ran} ran, {failed} failed, {skipped} skipped"
+    return text + (f" ({why})" if why else "")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _NANOS_TESTS:
+        return
+    line = nanos_summary()
+    terminalreporter.write_line(line)
+    target = os.environ.get("PYOPS_NANOS_SUMMARY")
+    if target:
+        Path(target).write_text(line + "\n")

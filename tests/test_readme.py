@@ -43,3 +43,13 @@ def test_readme_example_runs_for_a_new_user(tmp_path: Path, nanos_release: Path)
     assert result.returncode == 0, result.stderr
     assert "hello from Nanos" in result.stdout.splitlines()
     assert (home / ".pyops" / "images" / "echo.img").is_file()
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Run the tests", 1)[1]
+    command = section.split("```sh\n", 1)[1].split("\n", 1)[0]
+    assert "-c tests/constraints.txt" in command and "pytest" in command
+    ci = (root / ".ci" / "run").read_text()
+    assert any(line.startswith(command) for line in ci.splitlines()), command
