@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -81,6 +82,8 @@ def _remove_tree(path: Path) -> None:
                 os.rmdir(folder)
             continue
         stack.append((folder, True))
+        # A folder of mode 0555 from a layer blocks removing its entries when not root.
+        _writable(folder)
         with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
@@ -88,6 +91,16 @@ def _remove_tree(path: Path) -> None:
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
+
+
+def _writable(folder: str) -> None:
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+        with contextlib.suppress(OSError):
+            os.chmod(folder, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
 def sweep(folder: str | os.PathLike[str]) -> list[Path]:

@@ -70,16 +70,16 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import stat
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyops import atomic
 from pyops.auth import Credentials
 from pyops.elf import normalize_machine
 from pyops.errors import LibraryNotFound, PackageError, PyopsError
@@ -133,8 +133,6 @@ DATA_FILES = (*CA_BUNDLES, "/etc/ld.so.cache")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 _MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
-_TMP_PREFIX = ".tmp-"
-_OLD_PREFIX = ".old-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,14 +550,15 @@ def _manifest(pulled: PulledImage, found: _Found, program: str, root: Path) -> d
 
 @contextmanager
 def _staging(target: Path) -> Iterator[Path]:
-    """A hidden folder in ``target`` that is removed unless it was renamed away."""
-    staging = target / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    """A hidden folder in ``target`` that is removed unless it was renamed away (the
+    temporaries policy of :mod:`pyops.atomic`)."""
+    staging = atomic.temp_path(target / "package")
     staging.mkdir()
     try:
         yield staging
     finally:
         if os.path.lexists(staging):
-            _remove_tree(staging)
+            atomic.remove(staging)
 
 
 def _install(staging: Path, final: Path) -> Path:
@@ -567,59 +566,25 @@ def _install(staging: Path, final: Path) -> Path:
     if not os.path.lexists(final):
         os.rename(staging, final)
         return final
-    old = final.parent / f"{_OLD_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    old = atomic.temp_path(final)
     os.rename(final, old)
     try:
         os.rename(staging, final)
     except OSError:
         os.rename(old, final)
         raise
-    _remove_tree(old)
+    atomic.remove(old)
     return final
 
 
 def _remove_tree(path: Path) -> None:
-    """``rm -rf``, also through read-only directories an image may contain."""
-
-    def retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
-        # Not being root, a directory of mode 0555 from a layer stops the removal of its
-        # entries: make it writable and try again once.
-        parent = os.path.dirname(failed)
-        os.chmod(parent, stat.S_IRWXU)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, stat.S_IRWXU)
-        func(failed)
-
-    if os.path.islink(path) or not os.path.isdir(path):
-        os.unlink(path)
-        return
-    shutil.rmtree(path, onerror=retry)
+    atomic.remove(path)
 
 
 def _sweep_stale(target: Path) -> None:
-    """Remove staging folders whose process is gone (a crash or a kill -9)."""
-    for entry in target.iterdir():
-        prefix = next((p for p in (_TMP_PREFIX, _OLD_PREFIX) if entry.name.startswith(p)), None)
-        if prefix is None:
-            continue
-        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
-            continue
-        log.info("removing %s, left by process %s", entry, pid_text)
-        try:
-            _remove_tree(entry)
-        except OSError as exc:
-            log.warning("cannot remove %s: %s", entry, exc)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Remove staging and old folders whose process is gone (a crash or a kill -9)."""
+    for removed in atomic.sweep(target):
+        log.info("removed %s, left by a process that is gone", removed)
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -709,7 +674,7 @@ def remove_package(name: str, home: Path | str | None = None) -> Path:
             hint="pyops pkg list shows the packages there are.",
         )
     _sweep_stale(path.parent)
-    doomed = path.parent / f"{_OLD_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    doomed = atomic.temp_path(path)
     os.rename(path, doomed)
-    _remove_tree(doomed)
+    atomic.remove(doomed)
     return path

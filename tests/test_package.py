@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pyops import atomic
 from pyops.cli import cli
 from pyops.errors import LibraryNotFound, ManifestNotFound, PackageError, PlatformNotFound
 from pyops.net import HttpClient, HttpResponse
@@ -438,10 +439,10 @@ def test_ops_packages_and_stale_folders(tmp_path: Path) -> None:
     )
     (base / "broken").mkdir()
     (base / "broken" / MANIFEST_FILE).write_text("{not json")
-    dead = base / ".tmp-999999999-dead"  # no such process
+    dead = base / ".package.pyops-999999999-deadbeef.tmp"  # no such process
     (dead / "rootfs").mkdir(parents=True)
     (dead / "rootfs" / "ro").mkdir(mode=0o555)
-    mine = base / f".tmp-{os.getpid()}-live"
+    mine = atomic.temp_path(base / "package")
     mine.mkdir()
 
     assert [p.name for p in list_packages(tmp_path)] == ["lua_5.2.4"]
