@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pyops.build import BuildConfig, build_package_image, package_tree
+from pyops.build import HOSTS, BuildConfig, build_package_image, package_tree
 from pyops.cli import cli
 from pyops.disk import open_image
 from pyops.package import from_docker, load_package
@@ -21,7 +21,7 @@ from pyops.release import NanosRelease
 from pyops.store import Store
 from pyops.tree import File
 
-from .conftest import install_test_release
+from .conftest import FakeQemu, install_test_release
 from .registry_server import registries  # noqa: F401
 from .test_package import PkgImage, pkg_image, store  # noqa: F401
 
@@ -88,3 +88,40 @@ def test_package_from_a_registry_boots_with_its_own_and_given_arguments(
     assert code == 0, console
     assert manifest.environment["PWD"] == "/srv"
     assert "new" in console, console  # libgreet.so of the image's last layer says "new"
+
+
+def test_pkg_load_builds_the_package_image_and_boots_a_fresh_copy(
+    pkg_image: PkgImage,  # noqa: F811
+    store: Store,  # noqa: F811
+    synthetic_release: Path,
+    fake_qemu: FakeQemu,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Everything ``pkg load`` does up to qemu, with a synthetic release and a stand-in qemu."""
+    install_test_release(synthetic_release, store.root)
+    monkeypatch.setenv("PYOPS_HOME", str(store.root))
+    runner = CliRunner()
+    made = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "greet", "-n", "g"])
+    assert made.exit_code == 0, made.output
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hi.txt").write_text("hi\n")
+    fake_qemu.answer(status=5)  # the guest exits 2
+    result = runner.invoke(cli, ["pkg", "load", "g", "-a", "hi.txt", "-m", "1G", "--smp", "2"])
+    assert result.exit_code == 2, result.output
+    (argv,) = fake_qemu.runs()
+    copy = store.root / "runs" / "g.img"
+    assert f"file={copy},format=raw,if=none,id=hd0" in argv
+    assert argv[argv.index("-m") + 1] == "1G" and argv[argv.index("-smp") + 1] == "2"
+    disk = open_image(store.root / "images" / "g.img")
+    manifest = disk.manifest
+    assert manifest.arguments == ("/usr/bin/greet", "hi.txt")
+    assert manifest.cwd == "/srv"
+    assert manifest.environment["GREETING"] == "hello"
+    assert manifest.environment["NANOS_VERSION"] == "0.1.99"
+    tree = disk.tree()
+    hi = tree.get("/srv/hi.txt")
+    assert isinstance(hi, File)
+    # localhost resolves in every guest (Docker gives every container an /etc/hosts).
+    hosts = tree.get("/etc/hosts")
+    assert isinstance(hosts, File) and hosts.size == len(HOSTS)
