@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pyops import atomic
-from pyops.errors import FilesystemFull, HostFileError, ImageFormatError, InvalidInput, ReleaseError
+from pyops.errors import (
+    DiskFull,
+    FilesystemFull,
+    HostFileError,
+    ImageFormatError,
+    InvalidInput,
+    ReleaseError,
+)
 from pyops.manifest import Manifest
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.tfs import (
@@ -36,7 +43,7 @@ from pyops.tfs import (
     volume_tree,
     write_volume,
 )
-from pyops.tree import HostFile, Tree
+from pyops.tree import File, HostFile, Tree
 
 BOOTFS_SIZE = 12 * 1024 * 1024
 KLOG_SIZE = 4096
@@ -207,6 +214,27 @@ def write_disk(
         total = (size + SECTOR - 1) // SECTOR * SECTOR
         root_size = max(total - root_offset, SECTOR)
 
+    try:
+        return _write_disk(output, boot, boot_root, root, root_size, size, label, uuid, progress)
+    except DiskFull as exc:
+        # Only now is the content's size worth adding up, for the message.
+        need = root_offset + sum(n.size for _, n in tree.walk() if isinstance(n, File))
+        raise atomic.disk_full(output, need) from exc
+
+
+def _write_disk(
+    output: str | os.PathLike[str],
+    boot: bytes,
+    boot_root: dict[str, Any],
+    root: dict[str, Any],
+    root_size: int | None,
+    size: int | None,
+    label: str,
+    uuid: bytes | None,
+    progress: Progress,
+) -> DiskInfo:
+    boot_offset = len(boot) + KLOG_SIZE
+    root_offset = boot_offset + BOOTFS_SIZE
     with atomic_output(output) as (fd, _tmp):
         os.pwrite(fd, boot, 0)
         try:

@@ -19,7 +19,7 @@ from pyops.disk import (
     partition_entry,
     write_disk,
 )
-from pyops.errors import FilesystemFull, HostFileError, ImageFormatError, ReleaseError
+from pyops.errors import DiskFull, FilesystemFull, HostFileError, ImageFormatError, ReleaseError
 from pyops.manifest import Manifest
 from pyops.tfs import read_file_bytes
 from pyops.tree import File, ImageData, Tree
@@ -165,3 +165,31 @@ def test_corrupt_disks(tmp_path: Path, elf: Path) -> None:
     (tmp_path / "short.img").write_bytes(data[: root - 4096])
     with pytest.raises(ImageFormatError, match="past the end"):
         open_image(tmp_path / "short.img")
+
+
+def test_a_full_disk_is_reported_with_the_room_needed_and_leaves_nothing(
+    tmp_path: Path, elf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import pyops.disk
+
+    make_boot_img(tmp_path / "boot.img")
+    tree = Tree()
+    tree.add_file("/big", b"x" * 100_000)
+
+    def no_room(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pyops.disk, "write_volume", no_room)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DiskFull, match=rf"disk full at {out}, needs [\d,]+ "):
+        write_disk(
+            out / "disk.img",
+            tree,
+            Manifest(program="/big"),
+            boot_img=tmp_path / "boot.img",
+            kernel=elf,
+        )
+    assert list(out.iterdir()) == []
