@@ -6,13 +6,25 @@ with the handling recorded in the reference doc section 5:
 - members are applied in archive order, layer after layer; a whiteout ``.wh.NAME`` and an
   opaque marker ``.wh..wh..opq`` remove only entries of *lower* layers, never entries the same
   layer added (so a hard link made earlier in a layer survives a later whiteout of its target);
+  the NAME of a whiteout must itself be a name (not empty, ``.`` nor ``..``); other
+  ``.wh..wh.*`` entries are aufs metadata and are skipped;
 - every path is resolved inside the image root by pyops itself, one component at a time,
   following in-image symlinks with chroot semantics (absolute targets restart at the root,
   ``..`` stops at the root, 40 links at most). The host kernel never follows a link that came
   from a layer, so nothing can be written outside the destination;
-- names with ``..`` are refused; a leading ``/`` is stripped (what tar does);
+- names with ``..`` or NUL are refused; a leading ``/`` is stripped (what tar does);
 - device nodes and FIFOs are skipped (a 0/0 character device, an overlayfs-style whiteout,
-  counts as a whiteout); setuid, setgid and sticky bits are cleared; ownership is not applied.
+  counts as a whiteout); sparse files are refused; setuid, setgid and sticky bits are cleared;
+  ownership is not applied;
+- folder modes and times are applied last, through folder descriptors opened from the root
+  without following any link, and only to folders the unpacker itself made or kept (a folder
+  later replaced, for instance by a symlink, is forgotten with everything below it).
+
+Every layer is hostile, so the work it can cost is bounded as the bytes flow (:mod:`pyops.limits`):
+the bytes unpacked over all layers (``UNPACKED_BYTES``), the ratio of a layer's unpacked to its
+compressed size once past a few MiB (``LAYER_RATIO``), the number of entries (``LAYER_ENTRIES``),
+the bytes after the end-of-archive marker (``TRAILING_BYTES``) and how deep a path goes
+(``PATH_DEPTH``). Nothing walks a tree recursively.
 
 The resulting tree contains the image's symlinks as they are: callers must not open paths in
 it through the host kernel without resolving them inside the root first (:func:`resolve_in_root`).
@@ -20,57 +32,77 @@ it through the host kernel without resolving them inside the root first (:func:`
 
 from __future__ import annotations
 
-import gzip
+import errno
 import hashlib
 import logging
+import math
 import os
-import shutil
 import stat
 import tarfile
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, cast
 
-from pyops.errors import DigestMismatch, LayerError, UnsafeLayerPath
+from pyops import atomic, limits
+from pyops.errors import DigestMismatch, HostFileError, LayerError, UnsafeLayerPath
 from pyops.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
+_AUFS_META = ".wh..wh."  # .wh..wh.plnk, .wh..wh.aufs: aufs bookkeeping, not whiteouts
 _MAX_LINKS = 40  # Linux's ELOOP limit (MAXSYMLINKS)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_CHUNK = 1 << 16
+_CHUNK = 1 << 16  # file data copied at a time
+_RAW_CHUNK = 1 << 18  # compressed bytes read at a time
+_OUT_CHUNK = 1 << 18  # decompressed bytes made at a time (bounds the memory a bomb costs)
+_RATIO_FLOOR = 8 * limits.MiB  # LAYER_RATIO applies once a layer unpacks past this
+_END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+_MAX_HEADER_BYTES = 1 * limits.MiB  # data of one PAX or GNU long name/link header
+_MAX_HEADER_CHAIN = 16  # extended headers in a row before one member
+_HEADER_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+_CHAIN_KEY = "_pyops_header_chain"
+_MAX_MTIME = 1 << 34  # year 2514: later (or NaN, infinite) times are clamped
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 Parts = tuple[str, ...]
+Modes = list[int | None]
 
 
 class _ByteSource(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-class _Reader:
-    """A read-only stream that hashes what it reads (for the diff_id check)."""
+class _HeaderRefused(Exception):
+    """Raised from inside tarfile's header parsing; turned into a LayerError with the label."""
 
-    def __init__(self, raw: _ByteSource) -> None:
-        self._raw = raw
-        self.hasher = hashlib.sha256()
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.hasher.update(data)
-        return data
+class _Budget:
+    """The limits of one unpack (read once) and what its layers have used of them."""
 
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
+    def __init__(self) -> None:
+        self.unpacked_limit = limits.UNPACKED_BYTES.value()
+        self.ratio = limits.LAYER_RATIO.value()
+        self.entries_limit = limits.LAYER_ENTRIES.value()
+        self.trailing_limit = limits.TRAILING_BYTES.value()
+        self.depth = limits.PATH_DEPTH.value()
+        self.unpacked = 0  # bytes of the layers before the current one
+        self.entries = 0
 
 
 class _Counting:
-    """Wraps the compressed file to report how much of it has been read."""
+    """Wraps the layer file to report how much of it has been read."""
 
     def __init__(self, raw: IO[bytes], progress: Progress, key: str) -> None:
         self._raw = raw
@@ -82,46 +114,214 @@ class _Counting:
         self._progress.advance(self._key, len(data))
         return data
 
-    def seek(self, offset: int, /) -> int:
-        # Needed by GzipFile's protocol, used only to rewind, which pyops never does.
-        return self._raw.seek(offset)
+
+class _Gunzip:
+    """Decompresses a gzip stream (several members too: pigz, estargz) in bounded steps.
+
+    Unlike :class:`gzip.GzipFile`, it makes at most ``_OUT_CHUNK`` bytes per step, reads the
+    zero padding gzip allows between and after members in chunks, and bounds that padding
+    with ``TRAILING_BYTES``.
+    """
+
+    def __init__(self, raw: _ByteSource, label: str, trailing_limit: int) -> None:
+        self._raw = raw
+        self._label = label
+        self._trailing_limit = trailing_limit
+        self._zlib: zlib._Decompress | None = zlib.decompressobj(wbits=31)
+        self._in = b""
+        self._out = b""
+        self._pos = 0
+        self._padding = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._pos >= len(self._out):
+            self._out = self._fill()
+            self._pos = 0
+        if size < 0 or (self._pos == 0 and size >= len(self._out)):
+            data = self._out[self._pos :] if self._pos else self._out
+            self._pos = len(self._out)
+            return data
+        data = self._out[self._pos : self._pos + size]
+        self._pos += len(data)
+        return data
+
+    def _raw_read(self) -> bytes:
+        return self._raw.read(_RAW_CHUNK)
+
+    def _fill(self) -> bytes:
+        while self._zlib is not None:
+            if not self._in:
+                self._in = self._raw_read()
+                if not self._in:
+                    raise LayerError(f"{self._label} is truncated: its gzip stream ends early.")
+            try:
+                out = self._zlib.decompress(self._in, _OUT_CHUNK)
+            except zlib.error as exc:
+                raise LayerError(f"{self._label} is truncated or corrupt: {exc}") from exc
+            if self._zlib.eof:
+                self._in = self._zlib.unused_data
+                self._zlib = self._next_member()
+            else:
+                self._in = self._zlib.unconsumed_tail
+            if out:
+                return out
+        return b""
+
+    def _next_member(self) -> zlib._Decompress | None:
+        while True:
+            rest = self._in.lstrip(b"\0")
+            self._padding += len(self._in) - len(rest)
+            if self._padding > self._trailing_limit:
+                raise limits.TRAILING_BYTES.exceeded(
+                    f"{self._label}: the zero padding after its gzip data", self._padding
+                )
+            if rest:
+                self._in = rest
+                return zlib.decompressobj(wbits=31)
+            self._in = self._raw_read()
+            if not self._in:
+                return None
+
+
+class _Reader:
+    """The uncompressed tar stream: hashed for the diff_id, counted against the limits."""
+
+    def __init__(self, raw: _ByteSource, budget: _Budget, label: str, compressed: int) -> None:
+        self._raw = raw
+        self._budget = budget
+        self._label = label
+        self._compressed = max(compressed, 1)
+        self.hasher = hashlib.sha256()
+        self.count = 0
+        self._room = budget.unpacked_limit - budget.unpacked
+        self._ratio_cap = max(_RATIO_FLOOR, budget.ratio * self._compressed)
+        self._cap = min(self._room, self._ratio_cap)
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(size)
+        if data:
+            self.hasher.update(data)
+            self.count += len(data)
+            if self.count > self._cap:
+                raise self._over(self.count)
+        return data
+
+    def require(self, end: int) -> None:
+        """Refuse now if the stream must reach ``end`` bytes (a member's declared size)."""
+        if end > self._cap:
+            raise self._over(end)
+
+    def _over(self, count: int) -> Exception:
+        if count > self._room:
+            return limits.UNPACKED_BYTES.exceeded(
+                f"the image's layers, unpacked up to {self._label},",
+                self._budget.unpacked + count,
+            )
+        return limits.LAYER_RATIO.exceeded(
+            f"{self._label} ({self._compressed:,} bytes compressed) unpacks to more than "
+            f"{count:,} bytes, a ratio",
+            count // self._compressed,
+        )
+
+    def drain(self, end_of_archive: int) -> None:
+        """Read (and hash) what follows the archive, refusing more than TRAILING_BYTES."""
+        last = end_of_archive + self._budget.trailing_limit
+        while True:
+            if self.count > last:
+                raise limits.TRAILING_BYTES.exceeded(
+                    f"{self._label}: the data after its end-of-archive marker"
+                )
+            if not self.read(min(_CHUNK, last + 1 - self.count)):
+                return
+
+
+class _LayerTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses, before tarfile reads them, sparse files, huge extended headers
+    and long chains of them (tarfile reads each whole into memory, and recurses per header)."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> _LayerTarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _sparse(self.name)
+        if self.type not in _HEADER_TYPES:
+            return cast(_LayerTarInfo, tarfile.TarInfo._proc_member(self, tar))  # type: ignore[attr-defined]
+        if self.size > _MAX_HEADER_BYTES:
+            raise _HeaderRefused(
+                f"has an extended header of {self.size:,} bytes (at most "
+                f"{_MAX_HEADER_BYTES:,} are read); refused."
+            )
+        state = vars(tar)
+        chain = state.get(_CHAIN_KEY, 0)
+        if chain >= _MAX_HEADER_CHAIN:
+            raise _HeaderRefused(f"has more than {_MAX_HEADER_CHAIN} extended headers in a row.")
+        state[_CHAIN_KEY] = chain + 1
+        try:
+            return cast(_LayerTarInfo, tarfile.TarInfo._proc_member(self, tar))  # type: ignore[attr-defined]
+        finally:
+            state[_CHAIN_KEY] = chain
+
+    # GNU sparse formats 0.0, 0.1 and 1.0 (PAX): refused before their maps are read.
+    def _proc_gnusparse_00(self, next: tarfile.TarInfo, pax: dict[str, str], buf: bytes) -> None:
+        raise _sparse(pax.get("GNU.sparse.name") or pax.get("path") or next.name)
+
+    def _proc_gnusparse_01(self, next: tarfile.TarInfo, pax: dict[str, str]) -> None:
+        raise _sparse(pax.get("GNU.sparse.name") or pax.get("path") or next.name)
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax: dict[str, str], tar: object) -> None:
+        raise _sparse(pax.get("GNU.sparse.name") or pax.get("path") or next.name)
+
+
+def _sparse(name: str) -> _HeaderRefused:
+    return _HeaderRefused(
+        f"has a sparse file {name!r}, which pyops does not unpack (it would be written whole)."
+    )
 
 
 def split_image_path(name: str) -> Parts:
-    """Split a member or link name into components, refusing ``..``.
+    """Split a member or link name into components, refusing ``..`` and NUL.
 
     Leading ``/`` and ``./`` and ``.`` components are dropped, as tar does.
     """
+    if "\0" in name:
+        raise UnsafeLayerPath(f"{name!r} contains a NUL character; refused.")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
         raise UnsafeLayerPath(f"{name!r} contains '..'; refused.")
     return parts
 
 
-def resolve_in_root(root: Path, parts: Sequence[str], *, follow_last: bool = True) -> Parts:
-    """Resolve an image path inside ``root`` without letting the host follow any link.
-
-    Symlinks met on the way (all of them, or all but the last component when ``follow_last``
-    is false) are read with ``readlink`` and followed inside the image: an absolute target
-    restarts at the image root, ``..`` never climbs above it. Components that do not exist are
-    kept as they are. Raises :class:`~pyops.errors.UnsafeLayerPath` after 40 links.
-    """
+def _resolve(
+    root: str, parts: Sequence[str], follow_last: bool, max_steps: int
+) -> tuple[Parts, Modes]:
+    """:func:`resolve_in_root`, also returning the ``lstat`` mode of each resolved component
+    (None for those that do not exist), and refusing more than ``max_steps`` lookups."""
     result: list[str] = []
+    modes: Modes = []
     todo = deque(parts)
-    links = 0
+    links = steps = 0
     while todo:
         name = todo.popleft()
         if name in ("", "."):
             continue
+        steps += 1
+        if steps > max_steps:
+            raise limits.PATH_DEPTH.exceeded(
+                f"/{'/'.join(parts)}, resolved inside the image with its symbolic links,", steps
+            )
         if name == "..":
             if result:
                 result.pop()
+                modes.pop()
+            continue
+        if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
+            result.append(name)  # below something missing (or not a folder): missing too
+            modes.append(None)
             continue
         host = os.path.join(root, *result, name)
         try:
             mode = os.lstat(host).st_mode
         except (FileNotFoundError, NotADirectoryError):
             result.append(name)
+            modes.append(None)
             continue
         if stat.S_ISLNK(mode) and (todo or follow_last):
             links += 1
@@ -132,138 +332,266 @@ def resolve_in_root(root: Path, parts: Sequence[str], *, follow_last: bool = Tru
             target = os.readlink(host)
             if target.startswith("/"):
                 result = []
+                modes = []
             todo.extendleft(reversed(target.split("/")))
             continue
         result.append(name)
-    return tuple(result)
+        modes.append(mode)
+    return tuple(result), modes
+
+
+def resolve_in_root(root: Path, parts: Sequence[str], *, follow_last: bool = True) -> Parts:
+    """Resolve an image path inside ``root`` without letting the host follow any link.
+
+    Symlinks met on the way (all of them, or all but the last component when ``follow_last``
+    is false) are read with ``readlink`` and followed inside the image: an absolute target
+    restarts at the image root, ``..`` never climbs above it. Components that do not exist are
+    kept as they are. Raises :class:`~pyops.errors.UnsafeLayerPath` after 40 links and
+    :class:`~pyops.errors.LimitExceeded` after ``PATH_DEPTH`` lookups.
+    """
+    return _resolve(os.fspath(root), parts, follow_last, limits.PATH_DEPTH.value())[0]
+
+
+class _Dir:
+    """A folder the unpacker made or kept, in a tree mirroring the root's real folders."""
+
+    __slots__ = ("attrs", "children")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Dir] = {}
+        self.attrs: tuple[int, float] | None = None
+
+
+def _mtime(info: tarfile.TarInfo) -> float:
+    mtime = float(info.mtime)
+    if not math.isfinite(mtime) or mtime < 0:
+        return 0.0
+    return min(mtime, float(_MAX_MTIME))
 
 
 class _Applier:
     """Applies layers to ``root``, keeping track of what the current layer added."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, budget: _Budget) -> None:
         self.root = root
+        self._root = os.fspath(root)
+        self.budget = budget
         self.layer_label = ""
         self.added: set[Parts] = set()
         self.added_ancestors: set[Parts] = set()
-        self.dir_attrs: dict[Parts, tuple[int, float]] = {}
+        # Entries under which no lower entry is left in this layer (whiteouts and opaque
+        # markers repeated there have nothing to do: this keeps them linear).
+        self.cleaned: set[Parts] = set()
+        self.dirs = _Dir()
 
     def host(self, parts: Parts) -> str:
-        # Every component comes from split_image_path/resolve_in_root: no '..', no '/',
-        # and no symlink in the middle, so the result is inside root.
-        return os.path.join(self.root, *parts)
+        # Every component comes from split_image_path/_resolve: no '..', no '/', no NUL, and
+        # no symlink in the middle, so the result is inside root.
+        return os.path.join(self._root, *parts)
 
     def start_layer(self, label: str) -> None:
         self.layer_label = label
         self.added.clear()
         self.added_ancestors.clear()
+        self.cleaned.clear()
+
+    def resolve(self, parts: Sequence[str], follow_last: bool = True) -> tuple[Parts, Modes]:
+        return _resolve(self._root, parts, follow_last, self.budget.depth)
 
     def _mark(self, parts: Parts) -> None:
         self.added.add(parts)
-        for i in range(len(parts)):
-            self.added_ancestors.add(parts[:i])
+        for i in range(len(parts) - 1, -1, -1):
+            prefix = parts[:i]
+            if prefix in self.added_ancestors:
+                break  # and so are all shorter ones
+            self.added_ancestors.add(prefix)
 
     def _error(self, member: str, what: str) -> LayerError:
         return LayerError(f"{self.layer_label}: member {member!r} {what}")
 
+    # -- the folder tree ----------------------------------------------------------------------
+
+    def _dir_node(self, parts: Parts) -> _Dir:
+        node = self.dirs
+        for name in parts:
+            child = node.children.get(name)
+            if child is None:
+                child = node.children[name] = _Dir()
+            node = child
+        return node
+
+    def _forget(self, parts: Parts) -> None:
+        """Forget the folder at ``parts`` and everything below it (it is being removed)."""
+        node: _Dir | None = self.dirs
+        for name in parts[:-1]:
+            node = node.children.get(name) if node is not None else None
+            if node is None:
+                return
+        if node is not None and parts:
+            node.children.pop(parts[-1], None)
+
+    def apply_dir_attrs(self) -> None:
+        """Apply folder modes and times, children before parents, through descriptors.
+
+        Each folder is opened from its parent's descriptor with ``O_NOFOLLOW``, starting at
+        the root, so only real folders inside the root are reached; one that is no longer a
+        folder (or gone) is skipped with everything below it. The way back up is the folder's
+        own ``..``, so at most two descriptors are open at a time, however deep the tree.
+        """
+        fd = os.open(self._root, _DIR_FLAGS)
+        stack: list[tuple[_Dir, Iterator[tuple[str, _Dir]]]] = [
+            (self.dirs, iter(self.dirs.children.items()))
+        ]
+        try:
+            while True:
+                node, children = stack[-1]
+                entry = next(children, None)
+                if entry is not None:
+                    name, child = entry
+                    try:
+                        child_fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                    except OSError as exc:
+                        if exc.errno in _GONE:
+                            continue
+                        raise
+                    os.close(fd)
+                    fd = child_fd
+                    stack.append((child, iter(child.children.items())))
+                    continue
+                stack.pop()
+                if not stack:
+                    return  # the root itself: its mode is the caller's
+                parent_fd = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                try:
+                    if node.attrs is not None:
+                        mode, mtime = node.attrs
+                        os.fchmod(fd, mode)
+                        os.utime(fd, (mtime, mtime))
+                finally:
+                    os.close(fd)
+                    fd = parent_fd
+        finally:
+            os.close(fd)
+
     # -- removing -----------------------------------------------------------------------------
 
-    def _remove(self, parts: Parts) -> None:
-        host = self.host(parts)
-        try:
-            mode = os.lstat(host).st_mode
-        except FileNotFoundError:
+    def _remove(self, parts: Parts, mode: int | None) -> None:
+        """Remove what is at ``parts`` (its ``lstat`` mode is ``mode``; None: nothing)."""
+        if mode is None:
             return
+        host = self.host(parts)
         if stat.S_ISDIR(mode):
-            shutil.rmtree(host)  # does not follow symlinks inside the tree
+            self._forget(parts)
+            atomic.remove(host)  # iterative; does not follow symlinks inside the tree
         else:
-            os.unlink(host)
-        self.dir_attrs.pop(parts, None)
+            try:
+                os.unlink(host)
+            except FileNotFoundError:
+                pass
 
-    def _remove_lower(self, parts: Parts) -> None:
-        """Remove what lower layers put at ``parts``, keeping this layer's own entries."""
-        host = self.host(parts)
-        try:
-            mode = os.lstat(host).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        if parts in self.added or parts in self.added_ancestors:
-            if stat.S_ISDIR(mode):
-                for child in sorted(os.listdir(host)):
-                    self._remove_lower((*parts, child))
-            return
-        self._remove(parts)
+    def _remove_lower(self, start: Parts) -> None:
+        """Remove what lower layers put at ``start``, keeping this layer's own entries."""
+        todo = [start]
+        while todo:
+            parts = todo.pop()
+            host = self.host(parts)
+            try:
+                mode = os.lstat(host).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if parts in self.added or parts in self.added_ancestors:
+                if stat.S_ISDIR(mode) and parts not in self.cleaned:
+                    self.cleaned.add(parts)
+                    todo.extend((*parts, child) for child in os.listdir(host))
+                continue
+            self._remove(parts, mode)
 
     def whiteout(self, member: str, directory: Parts, name: str) -> None:
-        parent = resolve_in_root(self.root, directory)
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise UnsafeLayerPath(
+                f"{self.layer_label}: member {member!r} is a whiteout of {name!r}, which is "
+                "not a name; refused.",
+                hint="The image is malformed or malicious.",
+            )
+        parent, modes = self.resolve(directory)
+        if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
+            return  # no such folder: nothing to remove
         self._remove_lower((*parent, name))
 
     def opaque(self, directory: Parts) -> None:
-        parent = resolve_in_root(self.root, directory)
-        host = self.host(parent)
-        if not os.path.isdir(host) or os.path.islink(host):
+        parent, modes = self.resolve(directory)
+        if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
             return
-        for child in sorted(os.listdir(host)):
+        if parent in self.cleaned:
+            return
+        self.cleaned.add(parent)
+        for child in os.listdir(self.host(parent)):
             self._remove_lower((*parent, child))
 
     # -- adding -------------------------------------------------------------------------------
 
-    def _parent_dirs(self, member: str, parent: Parts) -> None:
-        for i in range(1, len(parent) + 1):
-            host = self.host(parent[:i])
-            try:
-                mode = os.lstat(host).st_mode
-            except FileNotFoundError:
-                os.mkdir(host, 0o755)
-                continue
-            if not stat.S_ISDIR(mode):
-                raise self._error(member, f"needs /{'/'.join(parent[:i])} to be a directory.")
+    def _parent_dirs(self, member: str, parent: Parts, modes: Modes) -> None:
+        for i, mode in enumerate(modes):
+            if mode is None:
+                os.mkdir(self.host(parent[: i + 1]), 0o755)
+            elif not stat.S_ISDIR(mode):
+                raise self._error(member, f"needs /{'/'.join(parent[: i + 1])} to be a directory.")
 
-    def _target(self, member: str, parts: Parts) -> Parts:
-        parent = resolve_in_root(self.root, parts[:-1])
-        self._parent_dirs(member, parent)
-        return (*parent, parts[-1])
+    def _target(self, member: str, parts: Parts) -> tuple[Parts, int | None]:
+        """Where ``parts`` lands (its parents made), and what is there now (lstat mode)."""
+        target, modes = self.resolve(parts, follow_last=False)
+        # The last component is never followed, so it is parts[-1], resolved or not.
+        self._parent_dirs(member, target[:-1], modes[:-1])
+        return target, modes[-1]
 
     def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
-        target = self._target(info.name, parts)
-        host = self.host(target)
-        if not os.path.isdir(host) or os.path.islink(host):
-            self._remove(target)
-            os.mkdir(host, 0o755)
+        target, mode = self._target(info.name, parts)
+        if mode is None or not stat.S_ISDIR(mode):
+            self._remove(target, mode)
+            os.mkdir(self.host(target), 0o755)
         # Modes are applied at the end, so a read-only directory can still be filled.
-        self.dir_attrs[target] = (info.mode & 0o777, info.mtime)
+        self._dir_node(target).attrs = (info.mode & 0o777, _mtime(info))
         self._mark(target)
 
     def regular(self, info: tarfile.TarInfo, parts: Parts, data: IO[bytes] | None) -> None:
-        target = self._target(info.name, parts)
-        self._remove(target)
+        target, mode = self._target(info.name, parts)
+        self._remove(target, mode)
         host = self.host(target)
         # O_EXCL together with O_CREAT never follows a symlink at the last component.
         fd = os.open(
-            host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
+            host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
         written = 0
         with os.fdopen(fd, "wb") as out:
-            if data is not None:
+            while data is not None:
                 try:
-                    while chunk := data.read(_CHUNK):
-                        out.write(chunk)
-                        written += len(chunk)
-                except (tarfile.ReadError, EOFError, OSError, zlib.error) as exc:
+                    chunk = data.read(_CHUNK)
+                except (tarfile.ReadError, EOFError, zlib.error) as exc:
                     raise self._error(info.name, f"is truncated or corrupt: {exc}") from exc
-        if written != info.size:
-            raise self._error(info.name, f"has {written} of its {info.size} bytes; truncated.")
-        os.chmod(host, info.mode & 0o777)  # no setuid/setgid/sticky on the host
-        os.utime(host, (info.mtime, info.mtime))
+                if not chunk:
+                    break
+                out.write(chunk)
+                written += len(chunk)
+            if written != info.size:
+                raise self._error(info.name, f"has {written} of its {info.size} bytes; truncated.")
+            out.flush()
+            os.fchmod(fd, info.mode & 0o777)  # no setuid/setgid/sticky on the host
+            mtime = _mtime(info)
+            os.utime(fd, (mtime, mtime))
         self._mark(target)
 
     def symlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
-        target = self._target(info.name, parts)
-        self._remove(target)
+        if "\0" in info.linkname:
+            raise UnsafeLayerPath(
+                f"{self.layer_label}: symlink {info.name!r} has a NUL in its target; refused."
+            )
+        target, mode = self._target(info.name, parts)
+        self._remove(target, mode)
+        host = self.host(target)
         # Stored as is; it is only ever resolved inside the image (resolve_in_root).
-        os.symlink(info.linkname, self.host(target))
-        if os.utime in os.supports_follow_symlinks:
-            os.utime(self.host(target), (info.mtime, info.mtime), follow_symlinks=False)
+        os.symlink(info.linkname, host)
+        mtime = _mtime(info)
+        os.utime(host, (mtime, mtime), follow_symlinks=False)
         self._mark(target)
 
     def hardlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
@@ -272,26 +600,45 @@ class _Applier:
         except UnsafeLayerPath as exc:
             raise UnsafeLayerPath(
                 f"{self.layer_label}: hard link {info.name!r} points to {info.linkname!r}, "
-                "which contains '..'; refused."
+                "which contains '..' or NUL; refused."
             ) from exc
         if not link_parts:
             raise self._error(info.name, "is a hard link without a target.")
-        source = resolve_in_root(self.root, link_parts, follow_last=False)
-        try:
-            mode = os.lstat(self.host(source)).st_mode
-        except (FileNotFoundError, NotADirectoryError):
+        source, modes = self.resolve(link_parts, follow_last=False)
+        source_mode = modes[-1] if modes else stat.S_IFDIR
+        if source_mode is None:
             raise self._error(
                 info.name, f"is a hard link to /{'/'.join(link_parts)}, which does not exist."
-            ) from None
-        if stat.S_ISDIR(mode):
+            )
+        if stat.S_ISDIR(source_mode):
             raise self._error(info.name, "is a hard link to a directory; refused.")
-        target = self._target(info.name, parts)
+        target, mode = self._target(info.name, parts)
         if target == source:
             self._mark(target)
             return
-        self._remove(target)
+        self._remove(target, mode)
         os.link(self.host(source), self.host(target), follow_symlinks=False)
         self._mark(target)
+
+
+def _make_root(dest_root: Path) -> None:
+    """``mkdir -p`` without recursion (Path.mkdir(parents=True) recurses per level)."""
+    missing: list[Path] = []
+    path = dest_root
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            with atomic.reporting_disk_full(path):
+                os.mkdir(path, 0o755)
+        except FileExistsError:
+            if not path.is_dir():
+                raise HostFileError(f"{path} exists and is not a directory.") from None
+        except OSError as exc:
+            raise HostFileError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
 
 def unpack_layers(
@@ -306,7 +653,9 @@ def unpack_layers(
     ``dest_root`` is created if needed; it is the image's ``/``. When ``diff_ids`` (from the
     image config's ``rootfs``) are given, the uncompressed stream of each layer must match
     them. Raises :class:`~pyops.errors.UnsafeLayerPath` for members that would escape the
-    root, :class:`~pyops.errors.LayerError` for corrupt, truncated or zstd layers, and
+    root, :class:`~pyops.errors.LayerError` for corrupt, truncated, sparse or zstd layers,
+    :class:`~pyops.errors.LimitExceeded` for layers over a limit of :mod:`pyops.limits`,
+    :class:`~pyops.errors.DiskFull` when the disk fills up, and
     :class:`~pyops.errors.DigestMismatch` for a diff_id mismatch; the destination is then
     partly written and must be thrown away.
     """
@@ -314,14 +663,16 @@ def unpack_layers(
         raise LayerError(
             f"the image config lists {len(diff_ids)} diff_ids for {len(layers)} layers."
         )
-    dest_root.mkdir(parents=True, exist_ok=True)
-    applier = _Applier(Path(os.path.realpath(dest_root)))
+    budget = _Budget()
+    _make_root(dest_root)
+    applier = _Applier(Path(os.path.realpath(dest_root)), budget)
     for number, path in enumerate(layers, start=1):
         label = f"layer {number} ({path.name[:12]})"
         key = f"unpack:{number}:{path}"
-        progress.start(key, f"unpacking {label}", path.stat().st_size)
+        size = path.stat().st_size
+        progress.start(key, f"unpacking {label}", size)
         try:
-            digest = _apply_layer(applier, path, label, progress, key)
+            digest = _apply_layer(applier, path, label, size, progress, key)
         finally:
             progress.finish(key)
         if diff_ids is not None and digest != diff_ids[number - 1]:
@@ -329,16 +680,18 @@ def unpack_layers(
                 f"{label}: its uncompressed content has digest {digest}, but the image config "
                 f"says {diff_ids[number - 1]}."
             )
-    # Deepest first, so that a read-only parent does not stop a child's update.
-    for parts, (mode, mtime) in sorted(applier.dir_attrs.items(), key=lambda i: -len(i[0])):
-        host = applier.host(parts)
-        if os.path.isdir(host) and not os.path.islink(host):
-            os.chmod(host, mode)
-            os.utime(host, (mtime, mtime))
+    try:
+        with atomic.reporting_disk_full(applier.host(("-",))):
+            applier.apply_dir_attrs()
+    except OSError as exc:
+        raise LayerError(f"cannot apply folder modes in {dest_root}: {exc}") from exc
 
 
-def _apply_layer(applier: _Applier, path: Path, label: str, progress: Progress, key: str) -> str:
+def _apply_layer(
+    applier: _Applier, path: Path, label: str, size: int, progress: Progress, key: str
+) -> str:
     applier.start_layer(label)
+    budget = applier.budget
     with open(path, "rb") as raw:
         magic = raw.read(4)
         raw.seek(0)
@@ -349,67 +702,107 @@ def _apply_layer(applier: _Applier, path: Path, label: str, progress: Progress, 
                 hint="Push the image with gzip layers (skopeo copy --dest-compress-format gzip).",
             )
         counted = _Counting(raw, progress, key)
-        stream: _ByteSource
+        stream: _ByteSource = counted
         if magic.startswith(_GZIP_MAGIC):
-            # GzipFile reads multi-member streams too (pigz, estargz).
-            stream = gzip.GzipFile(fileobj=counted, mode="rb")
-        else:
-            stream = counted
-        reader = _Reader(stream)
-        try:
-            _apply_tar(applier, reader, label)
-            reader.drain()
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise LayerError(f"{label} is truncated or corrupt: {exc}") from exc
+            stream = _Gunzip(counted, label, budget.trailing_limit)
+        reader = _Reader(stream, budget, label, size)
+        end = _apply_tar(applier, reader, label)
+        reader.drain(end)
+    budget.unpacked += reader.count
     return f"sha256:{reader.hasher.hexdigest()}"
 
 
-def _apply_tar(applier: _Applier, reader: _Reader, label: str) -> None:
+def _next_member(archive: tarfile.TarFile, label: str, members: int) -> tarfile.TarInfo | None:
     try:
-        archive = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
+        return archive.next()
+    except tarfile.ReadError as exc:
+        # umoci 0.4.7 writes tars without end-of-archive blocks or final padding (umoci
+        # #436); GNU tar refuses them, Go tools accept them. Tolerate it after a complete
+        # member, which is all such a tar lacks.
+        if members:
+            log.warning("%s: the tar ends without end-of-archive blocks (%s)", label, exc)
+            return None
+        raise LayerError(f"{label} is not a valid tar archive: {exc}") from exc
+    except _HeaderRefused as exc:
+        raise LayerError(f"{label} {exc}", hint="The image is malformed or malicious.") from exc
+    except (ValueError, IndexError, KeyError, OverflowError, EOFError) as exc:
+        # tarfile's parsing of hostile extended headers (numbers too long for int(), ...)
+        raise LayerError(f"{label} has an invalid tar header: {exc}") from exc
+
+
+def _apply_tar(applier: _Applier, reader: _Reader, label: str) -> int:
+    """Apply the members of one layer; return where its end-of-archive marker ends."""
+    budget = applier.budget
+    try:
+        archive = tarfile.open(  # type: ignore[call-overload]
+            fileobj=reader, mode="r|", tarinfo=_LayerTarInfo
+        )
     except tarfile.ReadError as exc:
         raise LayerError(f"{label} is not a tar archive: {exc}") from exc
+    except _HeaderRefused as exc:
+        raise LayerError(f"{label} {exc}", hint="The image is malformed or malicious.") from exc
+    except (ValueError, IndexError, KeyError, OverflowError, EOFError) as exc:
+        raise LayerError(f"{label} has an invalid tar header: {exc}") from exc
     members = 0
-    iterator = iter(archive)
-    while True:
-        try:
-            info = next(iterator)
-        except StopIteration:
-            break
-        except tarfile.ReadError as exc:
-            # umoci 0.4.7 writes tars without end-of-archive blocks or final padding (umoci
-            # #436); GNU tar refuses them, Go tools accept them. Tolerate it after a complete
-            # member, which is all such a tar lacks.
-            if members:
-                log.warning("%s: the tar ends without end-of-archive blocks (%s)", label, exc)
-                break
-            raise LayerError(f"{label} is not a valid tar archive: {exc}") from exc
-        except (EOFError, zlib.error, gzip.BadGzipFile):
-            raise
+    while (info := _next_member(archive, label, members)) is not None:
+        archive.members.clear()  # tarfile keeps every member otherwise
         members += 1
-        _apply_member(applier, archive, info, label)
-    archive.close()
+        budget.entries += 1
+        if budget.entries > budget.entries_limit:
+            raise limits.LAYER_ENTRIES.exceeded(
+                f"the image's layers, up to {label},", budget.entries
+            )
+        _apply_member(applier, archive, reader, info, label)
+    return int(archive.offset) + _END_OF_ARCHIVE
 
 
 def _apply_member(
-    applier: _Applier, archive: tarfile.TarFile, info: tarfile.TarInfo, label: str
+    applier: _Applier,
+    archive: tarfile.TarFile,
+    reader: _Reader,
+    info: tarfile.TarInfo,
+    label: str,
 ) -> None:
     try:
         parts = split_image_path(info.name)
     except UnsafeLayerPath as exc:
         raise UnsafeLayerPath(
-            f"{label}: member {info.name!r} contains '..' and would escape the image root; "
-            "refused.",
+            f"{label}: member {info.name!r} contains '..' or NUL and would escape the image "
+            "root; refused.",
             hint="The image is malformed or malicious.",
         ) from exc
     if not parts:
         return  # "./" itself
+    if len(parts) > applier.budget.depth:
+        raise limits.PATH_DEPTH.exceeded(f"{label}: member {info.name[:200]!r}", len(parts))
+    needed: int | None = None
+    if info.isreg():
+        if info.sparse is not None:  # pragma: no cover - refused while parsing the header
+            raise LayerError(f"{label}: member {info.name!r} is a sparse file; refused.")
+        if info.size < 0:
+            raise LayerError(f"{label}: member {info.name!r} has a negative size.")
+        reader.require(info.offset_data + info.size)
+        needed = info.size
+    try:
+        with atomic.reporting_disk_full(applier.host((*parts[:-1], "-")), needed):
+            _dispatch(applier, archive, info, parts, label)
+    except OSError as exc:
+        raise LayerError(
+            f"{label}: member {info.name!r} cannot be unpacked: {exc.strerror or exc}"
+        ) from exc
+
+
+def _dispatch(
+    applier: _Applier, archive: tarfile.TarFile, info: tarfile.TarInfo, parts: Parts, label: str
+) -> None:
     name = parts[-1]
     if name.startswith(_WHITEOUT):
         if name == _OPAQUE:
             applier.opaque(parts[:-1])
         elif name == _WHITEOUT:
             raise LayerError(f"{label}: member {info.name!r} is an invalid whiteout.")
+        elif name.startswith(_AUFS_META):
+            log.debug("%s: skipping aufs metadata %s", label, info.name)
         else:
             applier.whiteout(info.name, parts[:-1], name[len(_WHITEOUT) :])
         return
