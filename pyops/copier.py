@@ -21,6 +21,7 @@ inside the kernel (Linux), otherwise data goes through in 8 MiB pieces.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -126,7 +127,7 @@ class DataCopy:
             try:
                 copied = jobs.copy(*runs[i], self._fd)
             except CopyFailed as exc:
-                raise HostFileError(exc.message, hint=exc.hint) from exc
+                raise _copy_error(exc.message, exc.hint, exc.errno) from exc
             self._copied_here += copied
             self._progress.advance("tfs", copied)
 
@@ -154,13 +155,24 @@ class DataCopy:
             self._table = None
 
 
-def _worker_error(out: bytes, err: bytes, status: int) -> PyopsError:
+def _copy_error(message: str, hint: str | None, code: int) -> Exception:
+    """A failed copy: the output's disk full (an OSError, which the writer's temporary turns
+    into DiskFull), or a problem with the host file."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(code, os.strerror(code))
+    return HostFileError(message, hint=hint)
+
+
+def _worker_error(out: bytes, err: bytes, status: int) -> Exception:
     try:
         report = json.loads(out.decode("utf-8", "replace") or "null")
     except json.JSONDecodeError:
         report = None
     if isinstance(report, dict) and "error" in report:
-        return HostFileError(str(report["error"]), hint=report.get("hint"))
+        code = report.get("errno")
+        return _copy_error(
+            str(report["error"]), report.get("hint"), code if isinstance(code, int) else 0
+        )
     text = err.decode("utf-8", "replace").strip().splitlines()
     return PyopsError(
         f"copying file data failed (worker exit status {status})"
@@ -174,7 +186,7 @@ def copy_source(source: Source, fd: int, offset: int) -> None:
         try:
             copyfile.copy_file(source.path, source.size, fd, offset)
         except CopyFailed as exc:
-            raise HostFileError(exc.message, hint=exc.hint) from exc
+            raise _copy_error(exc.message, exc.hint, exc.errno) from exc
     elif isinstance(source, Contents):
         os.pwrite(fd, source.data, offset)
     elif isinstance(source, ImageData):

@@ -41,10 +41,11 @@ _ZEROS = memoryview(bytes(SECTOR))
 class CopyFailed(Exception):
     """A host file could not be copied; ``message`` and ``hint`` are for the user."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, errno: int = 0) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.errno = errno  # of the OSError behind it: ENOSPC is the output's, not the file's
 
 
 def _open(path: str) -> int:
@@ -80,7 +81,7 @@ def copy_file(path: str, size: int, dst: int, dst_offset: int) -> None:
                     n = _copy_file_range(src, dst, remaining, pos, dst_offset + pos)
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                        raise CopyFailed(f"{path}: {exc.strerror}") from exc
+                        raise CopyFailed(f"{path}: {exc.strerror}", errno=exc.errno or 0) from exc
                     _copy_file_range = None  # not here: copy through this process
                     continue
             else:
@@ -130,9 +131,7 @@ def copy_run(paths: Sequence[str], sizes: Sequence[int], dst: int, dst_offset: i
             return
         os.pwrite(dst, b"".join(pieces), dst_offset)
     except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        hint = "free some space on the disk the image is written to" if full else None
-        raise CopyFailed(f"cannot write the image ({exc.strerror})", hint=hint) from exc
+        raise CopyFailed(f"cannot write the image ({exc.strerror})", errno=exc.errno or 0) from exc
 
 
 def iter_runs(offsets: Sequence[int], sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -229,7 +228,12 @@ def main() -> int:
         try:
             work(dst, table)
         except CopyFailed as exc:
-            sys.stdout.write(json.dumps({"error": exc.message, "hint": exc.hint}))
+            sys.stdout.write(
+                json.dumps({"error": exc.message, "hint": exc.hint, "errno": exc.errno})
+            )
+            return 1
+        except OSError as exc:  # a write to the output failed (a full disk)
+            sys.stdout.write(json.dumps({"error": str(exc), "hint": None, "errno": exc.errno}))
             return 1
     return 0
 

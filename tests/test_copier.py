@@ -246,3 +246,24 @@ def test_progress_counts_every_byte_once(tmp_path: Path, worker: bool) -> None:
     finally:
         os.close(fd)
     assert tally.total == sum(f.size for f in files)
+
+
+@pytest.mark.parametrize("worker", [False, True])
+@pytest.mark.parametrize("sizes", [[10] * 700, [3 * 1024 * 1024]])
+def test_a_full_output_is_a_full_disk_not_a_host_file_error(
+    tmp_path: Path, worker: bool, sizes: list[int]
+) -> None:
+    """ENOSPC from either process is the output's: the writer reports it as a full disk."""
+    import errno
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    files = make_files(tmp_path / "src", sizes)
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        copy = DataCopy(fd, packed(files), files, worker=worker)
+        with pytest.raises(OSError) as caught:
+            copy.finish()
+        assert caught.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
