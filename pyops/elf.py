@@ -24,6 +24,7 @@ from elftools.construct.core import ConstructError
 from elftools.elf.structs import ELFStructs
 
 from pyops.errors import ElfMismatch, HostFileError, NotAnElf
+from pyops.limits import NEEDED
 
 __all__ = [
     "DF_1_NODEFLIB",
@@ -63,6 +64,7 @@ _PT_INTERP = 3
 _MAX_PHNUM = 4096
 _MAX_DYN_ENTRIES = 65536
 _MAX_STRING = 65536
+_MAX_INTERP = 4096  # PATH_MAX: Linux refuses a longer PT_INTERP (fs/binfmt_elf.c)
 
 # Names users give for an architecture, mapped to the ELF e_machine name.
 _MACHINE_ALIASES = {
@@ -182,7 +184,8 @@ def _program_headers(
     phdr, _ = _layouts(little_endian, elf_class)
     phnum = header["e_phnum"]
     phentsize = header["e_phentsize"]
-    if phnum > _MAX_PHNUM or (phnum and phentsize < phdr.size):
+    # The kernel and the loader accept only their own entry size (fs/binfmt_elf.c).
+    if phnum > _MAX_PHNUM or (phnum and phentsize != phdr.size):
         raise NotAnElf(f"{reader.name} is a corrupt ELF file (bad program header table)")
     table = reader.read(header["e_phoff"], phnum * phentsize, "the program headers")
     out = []
@@ -254,7 +257,7 @@ def read_elf(path: str | os.PathLike[str], *, display: str | None = None) -> Elf
     try:
         size = os.fstat(fd).st_size
         return _parse(_Reader(fd, size, name), name)
-    except (ELFError, ConstructError, ValueError, OverflowError) as exc:
+    except (ELFError, ConstructError, ValueError, OverflowError, struct.error) as exc:
         raise NotAnElf(f"{name} is a corrupt ELF file ({exc})") from exc
     except OSError as exc:
         raise HostFileError(f"cannot read {name}: {exc.strerror}") from exc
@@ -302,6 +305,11 @@ def _parse(reader: _Reader, name: str) -> ElfInfo:
 
     interpreter = None
     if interp is not None:
+        if interp[1] > _MAX_INTERP:
+            raise NotAnElf(
+                f"{name} is a corrupt ELF file (its PT_INTERP is {interp[1]:,} bytes long; "
+                f"the kernel accepts at most {_MAX_INTERP})"
+            )
         raw = reader.read(interp[0], interp[1], "PT_INTERP")
         interpreter = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
@@ -311,7 +319,11 @@ def _parse(reader: _Reader, name: str) -> ElfInfo:
     if dynamic is not None:
         tags = _dynamic_tags(reader, little_endian, elf_class, dynamic)
         strtab = _strtab_offset(tags, loads, name)
-        needed = [_string(reader, strtab, tags, v, "DT_NEEDED") for t, v in tags if t == _DT_NEEDED]
+        offsets = [v for t, v in tags if t == _DT_NEEDED]
+        NEEDED.check(len(offsets), f"the DT_NEEDED entries of {name}")
+        # Each distinct string is read once (entries may repeat one name).
+        names = {v: _string(reader, strtab, tags, v, "DT_NEEDED") for v in dict.fromkeys(offsets)}
+        needed = [names[v] for v in offsets]
         for tag, value in tags:
             if tag == _DT_SONAME:
                 soname = _string(reader, strtab, tags, value, "DT_SONAME")
@@ -401,7 +413,7 @@ def read_version_definitions(
     try:
         reader = _Reader(fd, os.fstat(fd).st_size, name)
         return _version_definitions(reader, name)
-    except (ELFError, ConstructError, ValueError, OverflowError) as exc:
+    except (ELFError, ConstructError, ValueError, OverflowError, struct.error) as exc:
         raise NotAnElf(f"{name} is a corrupt ELF file ({exc})") from exc
     except OSError as exc:
         raise HostFileError(f"cannot read {name}: {exc.strerror}") from exc

@@ -37,6 +37,7 @@ from pyops.errors import (
     NotAnElf,
     PyopsError,
 )
+from pyops.limits import LOADER_FILE_BYTES, NEEDED, OBJECTS, PATH_ELEMENTS
 
 __all__ = [
     "LoadedFile",
@@ -106,7 +107,8 @@ _DST = re.compile(r"\$(?:\{(ORIGIN|PLATFORM|LIB)\}|(ORIGIN|PLATFORM|LIB)(?![A-Za
 
 # The loader keeps its built-in directories as consecutive NUL-terminated strings, each
 # absolute and ending in "/" (elf/dl-load.c: system_dirs, from gen-trusted-dirs).
-_SYSTEM_DIRS = re.compile(rb"(?:/[!-~]*?/\x00){2,}")
+_SYSTEM_DIR = re.compile(rb"/[!-~]*/")
+_MAX_SYSTEM_DIR = 4096  # PATH_MAX
 
 _CACHE_MAGIC_NEW = b"glibc-ld.so.cache1.1"
 _CACHE_MAGIC_OLD = b"ld.so-1.7.0"
@@ -286,6 +288,7 @@ class _RootFs:
         if not stat.S_ISDIR(st.st_mode):
             raise HostFileError(f"the root {host_root} is not a directory")
         self._nodes: dict[str, _Node | None] = {"/": _Node("/", (), st)}
+        self._max_parts = PATH_ELEMENTS.value()
         self._listings: dict[str, frozenset[str]] = {}
         self._elves: dict[tuple[int, int], ElfInfo | PyopsError] = {}
 
@@ -294,49 +297,97 @@ class _RootFs:
         return self.prefix + real if self.prefix else real
 
     def lookup(self, path: str, depth: int = 0) -> _Node | None:
-        """Resolve an absolute in-root path; None if it does not exist (or loops)."""
+        """Resolve an absolute in-root path; None if it does not exist (or loops).
+
+        Iterative, however many parts the path has and however its links nest; a path of
+        more than :data:`~pyops.limits.PATH_ELEMENTS` parts is refused.  ``depth`` is
+        ignored (kept for callers).
+        """
         try:
             return self._nodes[path]
         except KeyError:
             pass
-        result = self._lookup(path, depth)
+        result = self._resolve(path)
         self._nodes[path] = result
         return result
 
-    def _lookup(self, path: str, depth: int) -> _Node | None:
-        if depth > _MAX_SYMLINKS:
-            return None
+    def _resolve(self, path: str) -> _Node | None:
+        parts: list[str] = path.split("/")
+        if len(parts) > self._max_parts:
+            count = sum(1 for part in parts if part)
+            if count > self._max_parts:
+                raise PATH_ELEMENTS.exceeded(f"the path {_short(path)}: its parts", count)
+        nodes = self._nodes
+        # Most lookups name an entry of a directory already resolved: start there.
         trimmed = path.rstrip("/")
-        if not trimmed:
-            return self._nodes["/"]
-        parent_path, _, name = trimmed.rpartition("/")
-        parent = self.lookup(parent_path or "/", depth)
-        if parent is None or not stat.S_ISDIR(parent.st.st_mode):
-            return None
-        if name in ("", "."):
-            return parent
-        if name == "..":
-            # ".." is taken in the resolved parent, and never climbs above the root.
-            up = self.lookup(_dirname(parent.real), depth)
-            return None if up is None else _Node(up.real, parent.links, up.st)
-        candidate = _join(parent.real, name)
-        try:
-            st = os.lstat(self.host(candidate))
-        except OSError:
-            return None
-        if not stat.S_ISLNK(st.st_mode):
-            return _Node(candidate, parent.links, st)
-        try:
-            target = os.readlink(self.host(candidate))
-        except OSError:
-            return None
-        # An absolute target starts again at the root of the image, not of the host.
-        followed = target if target.startswith("/") else _join(parent.real, target)
-        resolved = self.lookup(followed, depth + 1)
-        if resolved is None:
-            return None
-        links = _unique(parent.links + (candidate,) + resolved.links)
-        return _Node(resolved.real, links, resolved.st)
+        parent_path, _, last = trimmed.rpartition("/")
+        parent_key = parent_path or "/"
+        pending: list[str | _Mark] = []
+        if trimmed and parent_key in nodes:
+            start = nodes[parent_key]
+            if start is None:
+                return None
+            if last:
+                pending.append(last)
+        else:
+            start = nodes["/"]
+            prefix = ""
+            for part in parts:
+                if part:
+                    prefix = f"{prefix}/{part}"
+                    pending.append(part)
+                    pending.append(_Mark(prefix))  # caches the path up to this part
+            pending.reverse()  # a stack: the next item last
+        assert start is not None
+        real, links, st = start.real, list(start.links), start.st
+        hops = 0
+        while pending:
+            item = pending.pop()
+            if isinstance(item, _Mark):
+                nodes.setdefault(item.path, _Node(real, _unique(links), st))
+                continue
+            part = item
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            if part == ".":
+                continue
+            if part == "..":
+                # ".." is taken in the resolved parent, and never climbs above the root.
+                up = self.lookup(_dirname(real))
+                if up is None:
+                    return None
+                real, st = up.real, up.st
+                continue
+            candidate = _join(real, part)
+            parent_st = st
+            try:
+                st = os.lstat(self.host(candidate))
+            except OSError:
+                return None
+            if not stat.S_ISLNK(st.st_mode):
+                real = candidate
+                continue
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                return None
+            try:
+                target = os.readlink(self.host(candidate))
+            except OSError:
+                return None
+            links.append(candidate)
+            # An absolute target starts again at the root of the image, not of the host.
+            if target.startswith("/"):
+                root = nodes["/"]
+                assert root is not None
+                real, st = root.real, root.st
+            else:
+                st = parent_st  # a relative target is taken in the link's directory
+            more = [p for p in target.split("/") if p]
+            if len(more) > self._max_parts:
+                raise PATH_ELEMENTS.exceeded(f"the link {candidate}: its target's parts", len(more))
+            more.reverse()
+            pending.extend(more)
+        return _Node(real, _unique(links), st)
 
     def listing(self, real_dir: str) -> frozenset[str]:
         """Names in a resolved in-root directory (empty if it cannot be read)."""
@@ -372,16 +423,27 @@ class _RootFs:
             raise info
         return info
 
-    def read_bytes(self, path: str) -> bytes | None:
-        """Content of an in-root regular file, or None."""
+    def read_bytes(self, path: str, *, prefix: bool = False) -> bytes | None:
+        """Content of an in-root regular file, or None.
+
+        A file over :data:`~pyops.limits.LOADER_FILE_BYTES` is refused
+        (:class:`~pyops.errors.LimitExceeded`), or with ``prefix`` only its first bytes up
+        to the limit are read; never more than that is read.
+        """
         node = self.lookup(path)
         if node is None or not stat.S_ISREG(node.st.st_mode):
             return None
+        limit = LOADER_FILE_BYTES.value()
+        if node.st.st_size > limit and not prefix:
+            raise LOADER_FILE_BYTES.exceeded(f"{path} in the root", node.st.st_size)
         try:
             with open(self.host(node.real), "rb") as handle:
-                return handle.read()
+                data = handle.read(limit if prefix else limit + 1)
         except OSError:
             return None
+        if len(data) > limit:
+            raise LOADER_FILE_BYTES.exceeded(f"{path} in the root")
+        return data
 
     def glob(self, pattern: str) -> list[str]:
         """Expand a glob inside the root, sorted like glob(3)."""
@@ -404,6 +466,17 @@ class _RootFs:
         return sorted(m for m in matches if self.lookup(m) is not None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """In a lookup's pending parts: the path up to here is resolved; cache it."""
+
+    path: str
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _join(directory: str, name: str) -> str:
     return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
@@ -419,6 +492,50 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------
 # ld.so.cache and ld.so.conf
+
+
+def _find_system_dirs(data: bytes) -> list[str] | None:
+    """The first run of two or more consecutive NUL-terminated strings, each absolute and
+    ending in "/", one of which names a lib directory: the loader's built-in directories.
+
+    One pass over ``data`` (each string is looked at once), whatever the bytes are.
+    """
+    run: list[bytes] = []
+    run_end = -1  # offset of the NUL ending the run's last string
+    pos = 0
+    while True:
+        end = data.find(b"/\0", pos)
+        if end < 0:
+            break
+        nul = end + 1
+        # The string starts after the NUL before it, which is no further back than the
+        # previous candidate's (so each byte is looked at once) nor than PATH_MAX.
+        lo = max(pos - 1, 0, nul - _MAX_SYSTEM_DIR - 1)
+        before = data.rfind(b"\0", lo, nul)
+        start = before + 1 if before >= 0 else 0 if lo == 0 else -1
+        text = data[start:nul] if start >= 0 else b""
+        if text and _SYSTEM_DIR.fullmatch(text):
+            if start != run_end + 1:
+                found = _system_dir_run(run)
+                if found is not None:
+                    return found
+                run = []
+            run.append(text)
+            run_end = nul
+        else:
+            found = _system_dir_run(run)
+            if found is not None:
+                return found
+            run = []
+        pos = nul + 1
+    return _system_dir_run(run)
+
+
+def _system_dir_run(run: list[bytes]) -> list[str] | None:
+    if len(run) < 2:
+        return None
+    found = [d.decode("utf-8", "replace") for d in run]
+    return found if any("lib" in d for d in found) else None
 
 
 def _parse_ld_so_cache(data: bytes) -> dict[str, list[tuple[int, str]]]:
@@ -442,11 +559,23 @@ def _parse_ld_so_cache(data: bytes) -> dict[str, list[tuple[int, str]]]:
     if start + 48 + nlibs * entry.size > len(data):
         return {}
     entries: dict[str, list[tuple[int, str]]] = {}
+    strings: dict[int, str] = {}
+    # Strings may share bytes (ldconfig merges common tails), but not without end: what is
+    # decoded is bounded by a few times the file, each string by PATH_MAX.
+    budget = 4 * len(data) + 65536
 
     def string(offset: int) -> str:
-        begin = start + offset
-        end = data.find(b"\0", begin)
-        return data[begin : end if end >= 0 else len(data)].decode("utf-8", "surrogateescape")
+        nonlocal budget
+        text = strings.get(offset)
+        if text is None:
+            begin = start + offset
+            end = data.find(b"\0", begin, begin + 4096)
+            raw = data[begin : end if end >= 0 else begin + 4096]
+            budget -= len(raw) + 1
+            if budget < 0:
+                raise LOADER_FILE_BYTES.exceeded("the strings of /etc/ld.so.cache")
+            text = strings[offset] = raw.decode("utf-8", "surrogateescape")
+        return text
 
     for flags, key, value, _osversion, hwcap in entry.iter_unpack(
         data[start + 48 : start + 48 + nlibs * entry.size]
@@ -461,29 +590,57 @@ def _parse_ld_so_cache(data: bytes) -> dict[str, list[tuple[int, str]]]:
 
 
 def _parse_ld_so_conf(fs: _RootFs, path: str, seen: set[str]) -> list[str]:
-    """Directories listed by an ld.so.conf file and its includes (elf/ldconfig.c)."""
-    if path in seen:
-        return []
-    seen.add(path)
-    data = fs.read_bytes(path)
-    if data is None:
-        return []
+    """Directories listed by an ld.so.conf file and its includes (elf/ldconfig.c).
+
+    Includes are followed depth first without recursion; a file is read once, by its real
+    path (so a folder that links to itself cannot loop), and all of them together are
+    bounded by :data:`~pyops.limits.LOADER_FILE_BYTES`.
+    """
     dirs: list[str] = []
-    for raw in data.decode("utf-8", "surrogateescape").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        words = line.split()
-        if words[0] == "include" and len(words) > 1:
-            for pattern in words[1:]:
-                if not pattern.startswith("/"):
-                    pattern = _join(_dirname(path), pattern)
-                for match in fs.glob(pattern):
-                    dirs.extend(_parse_ld_so_conf(fs, match, seen))
-        elif words[0] == "hwcap":
-            continue  # obsolete, ignored by ldconfig
+    budget = LOADER_FILE_BYTES.value()
+    # Open files and includes: the file's path, its lines (or the include's matches) still
+    # to read, and whether they are matches.
+    stack: list[tuple[str, Iterator[str], bool]] = []
+
+    def open_conf(conf: str) -> None:
+        nonlocal budget
+        node = fs.lookup(conf)
+        key = node.real if node is not None else conf
+        if conf in seen or key in seen:
+            return
+        seen.update((conf, key))
+        data = fs.read_bytes(conf)
+        if data is None:
+            return
+        budget -= len(data)
+        if budget < 0:
+            raise LOADER_FILE_BYTES.exceeded("/etc/ld.so.conf with the files it includes")
+        stack.append((conf, iter(data.decode("utf-8", "surrogateescape").splitlines()), False))
+
+    open_conf(path)
+    while stack:
+        conf, items, matches = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+        elif matches:
+            open_conf(item)  # an included file, read where the include is
         else:
-            dirs.append(line.rstrip("/") or "/")
+            line = item.split("#", 1)[0].strip()
+            if not line:
+                continue
+            words = line.split()
+            if words[0] == "include" and len(words) > 1:
+                found: list[str] = []
+                for pattern in words[1:]:
+                    if not pattern.startswith("/"):
+                        pattern = _join(_dirname(conf), pattern)
+                    found.extend(fs.glob(pattern))
+                stack.append((conf, iter(found), True))
+            elif words[0] == "hwcap":
+                continue  # obsolete, ignored by ldconfig
+            else:
+                dirs.append(line.rstrip("/") or "/")
     return list(dict.fromkeys(dirs))
 
 
@@ -541,6 +698,7 @@ class _Search:
         self.glibc: _GlibcSetup | None = None
         self.musl_path: str | None = None
         self.env_dirs: list[str] = []
+        self.max_objects = OBJECTS.value()
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -548,6 +706,8 @@ class _Search:
         """Add a loaded object, known under ``names``, its soname and its file id."""
         if obj is not self.main:
             obj.seq = len(self.loaded)
+            if obj.seq > self.max_objects:
+                raise OBJECTS.exceeded(f"the libraries loaded by {self.main.path}", obj.seq)
             self.loaded.append(obj)
         obj.names.update(names)
         for name in obj.names:
@@ -612,7 +772,10 @@ class _Search:
     def glibc_dirs(self, text: str, obj: _Obj, separators: str) -> list[str]:
         """glibc fillin_rpath: split, expand, drop empty expansions, normalise slashes."""
         dirs: list[str] = []
-        for element in re.split(f"[{re.escape(separators)}]", text):
+        elements = re.split(f"[{re.escape(separators)}]", text)
+        PATH_ELEMENTS.check(len(elements), f"the search path {_short(text)} of {obj.path}")
+        seen: set[str] = set()
+        for element in elements:
             if element:
                 expanded = self.expand(element, obj)
                 if not expanded:
@@ -621,7 +784,8 @@ class _Search:
                 if not element.endswith("/"):
                     element += "/"
             # An empty element is "" and means the working directory.
-            if element not in dirs:
+            if element not in seen:
+                seen.add(element)
                 dirs.append(element)
         return dirs
 
@@ -832,7 +996,9 @@ class _Search:
         def in_path(text: str, via: str) -> Iterator[tuple[str, str]]:
             # path_open: elements split on ':' and newlines, empty ones skipped, each tried
             # as "<element>/<name>" verbatim.
-            for element in re.split(r"[:\n]", text):
+            elements = re.split(r"[:\n]", text)
+            PATH_ELEMENTS.check(len(elements), f"the search path {_short(text)}")
+            for element in dict.fromkeys(elements):
                 if not element:
                     continue
                 searched.append(element)
@@ -903,7 +1069,9 @@ class _Search:
         while index < len(queue):
             obj = queue[index]
             index += 1
-            for name in obj.info.needed:
+            # The same name twice in one object is looked up once (the loader finds the
+            # object it has just loaded); the DT_NEEDED list itself is bounded in elf.py.
+            for name in dict.fromkeys(obj.info.needed):
                 before = len(self.loaded)
                 dep = self.map(name, obj)
                 obj.deps.append((name, dep.path if dep is not None else None))
@@ -984,12 +1152,12 @@ class Resolver:
 
     def _system_dirs(self, interp: _Obj, info: ElfInfo) -> list[str]:
         # The built-in list belongs to the image's loader; read it from the loader file.
-        data = self._fs.read_bytes(interp.node.real)
+        # Only a prefix of a huge file is scanned: the list is in the loader's .rodata.
+        data = self._fs.read_bytes(interp.node.real, prefix=True)
         if data is not None:
-            for match in _SYSTEM_DIRS.finditer(data):
-                found = [d.decode("utf-8", "replace") for d in match.group().split(b"\0") if d]
-                if any("lib" in d for d in found):
-                    return found
+            found = _find_system_dirs(data)
+            if found is not None:
+                return found
         return self._layout_dirs(info)
 
     def _layout_dirs(self, info: ElfInfo) -> list[str]:
@@ -1190,8 +1358,10 @@ class Resolver:
             if data is not None:
                 text = data.decode("utf-8", "surrogateescape")
                 names += [n for n in re.split(r"[ \t\n:]+", text) if n]
+        unique = list(dict.fromkeys(names))
+        NEEDED.check(len(unique), "the names in LD_PRELOAD and /etc/ld.so.preload")
         loaded: list[_Obj] = []
-        for name in names:
+        for name in unique:
             before = len(search.loaded)
             obj = search.map(name, search.main, preload=True)
             if obj is not None and len(search.loaded) > before:
@@ -1348,23 +1518,37 @@ def format_tree(resolution: Resolution) -> str:
         lines[0] += " (statically linked)"
     interp_path = resolution.interpreter.path if resolution.interpreter else None
     shown: set[str] = set()
+    walked: set[str] = set()
     missing = {(m.name, m.needed_by): m for m in resolution.missing}
 
-    def walk(item: LoadedFile, depth: int) -> None:
-        indent = "    " * depth
-        for name, path in item.needed:
-            if path is None:
-                reason = missing.get((name, item.path))
-                lines.append(f"{indent}{name} => {reason.reason if reason else 'not found'}")
-                continue
-            child = by_path.get(path)
-            if child is not None and child.needed_by == item.path and child.name == name:
-                # Each library is shown once, under the object that made the loader load it.
-                lines.append(f"{indent}{name} => {path}")
-                walk(child, depth + 1)
-            elif path == interp_path and resolution.libc == "musl" and name not in shown:
-                shown.add(name)  # musl's libc.so is its loader
-                lines.append(f"{indent}{name} => {path}")
+    def walk(top: LoadedFile, top_depth: int) -> None:
+        # Depth first without recursion: (an object's remaining needs, their depth).
+        stack = [(iter(top.needed), top, top_depth)]
+        while stack:
+            needs, item, depth = stack[-1]
+            indent = "    " * depth
+            for name, path in needs:
+                if path is None:
+                    reason = missing.get((name, item.path))
+                    lines.append(f"{indent}{name} => {reason.reason if reason else 'not found'}")
+                    continue
+                child = by_path.get(path)
+                if (
+                    child is not None
+                    and child.needed_by == item.path
+                    and child.name == name
+                    and path not in walked
+                ):
+                    # Each library is shown once, under the object that made the loader load it.
+                    walked.add(path)
+                    lines.append(f"{indent}{name} => {path}")
+                    stack.append((iter(child.needed), child, depth + 1))
+                    break
+                if path == interp_path and resolution.libc == "musl" and name not in shown:
+                    shown.add(name)  # musl's libc.so is its loader
+                    lines.append(f"{indent}{name} => {path}")
+            else:
+                stack.pop()
 
     walk(program, 1)
     preloaded = {name for name, _ in program.needed}

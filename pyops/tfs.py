@@ -190,11 +190,11 @@ def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry], int]:
 
     counts: dict[int, int] = {}
     for children, name, target in links:
-        entry = _converted_file(root, target)
-        if entry is None:
+        linked = _converted_file(root, target)
+        if linked is None:
             raise InvalidInput(f"hard link {name!r} points to {target}, which is not a file")
-        children[name] = entry
-        counts[id(entry)] = counts.get(id(entry), 1) + 1
+        children[name] = linked
+        counts[id(linked)] = counts.get(id(linked), 1) + 1
     for entry in files:
         n = counts.get(id(entry))
         if n is not None:
