@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import logging
+import re
 import socket
 import threading
 import time
@@ -52,7 +53,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_AFTER_MAX = 60.0
 """The longest ``Retry-After`` pyops waits; a server asking for more gets its answer as an
 error (naming the wait) instead of a retry."""
-_BACKOFF = 0.5
+_BACKOFF = 0.25
 _BACKOFF_MAX = 8.0
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
 
@@ -246,6 +247,89 @@ class HttpResponse:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class HttpStatusError(NetworkError):
+    """A server answered a plain download with an unexpected HTTP status."""
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class RangedStream:
+    """A download of a URL from a byte offset; a :class:`pyops.store.BlobStream`."""
+
+    def __init__(
+        self,
+        response: HttpResponse,
+        offset: int,
+        expected: int | None,
+        cancel: Cancel | None = None,
+    ) -> None:
+        self._response = response
+        self._offset = offset
+        self._expected = expected
+        self._cancel = cancel
+
+    @property
+    def offset(self) -> int:
+        """Offset of the first byte the server sends (0 when it ignored ``Range``)."""
+        return self._offset
+
+    def chunks(self) -> Iterator[bytes]:
+        return self._response.iter_raw(1 << 16, expected=self._expected, cancel=self._cancel)
+
+    def close(self) -> None:
+        self._response.close()
+
+
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+([0-9]{1,19})-[0-9]{1,19}/([0-9]{1,19}|\*)\s*")
+
+
+def open_ranged(
+    http: HttpClient,
+    url: str,
+    offset: int = 0,
+    *,
+    size: int | None = None,
+    cancel: Cancel | None = None,
+) -> tuple[RangedStream, int | None]:
+    """GET ``url`` from byte ``offset`` on (``Range``), for a resumable download.
+
+    Returns the stream (its offset is 0 when the server ignored the range) and the total
+    size when the server says it. A ``416`` starts again from 0; another status than 200 or
+    206 is an :class:`HttpStatusError`, and a total that differs from ``size`` (the one
+    seen before) a NetworkError, since the file changed under the download.
+    """
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    response = http.request("GET", url, headers=headers, cancel=cancel)
+    try:
+        if response.status == 416 and offset:
+            response.close()
+            return open_ranged(http, url, 0, size=size, cancel=cancel)
+        start, total = 0, response.content_length
+        if response.status == 206 and offset:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if match is None or int(match.group(1)) != offset:
+                raise NetworkError(f"{redact(url)} answered a range request with the wrong range")
+            start = offset
+            total = int(match.group(2)) if match.group(2) != "*" else None
+            if total is None and size is not None:
+                total = size
+        elif response.status != 200:
+            raise HttpStatusError(
+                f"{redact(url)} answered HTTP {response.status}", status=response.status
+            )
+        if size is not None and total is not None and total != size:
+            raise NetworkError(f"{redact(url)} changed size during the download; try again")
+    except BaseException:
+        response.close()
+        raise
+    expected = None if total is None else max(0, total - start)
+    return RangedStream(response, start, expected, cancel), total
 
 
 class HttpClient:

@@ -19,7 +19,6 @@ without any network access.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -431,10 +430,13 @@ def latest_version(
     client: HttpClient | None = None,
     ttl: float = LATEST_TTL,
     refresh: bool = False,
+    fallback: bool = False,
 ) -> str:
     """The latest Nanos version, from ``latest.txt``, cached for ``ttl`` seconds.
 
-    When the network fails, a cached answer of any age is used rather than failing.
+    When the network fails, a cached answer of any age is used rather than failing. When
+    there is such an answer, or ``fallback`` says the caller has one of its own, a failed
+    request is not retried: the answer at hand beats waiting on a network that is down.
     """
     base = release_url(base_url)
     cache = releases_dir(home) / "latest.json"
@@ -444,8 +446,10 @@ def latest_version(
     from pyops.net import HttpClient, redact
 
     url = f"{base}/latest.txt"
+    if client is None:
+        client = HttpClient(retries=0) if cached is not None or fallback else HttpClient()
     try:
-        with (client or HttpClient()).request("GET", url) as response:
+        with client.request("GET", url) as response:
             if response.status != 200:
                 raise NetworkError(f"{redact(url)} answered HTTP {response.status}")
             body = _decoded(response, response.read(_LATEST_LIMIT))
@@ -461,18 +465,29 @@ def latest_version(
         raise ReleaseError(
             f"{redact(url)} does not hold a Nanos version: {version[:40]!r}"
         ) from None
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".latest.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": version, "fetched": time.time(), "url": base}))
-    os.replace(tmp, cache)
+    from pyops import atomic
+
+    record = json.dumps({"version": version, "fetched": time.time(), "url": base}).encode()
+    try:
+        with atomic.reporting_disk_full(cache, len(record)):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(cache, record)
+    except OSError as exc:  # a cache that cannot be written costs a request next time
+        log.warning("cannot record the latest version in %s: %s", cache, exc)
     return version
 
 
 def _read_latest_cache(cache: Path, base: str) -> tuple[str, float] | None:
+    from pyops import limits
+    from pyops.errors import LimitExceeded
+
     try:
-        data = json.loads(cache.read_text())
+        with cache.open("rb") as file:
+            data = limits.parse_json(file.read(_LATEST_LIMIT * 16), f"{cache}")
         version, fetched, url = data["version"], float(data["fetched"]), data["url"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, LimitExceeded, OverflowError):
+        return None
+    if fetched != fetched:  # NaN
         return None
     # An answer from another mirror says nothing about this one.
     if url != base or not isinstance(version, str) or not _VERSION.fullmatch(version):
@@ -480,13 +495,14 @@ def _read_latest_cache(cache: Path, base: str) -> tuple[str, float] | None:
     return version, fetched
 
 
-def _decoded(response: HttpResponse, body: bytes) -> bytes:
-    # HttpResponse gives bytes as sent; a small text file may be served gzip-encoded.
+def _decoded(response: HttpResponse, body: bytes, limit: int = _MD5_LIMIT) -> bytes:
+    # HttpResponse gives bytes as sent; a small text file may be served gzip-encoded. At most
+    # ``limit`` bytes are decompressed: a few hundred bytes of gzip can unpack to megabytes.
     from pyops.net import redact
 
-    if response.headers.get("Content-Encoding", "").lower() == "gzip":
+    if response.headers.get("Content-Encoding", "").strip().lower() == "gzip":
         try:
-            return gzip.decompress(body)
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, limit)
         except (OSError, EOFError, zlib.error) as exc:
             raise NetworkError(f"{redact(response.url)}: bad gzip encoding ({exc})") from exc
     return body
@@ -500,8 +516,16 @@ def download_release(
     client: HttpClient | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> NanosRelease:
-    """Download release ``version`` and install it (replacing an installed copy)."""
+    """Download release ``version`` and install it (replacing an installed copy).
+
+    The tarball is downloaded by the blob store's download loop (hashed as it is written,
+    resumed with ``Range`` after a cut, under the same deadline): into
+    ``releases/.download-<version>.partial``, which a cut connection, a deadline or Ctrl-C
+    leaves as the resume point of the next try, and anything else removes.
+    """
+    from pyops.errors import LimitExceeded
     from pyops.net import HttpClient
+    from pyops.store import Cancelled, locked_partial
 
     check_version(version)
     base = release_url(base_url)
@@ -512,23 +536,30 @@ def download_release(
     # comes from the same server). Old releases have none, so its absence is not an error.
     expected_md5 = _fetch_md5(http, url.removesuffix(".tar.gz") + ".md5")
     root = releases_dir(home)
-    root.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=root, prefix=f".download-{version}-", suffix=".tar.gz")
-    tarball = Path(name)
+    from pyops import atomic
+
+    with atomic.reporting_disk_full(root):
+        root.mkdir(parents=True, exist_ok=True)
+    partial = root / f".download-{version}.partial"
+    keep = False
     try:
-        with os.fdopen(fd, "wb") as out:
-            actual_md5 = _download(http, url, version, out, progress)
-        if expected_md5 is not None and actual_md5 != expected_md5:
-            raise ReleaseError(
-                f"the download of Nanos {version} is corrupt: its MD5 is {actual_md5}, "
-                f"but the published one is {expected_md5}; it was discarded",
-                hint="try again; if it keeps failing, install from a tarball with --from",
+        with locked_partial(partial) as handle:
+            try:
+                _download(
+                    http, url, version, handle, progress, expected_md5=expected_md5, path=partial
+                )
+            except (NetworkError, LimitExceeded, Cancelled, KeyboardInterrupt):
+                keep = True  # a sound resume point for the next try
+                raise
+            return _install(
+                Path(tarball_name(version)),
+                version,
+                home,
+                lambda tmp: _unpack_tarball(partial, tmp),
             )
-        return _install(
-            Path(tarball_name(version)), version, home, lambda tmp: _unpack_tarball(tarball, tmp)
-        )
     finally:
-        tarball.unlink(missing_ok=True)
+        if not keep:
+            partial.unlink(missing_ok=True)
 
 
 def _fetch_md5(http: HttpClient, url: str) -> str | None:
@@ -545,38 +576,80 @@ def _fetch_md5(http: HttpClient, url: str) -> str | None:
     return m.group(0).lower()
 
 
-def _download(http: HttpClient, url: str, version: str, out: IO[bytes], progress: Progress) -> str:
-    """Stream ``url`` into ``out``; return the MD5 of what was written."""
-    from pyops.net import redact
+def _download(
+    http: HttpClient,
+    url: str,
+    version: str,
+    out: IO[bytes],
+    progress: Progress,
+    *,
+    expected_md5: str | None = None,
+    path: Path | None = None,
+) -> str:
+    """Complete the download of ``url`` into ``out`` (a partial file, resumed from its end).
 
-    md5 = hashlib.md5(usedforsecurity=False)
-    with http.request("GET", url) as response:
-        if response.status == 404:
+    Goes through :func:`pyops.store.resume_download`, the loop blobs use (each chunk written
+    and hashed in one pass, ``Range`` resume after a cut, the request deadline); the MD5 is
+    checked when ``expected_md5`` is given, the size (``Content-Length``) always. Returns the
+    MD5 of the content.
+    """
+    from pyops.errors import DigestMismatch
+    from pyops.net import HttpStatusError, RangedStream, open_ranged, redact
+    from pyops.store import BlobStream, resume_download
+
+    have = out.seek(0, os.SEEK_END)
+    try:
+        first, size = open_ranged(http, url, have)
+    except HttpStatusError as exc:
+        if exc.status == 404:
             raise ReleaseError(
                 f"there is no Nanos release {version} at {redact(url)}",
                 hint="check the version (pyops kernel install with no version gets the latest)",
-            )
-        if response.status != 200:
-            raise NetworkError(f"{redact(url)} answered HTTP {response.status}")
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        key = f"nanos-{version}"
-        progress.start(key, f"nanos {version}", total)
-        received = 0
-        try:
-            for chunk in response.iter_raw(_CHUNK):
-                out.write(chunk)
-                md5.update(chunk)
-                received += len(chunk)
-                progress.advance(key, len(chunk))
-        finally:
-            progress.finish(key)
-    if total is not None and received != total:
-        raise NetworkError(
-            f"the download of Nanos {version} ended after {received} of {total} bytes",
-            hint="run the command again",
+            ) from exc
+        raise
+    waiting: list[RangedStream] = [first]
+    if size is None:
+        first.close()
+        raise ReleaseError(
+            f"{redact(url)} does not say how large the release is (no Content-Length), so its "
+            "download cannot be checked",
+            hint="install from a tarball with --from",
         )
-    return md5.hexdigest()
+
+    def opener(offset: int) -> BlobStream:
+        while waiting:
+            stream = waiting.pop()
+            if stream.offset in (offset, 0):
+                return stream
+            stream.close()
+        return open_ranged(http, url, offset, size=size)[0]
+
+    key = f"nanos-{version}"
+    progress.start(key, f"nanos {version}", size)
+    name = f"the download of Nanos {version}"
+    try:
+        actual = resume_download(
+            out,
+            path or releases_dir() / f".download-{version}.partial",
+            size,
+            opener,
+            digest=f"md5:{expected_md5}" if expected_md5 else None,
+            algorithm="md5",
+            name=name,
+            progress=progress,
+            key=key,
+        )
+    except DigestMismatch as exc:
+        raise ReleaseError(
+            f"{name} is corrupt: its MD5 is not the published one, {expected_md5}; it was "
+            "discarded",
+            hint="try again; if it keeps failing, install from a tarball with --from",
+        ) from exc
+    finally:
+        progress.finish(key)
+        for stream in waiting:
+            stream.close()
+    return actual.partition(":")[2]
 
 
 # --- choosing a release ----------------------------------------------------------------------
@@ -614,7 +687,9 @@ def get_release(
             return installed[-1]
         raise ReleaseError("no Nanos release is installed", hint=INSTALL_HINT)
     try:
-        latest = latest_version(home=home, base_url=base_url, client=client)
+        latest = latest_version(
+            home=home, base_url=base_url, client=client, fallback=bool(installed)
+        )
     except NetworkError as exc:
         if installed:
             log.warning("%s; using Nanos %s, the newest installed", exc, installed[-1].version)

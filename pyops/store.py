@@ -252,14 +252,15 @@ def resume_download(
     key: str | None = None,
     attempts: int = 3,
     cancel: Cancel | None = None,
-) -> None:
+) -> str:
     """Complete the download in ``handle`` (the partial file at ``path``) to ``size`` bytes.
 
     The one download loop of pyops (blobs and Nanos releases): the bytes already in the file
     are the resume point, asked for with ``open_blob(offset)``; each chunk is written and
     hashed in one pass by a :class:`BlobWriter`; a cut connection is resumed up to
     ``attempts`` times; a ``digest`` (``algorithm:hex``) is verified at the end, or when it is
-    ``None`` only the size is. On return the file holds the whole verified content, flushed.
+    ``None`` only the size is. On return the file holds the whole verified content, flushed;
+    the digest of it (``algorithm:hex``) is returned.
     """
     key = key or digest or name
     hash_name = digest.partition(":")[0] if digest else algorithm
@@ -322,6 +323,7 @@ def resume_download(
                         )
             handle.flush()
         writer.verify()
+        return writer.actual
     except (DigestMismatch, DiskFull):
         # A full disk may have torn the last write: the file is no resume point.
         _discard(handle)

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from pyops.cli import cli
 from pyops.errors import InvalidInput, ReleaseError
+from pyops.net import HttpClient
 from pyops.release import (
     NanosRelease,
     download_release,
@@ -391,8 +392,10 @@ def test_offline_uses_cache_without_network(
     server.close()  # from now on every request fails
     # No version asked for and latest.txt unreachable: the newest installed release is used.
     assert get_release(home=home, base_url=url).version == "0.1.7"
+    waits: list[float] = []
     with pytest.raises(ReleaseError) as caught:
-        get_release("0.1.8", home=home, base_url=url)
+        get_release("0.1.8", home=home, base_url=url, client=HttpClient(sleep=waits.append))
+    assert len(waits) == 5  # a connection failure is retried
     assert "cannot be downloaded" in str(caught.value)
     assert caught.value.hint is not None and "pyops kernel install --from" in caught.value.hint
 
