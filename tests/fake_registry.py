@@ -2,7 +2,9 @@
 
 It serves manifests and blobs from dictionaries over plain HTTP on loopback, records every
 request, and can be told to cut a blob download half-way, ignore ``Range``, serve bytes that do
-not match the digest, redirect blobs to another host name, or demand Basic auth.
+not match the digest, redirect blobs to another host name, or demand Basic auth; and, for the
+hostile-server tests, to trickle a blob or a manifest, answer 429/5xx a few times, or have the
+redirect target ask for credentials with a Bearer realm of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import base64
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +50,23 @@ class FakeRegistry:
     """``host:port`` that blob requests are redirected to (e.g. ``localhost:<port>``)."""
     basic_auth: tuple[str, str] | None = None
     port: int = 0
+    redirect_target_challenge: bool = False
+    """The redirect target (``localhost``) answers 401 with a Bearer realm on itself."""
+    token_requests: list[Request] = field(default_factory=list)
+    """Requests to ``/token`` (the realm of the redirect target's challenge)."""
+    fail_next: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    """Answers (status, headers) given to the next requests other than ``/v2/``, in order."""
+    slow: dict[str, float] = field(default_factory=dict)
+    """Digest (blob) or ``repo:reference`` (manifest) -> seconds between chunks."""
+    slow_chunk: int = 1024
+    on_chunk: Callable[[str, int], None] | None = None
+    """Called after each chunk of a slow body is sent, with the key and bytes sent so far."""
+    sent: dict[str, int] = field(default_factory=dict)
+    """Bytes of each slow body sent before it ended."""
+    aborted: set[str] = field(default_factory=set)
+    """Slow bodies whose connection the client closed before the end."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set when the server shuts down: slow bodies stop."""
 
     def add_image(
         self, repository: str, tag: str, layers: list[bytes], config: dict[str, Any]
@@ -96,9 +116,40 @@ def _handler(state: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(body)
 
+        def _trickle(self, key: str, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            sent = 0
+            try:
+                while sent < len(body) and not state.stop.is_set():
+                    piece = body[sent : sent + state.slow_chunk]
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    sent += len(piece)
+                    state.sent[key] = sent
+                    if state.on_chunk is not None:
+                        state.on_chunk(key, sent)
+                    if sent < len(body):
+                        time.sleep(state.slow[key])
+            except OSError:
+                state.aborted.add(key)
+            self.close_connection = True
+
         def do_GET(self) -> None:  # noqa: N802
-            state.requests.append(Request("GET", self.path, dict(self.headers.items())))
+            request = Request("GET", self.path, dict(self.headers.items()))
+            state.requests.append(request)
             host = self.headers.get("Host", "")
+            if self.path.startswith("/token"):
+                state.token_requests.append(request)
+                self._send(200, b'{"token": "stolen"}')
+                return
+            if state.fail_next and self.path != "/v2/":
+                status, headers = state.fail_next.pop(0)
+                self._send(status, b'{"errors":[{"code":"TOOMANYREQUESTS"}]}', headers)
+                return
             if state.basic_auth and not host.startswith("localhost"):
                 expected = "Basic " + base64.b64encode(":".join(state.basic_auth).encode()).decode()
                 if self.headers.get("Authorization") != expected:
@@ -117,18 +168,30 @@ def _handler(state: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                     )
                     return
                 data, media_type = state.manifests[key]
-                self._send(
-                    200, data, {"Content-Type": media_type, "Docker-Content-Digest": sha256(data)}
-                )
+                headers = {"Content-Type": media_type, "Docker-Content-Digest": sha256(data)}
+                if key in state.slow:
+                    self._trickle(key, 200, data, headers)
+                else:
+                    self._send(200, data, headers)
             elif "blobs" in parts:
                 self._blob(parts[-1], host)
             else:
                 self._send(404)
 
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            self.do_GET()
+
         def _blob(self, digest: str, host: str) -> None:
             if state.redirect_blobs_to and not host.startswith("localhost"):
                 target = f"http://{state.redirect_blobs_to}{self.path}"
                 self._send(307, b"", {"Location": target})
+                return
+            if state.redirect_target_challenge and host.startswith("localhost"):
+                realm = f"http://{host}/token"
+                challenge = f'Bearer realm="{realm}",service="cdn",scope="repository:x:pull"'
+                self._send(401, b"{}", {"WWW-Authenticate": challenge})
                 return
             if digest not in state.blobs:
                 self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
@@ -149,6 +212,9 @@ def _handler(state: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+            if digest in state.slow:
+                self._trickle(digest, 200, body, headers)
+                return
             if start:
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
                 self._send(206, body, headers)
@@ -170,6 +236,7 @@ def serve(state: FakeRegistry | None = None) -> Iterator[FakeRegistry]:
     try:
         yield state
     finally:
+        state.stop.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
