@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import io
 import os
@@ -15,8 +16,9 @@ from typing import IO, Any
 
 import pytest
 
+from pyops import atomic
 from pyops import store as store_module
-from pyops.errors import DigestMismatch, NetworkError
+from pyops.errors import DigestMismatch, DiskFull, NetworkError
 from pyops.store import BlobWriter, Store
 
 BLOB = os.urandom(300_000)
@@ -341,3 +343,102 @@ def test_blob_writer_writes_hashes_and_verifies_in_one_pass() -> None:
     wrong.write_all([BLOB])
     with pytest.raises(DigestMismatch, match="the-label.*expected sha256:0000"):
         wrong.verify()
+
+
+class FullDisk:
+    """The partial file's handle on a disk that fills up after ``room`` bytes."""
+
+    def __init__(self, handle: IO[bytes], room: int) -> None:
+        self._handle = handle
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            # As a real full disk may: part of the chunk lands, then ENOSPC.
+            self._handle.write(data[: self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._handle.write(data)
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def test_full_disk_leaves_no_partial_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path)
+    real_locked = store_module.locked_partial
+
+    @contextmanager
+    def locked(path: Path) -> Iterator[Any]:
+        with real_locked(path) as handle:
+            yield FullDisk(handle, 123_456)
+
+    monkeypatch.setattr(store_module, "locked_partial", locked)
+    with pytest.raises(DiskFull, match=r"disk full at .*blobs.tmp, needs [0-9,]+ (more )?bytes"):
+        store.ensure_blob(DIGEST, len(BLOB), Opener())
+    # The torn partial file is gone, so it cannot make the next pull fail.
+    assert _leftovers(store) == []
+    assert not store.has_blob(DIGEST)
+    monkeypatch.setattr(store_module, "locked_partial", real_locked)
+    opener = Opener()
+    assert store.ensure_blob(DIGEST, len(BLOB), opener).read_bytes() == BLOB
+    assert opener.offsets == [0]
+
+
+def test_full_disk_in_put_blob_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path)
+    real_open = builtins.open
+
+    def full(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(path, mode, *args, **kwargs)
+        if "x" in mode or "w" in mode:
+            return FullDisk(handle, 10)
+        return handle
+
+    monkeypatch.setattr(atomic, "open", full, raising=False)
+    with pytest.raises(DiskFull, match="disk full at"):
+        store.put_blob(b"x" * 1000)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_cut_download_keeps_its_resume_point_and_orphans_are_swept(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(NetworkError):
+        store.ensure_blob(DIGEST, len(BLOB), Opener(cuts=[100_000]), attempts=1)
+    assert _leftovers(store) == [DIGEST.replace(":", "-") + ".partial"]
+    # A temporary of a process that died is swept when a process first writes there.
+    orphan = tmp_path / "blobs" / "sha256" / ".x.pyops-999999999-0123abcd.tmp"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"torn")
+    store_module._swept.clear()
+    opener = Opener()
+    assert store.ensure_blob(DIGEST, len(BLOB), opener).read_bytes() == BLOB
+    assert opener.offsets == [100_000]
+    assert not orphan.exists()
+
+
+def test_cancel_stops_the_writer_within_a_chunk() -> None:
+    cancel = store_module.Cancel()
+    seen: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for n in range(100):
+            seen.append(n)
+            if n == 3:
+                cancel.cancel()
+            yield b"x" * 10
+
+    writer = BlobWriter(DIGEST, 1000, io.BytesIO())
+    with pytest.raises(store_module.Cancelled):
+        writer.write_all(chunks(), cancel)
+    assert seen == [0, 1, 2, 3]
+    assert writer.have == 30
