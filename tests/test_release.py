@@ -278,19 +278,44 @@ class ReleaseServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: list[str] = []
+        self.ranges: list[str | None] = []
+        self.cut_once: set[str] = set()
+        """Paths whose next download stops half-way (the connection is closed)."""
+        self.corrupt_after_cut: dict[str, bytes] = {}
+        """Path -> content served on the requests that follow a cut (a changed file)."""
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 server.requests.append(self.path)
+                server.ranges.append(self.headers.get("Range"))
                 body = server.files.get(self.path)
                 if body is None:
-                    self.send_error(404)
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                start = 0
+                header = self.headers.get("Range")
+                if header:
+                    start = int(header.removeprefix("bytes=").split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.path in server.cut_once:
+                    server.cut_once.discard(self.path)
+                    self.wfile.write(body[start : len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    if self.path in server.corrupt_after_cut:
+                        server.files[self.path] = server.corrupt_after_cut[self.path]
+                    return
+                self.wfile.write(body[start:])
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -428,3 +453,50 @@ def test_release_is_frozen(tmp_path: Path, home: Path, elf_bytes: bytes) -> None
     assert isinstance(release, NanosRelease)
     with pytest.raises(AttributeError):
         release.version = "1.0"  # type: ignore[misc]
+
+
+def test_release_download_is_verified_and_resumable(
+    server: ReleaseServer, home: Path, tarball_bytes: bytes
+) -> None:
+    server.publish("0.1.30", tarball_bytes)
+    path = "/nanos/release/0.1.30/nanos-release-linux-0.1.30.tar.gz"
+    server.cut_once.add(path)
+    release = download_release("0.1.30", home=home, base_url=server.url)
+    assert release.version == "0.1.30"
+    # The cut download went on from where it stopped, in the same call.
+    tarball_ranges = [r for p, r in zip(server.requests, server.ranges, strict=True) if p == path]
+    assert tarball_ranges == [None, f"bytes={len(tarball_bytes) // 2}-"]
+    assert leftovers(home) == ["0.1.30"]
+
+
+def test_release_resume_point_survives_and_a_changed_file_is_refused(
+    server: ReleaseServer, home: Path, tarball_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyops.store
+
+    real = pyops.store.resume_download
+
+    def one_try(*args: object, **kwargs: object) -> str:
+        kwargs["attempts"] = 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pyops.store, "resume_download", one_try)
+    server.publish("0.1.30", tarball_bytes)
+    path = "/nanos/release/0.1.30/nanos-release-linux-0.1.30.tar.gz"
+    server.cut_once.add(path)
+    changed = bytes(reversed(tarball_bytes))
+    server.corrupt_after_cut[path] = changed
+    with pytest.raises(ReleaseError, match="cannot be downloaded"):
+        get_release("0.1.30", home=home, base_url=server.url)
+    # The half that arrived is kept as the next try's resume point...
+    assert leftovers(home) == [".download-0.1.30.partial"]
+    # ... and the next try resumes it, but the file changed meanwhile: the MD5 catches the
+    # spliced result, and nothing is left behind.
+    with pytest.raises(ReleaseError, match="MD5"):
+        download_release("0.1.30", home=home, base_url=server.url)
+    assert server.ranges[-1] == f"bytes={len(tarball_bytes) // 2}-"
+    assert leftovers(home) == []
+    server.publish("0.1.30", changed)  # now published with its MD5: a bad tarball
+    with pytest.raises(ReleaseError):
+        download_release("0.1.30", home=home, base_url=server.url)
+    assert leftovers(home) == []
