@@ -13,6 +13,7 @@ status to the isa-debug-exit port (nanos ``src/kernel/init.c``, ``platform/pc/se
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -20,9 +21,11 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,8 +271,11 @@ def check_ports_free(ports: Sequence[PortForward]) -> None:
     for fwd in ports:
         kind = socket.SOCK_STREAM if fwd.protocol == "tcp" else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, kind) as s:
+            if fwd.protocol == "tcp":
+                # As qemu's user network does: a port held only by TIME_WAIT sockets is free.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                s.bind(("127.0.0.1", fwd.host))
+                s.bind(("", fwd.host))  # qemu's hostfwd listens on every address
             except OSError:
                 raise QemuError(
                     f"host port {fwd.host} is already in use",
@@ -305,19 +311,53 @@ def run_vm(
     except OSError as exc:
         raise QemuError(f"cannot start {argv[0]}: {exc.strerror}") from exc
     try:
-        _out, err = proc.communicate(timeout=timeout)
+        with _signals_stop_the_vm():
+            _out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         raise QemuError(f"the virtual machine did not stop within {timeout:g} s") from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Signalled) as stop:
         proc.terminate()
         try:
             proc.communicate(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.communicate()
+        if isinstance(stop, _Signalled):
+            # qemu is gone: now end as the signal asked, with its default action.
+            signal.signal(stop.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), stop.signum)
         raise
     return interpret_exit(proc.returncode, err.decode("utf-8", "replace"), argv)
+
+
+class _Signalled(BaseException):
+    """SIGTERM or SIGHUP arrived while a virtual machine ran in the foreground."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_stop_the_vm() -> Iterator[None]:
+    """While qemu runs, SIGTERM and SIGHUP stop it first, as Ctrl-C does (only the main
+    thread can set handlers; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Signalled(signum)
+
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {signum: signal.signal(signum, stop) for signum in wanted}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def interpret_exit(status: int, stderr: str, argv: Sequence[str]) -> int:

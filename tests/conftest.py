@@ -142,7 +142,13 @@ with open(drive, "r+b") as disk:
     if marker:  # what a guest does: write to its disk
         disk.seek(-4096, 2)
         disk.write(marker.encode())
+with open(os.environ["PYOPS_TEST_QEMU_LOG"] + ".pids", "a") as pids:
+    pids.write(str(os.getpid()) + "\\n")
 sys.stdout.write(os.environ.get("PYOPS_TEST_QEMU_OUTPUT", ""))
+sys.stdout.flush()
+if os.environ.get("PYOPS_TEST_QEMU_HANG"):  # a guest that never stops
+    import time
+    time.sleep(600)
 sys.stderr.write(os.environ.get("PYOPS_TEST_QEMU_STDERR", ""))
 sys.exit(int(os.environ.get("PYOPS_TEST_QEMU_STATUS", "0")))
 """
@@ -166,6 +172,15 @@ class FakeQemu:
         if not seen.exists():
             return []
         return [tuple(line.split(" ")) for line in seen.read_text().splitlines()]  # type: ignore[misc]
+
+    def pids(self) -> list[int]:
+        """The process id of each run."""
+        seen = Path(f"{self.log}.pids")
+        return [int(x) for x in seen.read_text().split()] if seen.exists() else []
+
+    def hang(self) -> None:
+        """Make the next runs never stop by themselves."""
+        self.monkeypatch.setenv("PYOPS_TEST_QEMU_HANG", "1")
 
     def answer(self, status: int = 0, output: str = "", stderr: str = "", write: str = "") -> None:
         """How the next runs behave: exit status, console output, and bytes the "guest"
@@ -242,3 +257,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     target = os.environ.get("PYOPS_NANOS_SUMMARY")
     if target:
         Path(target).write_text(line + "\n")
+
+
+# --- deep folder chains: the hostile-input tests make them, thousands of folders deep. At the
+# end of a session pytest removes old temporary folders with shutil.rmtree, which recurses
+# once per level on Python 3.11. The limit is raised for that step only (a pure-Python call
+# does not grow the C stack on 3.11), so that tests still see the normal limit.
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish() -> Any:
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)

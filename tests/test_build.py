@@ -463,3 +463,34 @@ def test_each_run_starts_from_the_built_image_and_the_last_runs_writes_stay_read
         assert listing.returncode == 0 and "new.txt" not in listing.stdout
         written = pyops("image", "cat", "--last-run", "probe", "/tmp/new.txt")
         assert written.stdout == "written in the guest\n", written.stderr
+
+
+@pytest.mark.parametrize("signum", [15, 1])  # SIGTERM, SIGHUP
+def test_sigterm_or_sighup_of_pyops_stops_qemu_too(
+    home: Path, fake_release: NanosRelease, hello: Path, fake_qemu: FakeQemu, signum: int
+) -> None:
+    import signal
+
+    fake_qemu.hang()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyops", "run", str(hello)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not fake_qemu.pids() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        (qemu_pid,) = fake_qemu.pids()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == -signum
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):  # reaped by now, or very soon: pyops waited for it
+            os.kill(qemu_pid, 0)
+            time.sleep(0.05)
+    assert signal.Signals(signum).name in ("SIGTERM", "SIGHUP")

@@ -129,3 +129,20 @@ def test_run_vm_without_disk(tmp_path: Path) -> None:
 
     with pytest.raises(QemuError, match="no such disk image"):
         run_vm(tmp_path / "missing.img")
+
+
+def test_a_port_held_only_by_time_wait_sockets_is_free() -> None:
+    import socket
+
+    from pyops.qemu import check_ports_free
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the side that closes first keeps TIME_WAIT on the port
+        client.close()
+    check_ports_free([PortForward(port, 80)])
