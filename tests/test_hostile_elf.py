@@ -44,7 +44,6 @@ def make_elf(
     order = "<" if little_endian else ">"
     wide = elf_class == 64
     ehsize, phentsize = (64, 56) if wide else (52, 32)
-    dyn_size = 16 if wide else 8
     nph = 2 + (interp is not None)
     strings = bytearray(b"\0")
     offsets: dict[str, int] = {}
