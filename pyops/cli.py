@@ -264,44 +264,30 @@ def pkg_load(
     argument naming a file in the current directory is copied into the program's working
     directory in the image.
     """
-    import dataclasses
-    import shlex
-
-    from pyops.build import build_package_image, check_image_name, merge_config, parse_env
-    from pyops.images import fresh_run_copy
-    from pyops.package import load_package
-    from pyops.qemu import Host, qemu_command, run_vm
+    from pyops.build import parse_env
+    from pyops.ops.recipes import BuildFlags, RunFlags, run_package
 
     del local  # packages are always local here; the flag exists for Ops's muscle memory
-    package = load_package(name)
-    ops = _load_ops_config(config_file)
-    config = merge_config(ops, package.program, args=args, env=parse_env(env), name=image_name)
-    image = check_image_name(config.name or package.name)
-    config = dataclasses.replace(config, name=image)
-    release = _release_for(nanos_version or ops.nanos_version, ops)
-    built = build_package_image(
-        package,
-        config,
-        release,
-        _images_dir() / f"{image}.img",
-        force=force,
+    code = run_package(
+        _load_ops_config(config_file),
+        name,
+        BuildFlags(
+            args=args, env=parse_env(env), name=image_name, nanos_version=nanos_version, force=force
+        ),
+        RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
         progress=TqdmProgress(),
+        show_command=_show_command,
     )
-    vm = _vm_config(ops, ports, memory, smp, accel)
-    host = Host.detect()
-    disk = fresh_run_copy(built.path)
-    if verbose or (verbose is None and ops.run.verbose):
-        click.echo(shlex.join(qemu_command(disk, vm, host)), err=True)
-    ctx.exit(run_vm(disk, vm, host=host, stdin=None))
+    ctx.exit(code)
+
+
+def _show_command(argv: Sequence[str]) -> None:
+    import shlex
+
+    click.echo(shlex.join(argv), err=True)
 
 
 # --- pyops build / run -----------------------------------------------------------------------
-
-
-def _images_dir() -> Path:
-    from pyops.images import images_dir
-
-    return images_dir()
 
 
 def _build_options(f: F) -> F:
@@ -328,46 +314,7 @@ def _load_ops_config(config_file: str | None) -> Any:
     return load_config(config_file) if config_file else OpsConfig()
 
 
-def _release_for(version: str | None, ops: Any) -> Any:
-    """The Nanos release to build with, with config.json's Kernel and Boot applied."""
-    import dataclasses
-
-    from pyops.release import get_release, installed_releases
-
-    # Like Ops, never update Nanos behind the user's back: without a version the newest
-    # installed release is used, and the network is asked only when none is installed.
-    offline = version is None and bool(installed_releases())
-    release = get_release(version, download=not offline, progress=TqdmProgress())
-    if ops.kernel or ops.boot:
-        release = dataclasses.replace(
-            release,
-            kernel=Path(ops.kernel) if ops.kernel else release.kernel,
-            boot_img=Path(ops.boot) if ops.boot else release.boot_img,
-        )
-    return release
-
-
-def _vm_config(
-    ops: Any, ports: tuple[str, ...], memory: str | None, smp: int | None, accel: str | None
-) -> Any:
-    """qemu settings: flags first, then config.json's RunConfig, then defaults."""
-    from pyops.qemu import Accel, Host, PortForward, VmConfig, choose_accel
-
-    settings = ops.run
-    if accel is None:
-        accel = "tcg" if settings.accel is False else "auto"
-    config = VmConfig(
-        memory=memory or settings.memory or "2G",
-        cpus=smp if smp is not None else settings.cpus,
-        accel=Accel(accel),
-        ports=tuple(PortForward.parse(p) for p in (ports or settings.ports))
-        + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
-    )
-    choose_accel(config.accel, Host.detect())  # refuse an unusable accelerator before building
-    return config
-
-
-def _do_build(
+def _build_flags(
     program: str | None,
     config_file: str | None,
     args: tuple[str, ...],
@@ -378,40 +325,33 @@ def _do_build(
     size: str | None,
     nanos_version: str | None,
     force: bool,
-    ops: Any = None,
-) -> Path:
-    import dataclasses
-
-    from pyops.build import build_image, check_image_name, image_name, merge_config, parse_env
+) -> Any:
+    from pyops.build import parse_env
     from pyops.config import parse_size
+    from pyops.ops.recipes import BuildFlags
 
-    if ops is None:
-        ops = _load_ops_config(config_file)
-    config = merge_config(
-        ops,
-        program,
+    del config_file  # read by the caller
+    return BuildFlags(
+        program=program,
         args=args,
         env=parse_env(env),
         name=name,
         target_root=target_root,
         klibs=klibs,
         size=parse_size(size, "--size") if size else None,
+        nanos_version=nanos_version,
+        force=force,
     )
-    progress = TqdmProgress()
-    release = _release_for(nanos_version or ops.nanos_version, ops)
-    image = check_image_name(config.name or image_name(config.program))
-    config = dataclasses.replace(config, name=image)
-    built = build_image(
-        config, release, _images_dir() / f"{image}.img", progress=progress, force=force
-    )
-    return built.path
 
 
 @cli.command()
 @_build_options
 def build(**kw: Any) -> None:
     """Build a Nanos image of a host PROGRAM and its libraries; print its path."""
-    click.echo(_do_build(**kw))
+    from pyops.ops.recipes import build_program
+
+    ops = _load_ops_config(kw["config_file"])
+    click.echo(build_program(ops, _build_flags(**kw), progress=TqdmProgress()).path)
 
 
 @cli.command()
@@ -438,19 +378,15 @@ def run(
     **kw: Any,
 ) -> None:
     """Build (or reuse) the image of a host PROGRAM and boot it; exit with its exit code."""
-    import shlex
+    from pyops.ops.recipes import RunFlags, run_program
 
-    from pyops.images import fresh_run_copy
-    from pyops.qemu import Host, qemu_command, run_vm
-
-    ops = _load_ops_config(kw["config_file"])
-    config = _vm_config(ops, ports, memory, smp, accel)
-    host = Host.detect()
-    # Every run boots a fresh copy of the built image: the image itself stays as built.
-    disk = fresh_run_copy(_do_build(**kw, ops=ops))
-    if verbose or (verbose is None and ops.run.verbose):
-        click.echo(shlex.join(qemu_command(disk, config, host)), err=True)
-    code = run_vm(disk, config, host=host, stdin=None)
+    code = run_program(
+        _load_ops_config(kw["config_file"]),
+        _build_flags(**kw),
+        RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
+        progress=TqdmProgress(),
+        show_command=_show_command,
+    )
     ctx.exit(code)
 
 
@@ -779,7 +715,6 @@ def pull_command(
     extract: str | None,
 ) -> None:
     """Pull IMAGE into the cache (PYOPS_HOME, default ~/.pyops), with no Docker daemon."""
-    from pathlib import Path
 
     from pyops.layers import unpack_layers
     from pyops.pull import pull

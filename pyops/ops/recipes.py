@@ -1,0 +1,202 @@
+"""The recipes behind ``pyops build``, ``pyops run`` and ``pyops pkg load``.
+
+Each command of the CLI is one call here plus printing, so a library user can do exactly
+what a command does. A recipe takes Ops's ``config.json`` (an :class:`OpsConfig`) and the
+values given on the command line (None or empty: not given; a given value wins over the
+file), picks the Nanos release, builds the image (or reuses it when nothing that goes into
+it changed), and boots a fresh copy of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyops.build import BuildConfig, BuiltImage, check_image_name, image_name, merge_config
+from pyops.config import OpsConfig
+from pyops.progress import NULL_PROGRESS, Progress
+
+if TYPE_CHECKING:
+    from pyops.qemu import VmConfig
+    from pyops.release import NanosRelease
+
+
+@dataclass(frozen=True, slots=True)
+class BuildFlags:
+    """What ``pyops build``'s command line gives (None or empty: not given)."""
+
+    program: str | None = None
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    name: str | None = None
+    target_root: str | None = None
+    klibs: tuple[str, ...] = ()
+    size: int | None = None
+    nanos_version: str | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunFlags:
+    """What ``pyops run``'s and ``pkg load``'s command line gives for the VM."""
+
+    ports: tuple[str, ...] = ()
+    memory: str | None = None
+    cpus: int | None = None
+    accel: str | None = None
+    verbose: bool | None = None
+
+
+CommandHook = Callable[[Sequence[str]], None]
+"""Called with the qemu command line before it runs, when ``-v`` (or RunConfig Verbose)
+asks for it to be shown."""
+
+
+def choose_release(
+    version: str | None, ops: OpsConfig, *, progress: Progress = NULL_PROGRESS
+) -> NanosRelease:
+    """The Nanos release to build with: ``version``, else config.json's NanosVersion, else
+    the newest installed (the network is asked only when none is), with config.json's
+    Kernel and Boot replacing its parts."""
+    from pyops.release import get_release, installed_releases
+
+    version = version or ops.nanos_version
+    # Like Ops, never update Nanos behind the user's back.
+    offline = version is None and bool(installed_releases())
+    release = get_release(version, download=not offline, progress=progress)
+    if ops.kernel or ops.boot:
+        release = dataclasses.replace(
+            release,
+            kernel=Path(ops.kernel) if ops.kernel else release.kernel,
+            boot_img=Path(ops.boot) if ops.boot else release.boot_img,
+        )
+    return release
+
+
+def vm_config(ops: OpsConfig, flags: RunFlags) -> VmConfig:
+    """qemu settings: the flags, then config.json's RunConfig, then the defaults. An
+    accelerator this host cannot use is refused here, before anything is built."""
+    from pyops.qemu import Accel, Host, PortForward, VmConfig, choose_accel
+
+    settings = ops.run
+    accel = flags.accel
+    if accel is None:
+        accel = "tcg" if settings.accel is False else "auto"
+    config = VmConfig(
+        memory=flags.memory or settings.memory or "2G",
+        cpus=flags.cpus if flags.cpus is not None else settings.cpus,
+        accel=Accel(accel),
+        ports=tuple(PortForward.parse(p) for p in (flags.ports or settings.ports))
+        + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
+    )
+    choose_accel(config.accel, Host.detect())
+    return config
+
+
+def image_path(name: str, home: str | Path | None = None) -> Path:
+    """Where the image ``name`` is kept: ``PYOPS_HOME/images/NAME.img``."""
+    from pyops.images import images_dir
+
+    return images_dir(home) / f"{check_image_name(name)}.img"
+
+
+def build_program(
+    ops: OpsConfig, flags: BuildFlags, *, progress: Progress = NULL_PROGRESS
+) -> BuiltImage:
+    """``pyops build``: the image of a host program (and its libraries), reused when
+    nothing that goes into it changed."""
+    from pyops.build import build_image
+
+    config = merge_config(
+        ops,
+        flags.program,
+        args=flags.args,
+        env=flags.env,
+        name=flags.name,
+        target_root=flags.target_root,
+        klibs=flags.klibs,
+        size=flags.size,
+    )
+    release = choose_release(flags.nanos_version, ops, progress=progress)
+    name = config.name or image_name(config.program)
+    config = dataclasses.replace(config, name=check_image_name(name))
+    return build_image(config, release, image_path(name), progress=progress, force=flags.force)
+
+
+def run_program(
+    ops: OpsConfig,
+    flags: BuildFlags,
+    run: RunFlags,
+    *,
+    progress: Progress = NULL_PROGRESS,
+    show_command: CommandHook | None = None,
+) -> int:
+    """``pyops run``: build (or reuse) the image of a host program and boot a fresh copy of
+    it in the foreground; returns the guest program's exit code."""
+    vm = vm_config(ops, run)
+    built = build_program(ops, flags, progress=progress)
+    return boot(built.path, vm, ops, run, show_command=show_command)
+
+
+def run_package(
+    ops: OpsConfig,
+    package_name: str,
+    flags: BuildFlags,
+    run: RunFlags,
+    *,
+    cwd: str | None = None,
+    progress: Progress = NULL_PROGRESS,
+    show_command: CommandHook | None = None,
+) -> int:
+    """``pyops pkg load``: build (or reuse) the image of local package ``package_name`` and
+    boot a fresh copy of it; returns the guest program's exit code."""
+    built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
+    return boot(built.path, vm_config(ops, run), ops, run, show_command=show_command)
+
+
+def build_package(
+    ops: OpsConfig,
+    package_name: str,
+    flags: BuildFlags,
+    *,
+    cwd: str | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> BuiltImage:
+    """The image of local package ``package_name``, with config.json and the flags."""
+    from pyops.build import build_package_image
+    from pyops.package import load_package
+
+    package = load_package(package_name)
+    config: BuildConfig = merge_config(
+        ops, package.program, args=flags.args, env=flags.env, name=flags.name
+    )
+    name = check_image_name(config.name or package.name)
+    config = dataclasses.replace(config, name=name)
+    release = choose_release(flags.nanos_version, ops, progress=progress)
+    return build_package_image(
+        package, config, release, image_path(name), cwd=cwd, progress=progress, force=flags.force
+    )
+
+
+def boot(
+    image: Path,
+    vm: VmConfig,
+    ops: OpsConfig,
+    run: RunFlags,
+    *,
+    show_command: CommandHook | None = None,
+) -> int:
+    """Boot a fresh copy of ``image`` (the built image itself stays as built) in the
+    foreground, and return the guest program's exit code."""
+    from pyops.images import fresh_run_copy
+    from pyops.qemu import Host, qemu_command, run_vm
+
+    host = Host.detect()
+    disk = fresh_run_copy(image)
+    verbose = run.verbose if run.verbose is not None else ops.run.verbose
+    if verbose and show_command is not None:
+        show_command(qemu_command(disk, vm, host))
+    return run_vm(disk, vm, host=host, stdin=None)
