@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyops import __version__
+from pyops import __version__, environ
 from pyops.errors import InvalidInput, ReleaseError
 from pyops.manifest import Manifest
 from pyops.progress import NULL_PROGRESS, Progress
@@ -456,18 +456,5 @@ def build_package_image(
 
 
 def parse_env(items: Sequence[str]) -> dict[str, str]:
-    """``K=V`` pairs (the value may contain '='); a bare ``K`` takes the host's value."""
-    env: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not key:
-            raise InvalidInput(f"invalid environment setting {item!r}", hint="write -e NAME=VALUE")
-        if not sep:
-            if key not in os.environ:
-                raise InvalidInput(
-                    f"-e {key}: no value given and {key} is not set here",
-                    hint=f"write -e {key}=VALUE",
-                )
-            value = os.environ[key]
-        env[key] = value
-    return env
+    """``-e`` values: ``K=V`` (the value may contain '='); a bare ``K`` takes the host's value."""
+    return environ.parse_env(items, source="-e", host=os.environ)

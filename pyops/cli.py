@@ -779,14 +779,10 @@ def ldd_command(
     """Show every file PROGRAM loads, resolved like the real loader, without running it."""
     import json
 
+    from pyops.environ import parse_env
     from pyops.ldd import format_tree, resolve
 
-    env: dict[str, str] = {}
-    for item in env_items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
-        env[key] = value
+    env = parse_env(env_items, source="--env")
     resolution = resolve(
         program,
         root,

@@ -82,6 +82,7 @@ from typing import Any
 from pyops import atomic
 from pyops.auth import Credentials
 from pyops.elf import normalize_machine
+from pyops.environ import parse_env
 from pyops.errors import LibraryNotFound, PackageError, PyopsError
 from pyops.layers import unpack_layers
 from pyops.ldd import LoadedFile, Resolution, resolve
@@ -306,12 +307,7 @@ class _Found:
 
 def _image_env(config: ImageConfig) -> dict[str, str]:
     """The config's ``Env`` as a map: split at the first ``=``, a later duplicate wins."""
-    env: dict[str, str] = {}
-    for item in config.env:
-        key, sep, value = item.partition("=")
-        if sep and key:
-            env[key] = value
-    return env
+    return parse_env(config.env, source="the image's Env", strict=False)
 
 
 def _working_dir(config: ImageConfig) -> str:
