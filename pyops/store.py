@@ -16,9 +16,11 @@ folders are swept of those of dead processes when a process first writes there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -102,6 +104,10 @@ _swept: set[Path] = set()
 _swept_lock = threading.Lock()
 
 
+_LEGACY_NEW = re.compile(r"[a-z0-9]+-[0-9a-f]+\.([0-9]{1,10})\.new")
+"""``blobs/tmp/<alg>-<hex>.<pid>.new``: what put_blob wrote before it used pyops.atomic."""
+
+
 def _sweep_once(*folders: Path) -> None:
     """Sweep each folder of dead processes' temporaries, once per process."""
     for folder in folders:
@@ -110,6 +116,33 @@ def _sweep_once(*folders: Path) -> None:
                 continue
             _swept.add(folder)
         atomic.sweep(folder)
+        if folder.name == "tmp":
+            _sweep_legacy(folder)
+
+
+def _sweep_legacy(folder: Path) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _LEGACY_NEW.fullmatch(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
 
 
 class BlobStream(Protocol):

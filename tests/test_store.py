@@ -419,11 +419,14 @@ def test_cut_download_keeps_its_resume_point_and_orphans_are_swept(tmp_path: Pat
     orphan = tmp_path / "blobs" / "sha256" / ".x.pyops-999999999-0123abcd.tmp"
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"torn")
+    legacy = tmp_path / "blobs" / "tmp" / f"sha256-{'ab' * 32}.999999999.new"
+    legacy.write_bytes(b"")
     store_module._swept.clear()
     opener = Opener()
     assert store.ensure_blob(DIGEST, len(BLOB), opener).read_bytes() == BLOB
     assert opener.offsets == [100_000]
     assert not orphan.exists()
+    assert not legacy.exists()
 
 
 def test_cancel_stops_the_writer_within_a_chunk() -> None:
