@@ -40,10 +40,16 @@ HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 HOSTNAME = b"uniboot\n"
 PASSWD = b"root:x:0:0:root:/root:/bin/nologin\n"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Where TLS libraries look for a CA bundle: Go's crypto/x509/root_linux.go, in its order, and
+# OpenSSL's default CAfile on Debian-built OpenSSL (OPENSSLDIR=/usr/lib/ssl).
 CA_BUNDLES = (
-    CA_BUNDLE,  # Debian, Ubuntu, Alpine
-    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
-    "/etc/ssl/cert.pem",  # macOS, BSDs
+    CA_BUNDLE,  # Debian, Ubuntu, Gentoo, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL 6
+    "/etc/ssl/ca-bundle.pem",  # openSUSE
+    "/etc/pki/tls/cacert.pem",  # OpenELEC
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  # CentOS, RHEL 7
+    "/etc/ssl/cert.pem",  # Alpine, macOS, BSDs
+    "/usr/lib/ssl/cert.pem",  # OpenSSL's OPENSSLDIR/cert.pem
 )
 
 

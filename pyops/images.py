@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyops import atomic
+from pyops import home as _home
 from pyops.errors import InvalidInput
-from pyops.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +34,12 @@ class ImageEntry:
 
 def images_dir(home: str | os.PathLike[str] | None = None) -> Path:
     """Where built images live."""
-    root = Path(home) if home is not None else Store.default().root
-    return Path(root) / "images"
+    return _home.images_dir(home)
 
 
 def runs_dir(home: str | os.PathLike[str] | None = None) -> Path:
     """Where each image's last run lives: the copy the guest wrote to."""
-    root = Path(home) if home is not None else Store.default().root
-    return Path(root) / "runs"
+    return _home.runs_dir(home)
 
 
 def fresh_run_copy(

@@ -80,7 +80,9 @@ from pathlib import Path
 from typing import Any
 
 from pyops import atomic
+from pyops import home as _home
 from pyops.auth import Credentials
+from pyops.build import CA_BUNDLES
 from pyops.elf import normalize_machine
 from pyops.environ import parse_env
 from pyops.errors import LibraryNotFound, PackageError, PyopsError
@@ -118,17 +120,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Files read by user and host-name lookups that a package leaves out (see the module doc).
 _EXCLUDED_EXTRAS = frozenset({"/etc/resolv.conf"})
 
-# Where TLS libraries look for a CA bundle: Go's crypto/x509/root_linux.go, in its order, and
-# OpenSSL's default CAfile on Debian-built OpenSSL (OPENSSLDIR=/usr/lib/ssl).
-CA_BUNDLES = (
-    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Gentoo, Alpine
-    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL 6
-    "/etc/ssl/ca-bundle.pem",  # openSUSE
-    "/etc/pki/tls/cacert.pem",  # OpenELEC
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  # CentOS, RHEL 7
-    "/etc/ssl/cert.pem",  # Alpine
-    "/usr/lib/ssl/cert.pem",  # OpenSSL's OPENSSLDIR/cert.pem
-)
 DATA_FILES = (*CA_BUNDLES, "/etc/ld.so.cache")
 """Files packaged with the closure when the image has them (see the module doc)."""
 
@@ -197,8 +188,7 @@ class Package:
 
 def packages_dir(home: Path | str | None = None) -> Path:
     """``<home>/local_packages``; ``home`` defaults to ``PYOPS_HOME`` (or ``~/.pyops``)."""
-    root = Path(home) if home is not None else Store.default().root
-    return root / "local_packages"
+    return _home.packages_dir(home)
 
 
 def check_package_name(name: str) -> str:
