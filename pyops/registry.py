@@ -25,6 +25,7 @@ from pyops.errors import (
     DigestMismatch,
     LimitExceeded,
     ManifestNotFound,
+    NetworkError,
     RegistryError,
 )
 from pyops.net import HttpClient, HttpResponse, origin, redact, retry_after
@@ -35,6 +36,8 @@ from pyops.store import DOWNLOAD_CHUNK, Cancel
 log = logging.getLogger(__name__)
 
 _LOGIN_HINT = "Give credentials with --username and --password-stdin, or log in with docker login."
+_MANIFEST_ATTEMPTS = 3
+"""Tries of a manifest whose body is cut (its request's own retries aside)."""
 _ERROR_BODY_LIMIT = 4096
 """Bytes of an error answer read for its message; the rest is never read."""
 _TOKEN_LIFETIME_MAX = 24 * 3600.0
@@ -352,28 +355,19 @@ class RegistryClient:
         subject = f"{image}: manifest {reference}"
         if size is not None:
             limits.JSON_BYTES.check(size, f"{subject}: its declared size")
-        response = self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            repository=repository,
-            image=image,
-            headers={"Accept": MANIFEST_ACCEPT},
-        )
-        with response:
-            if response.status != 200:
-                body = response.read(_ERROR_BODY_LIMIT)
-                if response.status == 404:
-                    raise ManifestNotFound(
-                        f"{image}: not found in registry {self.host} (no such repository, "
-                        f"tag or digest){_error_detail(body)}.",
-                    )
-                raise _status_error(response, body, f"{image}: fetching the manifest")
-            length = response.content_length
-            if length is not None:
-                limits.JSON_BYTES.check(length, f"{subject}: its Content-Length")
-            data = response.read(limit)
-            media_type = response.headers.get("Content-Type", "")
-            header_digest = response.headers.get("Docker-Content-Digest", "")
+        for attempt in range(1, _MANIFEST_ATTEMPTS + 1):
+            try:
+                data, media_type, header_digest = self._get_manifest(
+                    repository, reference, image, subject, limit
+                )
+                break
+            except _CutBody as exc:
+                # The body was cut: a manifest is small, so it is fetched again whole.
+                if attempt == _MANIFEST_ATTEMPTS:
+                    raise exc.error from exc.error.__cause__
+                log.info("%s; fetching it again", exc.error)
+        else:  # pragma: no cover - the loop either breaks or raises
+            raise AssertionError("unreachable")
         limits.JSON_BYTES.check(len(data), subject)
         if size is not None and len(data) != size:
             raise DigestMismatch(
@@ -396,6 +390,39 @@ class RegistryClient:
                     f"{header_digest[:140]}."
                 )
         return FetchedManifest(data, media_type, digest)
+
+    def _get_manifest(
+        self, repository: str, reference: str, image: str, subject: str, limit: int
+    ) -> tuple[bytes, str, str]:
+        """One GET of a manifest: its bytes (at most ``limit`` + 1), type and header digest."""
+        response = self._request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            repository=repository,
+            image=image,
+            headers={"Accept": MANIFEST_ACCEPT},
+        )
+        with response:
+            if response.status != 200:
+                body = response.read(_ERROR_BODY_LIMIT)
+                if response.status == 404:
+                    raise ManifestNotFound(
+                        f"{image}: not found in registry {self.host} (no such repository, "
+                        f"tag or digest){_error_detail(body)}.",
+                    )
+                raise _status_error(response, body, f"{image}: fetching the manifest")
+            length = response.content_length
+            if length is not None:
+                limits.JSON_BYTES.check(length, f"{subject}: its Content-Length")
+            try:
+                data = response.read(limit)
+            except LimitExceeded:
+                raise
+            except NetworkError as exc:
+                raise _CutBody(exc) from exc
+            media_type = response.headers.get("Content-Type", "")
+            header_digest = response.headers.get("Docker-Content-Digest", "")
+        return data, media_type, header_digest
 
     # -- blobs ------------------------------------------------------------------------------
 
@@ -448,6 +475,14 @@ class RegistryClient:
                 f"{label}: blob {digest} is missing from the registry{_error_detail(body)}."
             )
         raise _status_error(response, body, f"{label}: downloading blob {digest}")
+
+
+class _CutBody(Exception):
+    """A manifest's body broke off; carries the error for the user."""
+
+    def __init__(self, error: NetworkError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _content_range_start(header: str) -> int | None:

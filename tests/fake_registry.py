@@ -65,6 +65,8 @@ class FakeRegistry:
     """Bytes of each slow body sent before it ended."""
     aborted: set[str] = field(default_factory=set)
     """Slow bodies whose connection the client closed before the end."""
+    cut_manifests_once: set[str] = field(default_factory=set)
+    """``repo:reference`` keys whose next answer stops half-way (connection closed)."""
     stop: threading.Event = field(default_factory=threading.Event)
     """Set when the server shuts down: slow bodies stop."""
 
@@ -169,7 +171,15 @@ def _handler(state: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                     return
                 data, media_type = state.manifests[key]
                 headers = {"Content-Type": media_type, "Docker-Content-Digest": sha256(data)}
-                if key in state.slow:
+                if key in state.cut_manifests_once:
+                    state.cut_manifests_once.discard(key)
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                elif key in state.slow:
                     self._trickle(key, 200, data, headers)
                 else:
                     self._send(200, data, headers)

@@ -229,6 +229,13 @@ def test_5xx_and_429_are_retried_with_retry_after(fake: FakeRegistry, store: Sto
     assert waits == []
 
 
+def test_cut_manifest_is_fetched_again(fake: FakeRegistry, store: Store) -> None:
+    ref = _image(fake)
+    fake.cut_manifests_once.add(f"{REPO}:1")
+    assert pull(ref, store=store).layers[0].read_bytes() == LAYER
+    assert len([r for r in fake.requests if r.path.endswith("/manifests/1")]) == 2
+
+
 def test_connection_failures_are_retried() -> None:
     with serve() as gone:
         port = gone.port
