@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from pyops import __version__, environ
 from pyops.errors import InvalidInput, ReleaseError
 from pyops.manifest import Manifest
-from pyops.progress import NULL_PROGRESS, Progress
+from pyops.progress import NULL_PROGRESS, Progress, step
 from pyops.tree import Contents, Directory, File, HardLink, HostFile, Symlink, Tree
 
 if TYPE_CHECKING:
@@ -311,12 +311,13 @@ def build_image(
 
     name = config.name or image_name(config.program)
     program_in_image, program_host = program_path(config.program, config.target_root)
-    resolution = resolve(
-        program_host if not config.target_root else program_in_image,
-        config.target_root,
-        env=config.env,
-        include_runtime_extras=True,
-    )
+    with step(progress, "resolve the program's libraries"):
+        resolution = resolve(
+            program_host if not config.target_root else program_in_image,
+            config.target_root,
+            env=config.env,
+            include_runtime_extras=True,
+        )
     # In a target root its /etc files are the image's own; on the host they are the host's.
     tree = closure_tree(resolution, data=config.target_root is not None)
     add_standard_files(tree, name_servers=config.name_servers, ca_root=config.target_root or "/")
@@ -360,16 +361,17 @@ def write_image(
     key_file.unlink(missing_ok=True)
     from pyops.disk import write_disk
 
-    info = write_disk(
-        out,
-        tree,
-        manifest,
-        boot_img=release.boot_img,
-        kernel=release.kernel,
-        klibs=klibs,
-        size=config.size,
-        progress=progress,
-    )
+    with step(progress, "write the image"):
+        info = write_disk(
+            out,
+            tree,
+            manifest,
+            boot_img=release.boot_img,
+            kernel=release.kernel,
+            klibs=klibs,
+            size=config.size,
+            progress=progress,
+        )
     tmp = key_file.with_name(key_file.name + ".tmp")
     tmp.write_text(key)
     os.replace(tmp, key_file)

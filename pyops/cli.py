@@ -24,10 +24,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class TqdmProgress:
-    """A :class:`pyops.progress.Progress` drawn with one tqdm bar per key."""
+    """A :class:`pyops.progress.Progress` drawn with one tqdm bar per key; with
+    ``verbose``, each step is printed with its time when it ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, verbose: bool = False) -> None:
         self._bars: dict[str, tqdm[Any]] = {}
+        self._verbose = verbose
+        self._steps: dict[str, float] = {}
+
+    def begin_step(self, name: str) -> None:
+        import time
+
+        self._steps[name] = time.perf_counter()
+
+    def end_step(self, name: str, ok: bool) -> None:
+        import time
+
+        began = self._steps.pop(name, None)
+        if self._verbose and began is not None:
+            outcome = "" if ok else " (failed)"
+            click.echo(f"pyops: {name}: {time.perf_counter() - began:.2f} s{outcome}", err=True)
 
     def start(self, key: str, label: str, total: int | None) -> None:
         # tqdm is imported when a bar is first drawn: a run of a cached image draws none.
@@ -137,6 +153,7 @@ def pkg() -> None:
 @click.option("--insecure", is_flag=True, help="Use plain HTTP for a non-loopback registry.")
 @click.option("--username", help="Registry user name (the password is read from stdin).")
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
+@click.option("-v", "--verbose", is_flag=True, help="Print each step with its time.")
 def pkg_from_docker(
     image: str,
     program: str,
@@ -146,6 +163,7 @@ def pkg_from_docker(
     insecure: bool,
     username: str | None,
     password_stdin: bool,
+    verbose: bool,
 ) -> None:
     """Make a package of PROGRAM and its libraries from IMAGE, with no Docker daemon.
 
@@ -162,7 +180,7 @@ def pkg_from_docker(
         platform=platform,
         credentials=credentials,
         insecure=insecure,
-        progress=TqdmProgress(),
+        progress=TqdmProgress(verbose=verbose),
     )
     click.echo(made.name)
 
@@ -275,7 +293,7 @@ def pkg_load(
             args=args, env=parse_env(env), name=image_name, nanos_version=nanos_version, force=force
         ),
         RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
-        progress=TqdmProgress(),
+        progress=TqdmProgress(verbose=bool(verbose)),
         show_command=_show_command,
     )
     ctx.exit(code)
@@ -346,12 +364,14 @@ def _build_flags(
 
 @cli.command()
 @_build_options
-def build(**kw: Any) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Print each step with its time.")
+def build(verbose: bool, **kw: Any) -> None:
     """Build a Nanos image of a host PROGRAM and its libraries; print its path."""
     from pyops.ops.recipes import build_program
 
     ops = _load_ops_config(kw["config_file"])
-    click.echo(build_program(ops, _build_flags(**kw), progress=TqdmProgress()).path)
+    built = build_program(ops, _build_flags(**kw), progress=TqdmProgress(verbose=verbose))
+    click.echo(built.path)
 
 
 @cli.command()
@@ -384,7 +404,7 @@ def run(
         _load_ops_config(kw["config_file"]),
         _build_flags(**kw),
         RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
-        progress=TqdmProgress(),
+        progress=TqdmProgress(verbose=bool(verbose)),
         show_command=_show_command,
     )
     ctx.exit(code)

@@ -90,7 +90,7 @@ from pyops.layers import unpack_layers
 from pyops.ldd import LoadedFile, Resolution, resolve
 from pyops.net import HttpClient
 from pyops.oci import DEFAULT_PLATFORM, ImageConfig, Platform
-from pyops.progress import NULL_PROGRESS, Progress
+from pyops.progress import NULL_PROGRESS, Progress, step
 from pyops.pull import PulledImage, pull
 from pyops.reference import ImageRef
 from pyops.store import Store
@@ -253,15 +253,16 @@ def from_docker(
     wanted = Platform.parse(platform) if isinstance(platform, str) else platform
     store = store or Store.default()
     package_name = check_package_name(name or default_package_name(image))
-    pulled = pull(
-        image,
-        store=store,
-        platform=wanted,
-        credentials=credentials,
-        insecure=insecure,
-        progress=progress,
-        http=http,
-    )
+    with step(progress, f"pull {image}"):
+        pulled = pull(
+            image,
+            store=store,
+            platform=wanted,
+            credentials=credentials,
+            insecure=insecure,
+            progress=progress,
+            http=http,
+        )
     label = str(image)
     target = packages_dir(store.root)
     target.mkdir(parents=True, exist_ok=True)
@@ -272,15 +273,18 @@ def from_docker(
         # that is thrown away once the closure is linked out of it.
         root = sysroot if copy else staging / "rootfs"
         diff_ids = pulled.config.diff_ids or None
-        unpack_layers(pulled.layers, root, diff_ids=diff_ids, progress=progress)
-        found = _find_program(root, program, pulled.config, label)
-        resolution = _resolve(root, found, pulled)
+        with step(progress, "unpack the layers"):
+            unpack_layers(pulled.layers, root, diff_ids=diff_ids, progress=progress)
+        with step(progress, "resolve the program's libraries"):
+            found = _find_program(root, program, pulled.config, label)
+            resolution = _resolve(root, found, pulled)
         manifest = _manifest(pulled, found, resolution.program.real_path, root)
         if not copy:
-            # The path the program was found at stays valid too (it is argv[0]).
-            paths = _closure_paths(resolution) | set(found.chain) | _data_paths(root)
-            _copy_paths(root, sysroot, sorted(paths))
-            _remove_tree(root)
+            with step(progress, "keep what the program needs"):
+                # The path the program was found at stays valid too (it is argv[0]).
+                paths = _closure_paths(resolution) | set(found.chain) | _data_paths(root)
+                _copy_paths(root, sysroot, sorted(paths))
+                _remove_tree(root)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         final = _install(staging, target / package_name)
     log.info("%s: package %s at %s", label, package_name, final)

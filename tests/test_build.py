@@ -494,3 +494,16 @@ def test_sigterm_or_sighup_of_pyops_stops_qemu_too(
             os.kill(qemu_pid, 0)
             time.sleep(0.05)
     assert signal.Signals(signum).name in ("SIGTERM", "SIGHUP")
+
+
+def test_verbose_build_prints_each_step_with_its_time(
+    home: Path, fake_release: NanosRelease, hello: Path
+) -> None:
+    result = CliRunner().invoke(cli, ["build", str(hello), "-v"])
+    assert result.exit_code == 0, result.output
+    steps = [line for line in result.output.splitlines() if line.startswith("pyops: ")]
+    assert [line.split(":")[1].strip() for line in steps] == [
+        "resolve the program's libraries",
+        "write the image",
+    ]
+    assert all(line.endswith(" s") for line in steps)

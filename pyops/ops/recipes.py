@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pyops.build import BuildConfig, BuiltImage, check_image_name, image_name, merge_config
 from pyops.config import OpsConfig
-from pyops.progress import NULL_PROGRESS, Progress
+from pyops.progress import NULL_PROGRESS, Progress, step
 
 if TYPE_CHECKING:
     from pyops.qemu import VmConfig
@@ -138,7 +138,7 @@ def run_program(
     it in the foreground; returns the guest program's exit code."""
     vm = vm_config(ops, run)
     built = build_program(ops, flags, progress=progress)
-    return boot(built.path, vm, ops, run, show_command=show_command)
+    return boot(built.path, vm, ops, run, progress=progress, show_command=show_command)
 
 
 def run_package(
@@ -154,7 +154,9 @@ def run_package(
     """``pyops pkg load``: build (or reuse) the image of local package ``package_name`` and
     boot a fresh copy of it; returns the guest program's exit code."""
     built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
-    return boot(built.path, vm_config(ops, run), ops, run, show_command=show_command)
+    return boot(
+        built.path, vm_config(ops, run), ops, run, progress=progress, show_command=show_command
+    )
 
 
 def build_package(
@@ -187,6 +189,7 @@ def boot(
     ops: OpsConfig,
     run: RunFlags,
     *,
+    progress: Progress = NULL_PROGRESS,
     show_command: CommandHook | None = None,
 ) -> int:
     """Boot a fresh copy of ``image`` (the built image itself stays as built) in the
@@ -195,8 +198,10 @@ def boot(
     from pyops.qemu import Host, qemu_command, run_vm
 
     host = Host.detect()
-    disk = fresh_run_copy(image)
+    with step(progress, "copy the image for this run"):
+        disk = fresh_run_copy(image)
     verbose = run.verbose if run.verbose is not None else ops.run.verbose
     if verbose and show_command is not None:
         show_command(qemu_command(disk, vm, host))
-    return run_vm(disk, vm, host=host, stdin=None)
+    with step(progress, "boot"):
+        return run_vm(disk, vm, host=host, stdin=None)
