@@ -130,10 +130,10 @@ def test_index_fan_out_is_bounded(
 def test_slow_server_hits_the_deadline(
     fake: FakeRegistry, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYOPS_LIMIT_REQUEST_SECONDS", "1")
+    monkeypatch.setenv("PYOPS_LIMIT_REQUEST_SECONDS", "2")
     monkeypatch.setenv("PYOPS_LIMIT_MIN_RATE", "1000000")
     ref = _image(fake)
-    fake.slow[sha256(LAYER)] = 0.05  # 1 KiB every 50 ms: 64 KiB would take over 3 s
+    fake.slow[sha256(LAYER)] = 0.1  # 1 KiB every 100 ms: 64 KiB would take over 6 s
     with pytest.raises(LimitExceeded, match="PYOPS_LIMIT_REQUEST_SECONDS") as caught:
         pull(ref, store=store)
     assert "PYOPS_LIMIT_MIN_RATE" in str(caught.value)
@@ -146,10 +146,10 @@ def test_slow_server_hits_the_deadline(
 def test_slow_manifest_hits_the_deadline(
     fake: FakeRegistry, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYOPS_LIMIT_REQUEST_SECONDS", "1")
+    monkeypatch.setenv("PYOPS_LIMIT_REQUEST_SECONDS", "2")
     ref = _image(fake)
-    fake.slow[f"{REPO}:1"] = 0.05
-    fake.slow_chunk = 8
+    fake.slow[f"{REPO}:1"] = 0.1  # 4 bytes every 100 ms: the manifest would take over 8 s
+    fake.slow_chunk = 4
     with pytest.raises(LimitExceeded, match="too slow"):
         pull(ref, store=store)
     _wait_for(lambda: f"{REPO}:1" in fake.aborted)
