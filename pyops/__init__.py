@@ -40,8 +40,7 @@ from pyops.errors import (
     ReleaseError,
     UnsafeLayerPath,
 )
-
-__version__ = "0.1.0"
+from pyops.version import __version__
 
 # name -> module that defines it
 _LAZY = {

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyops import __version__, environ
+from pyops import environ
 from pyops.errors import InvalidInput, ReleaseError
 from pyops.manifest import Manifest
 from pyops.progress import NULL_PROGRESS, Progress, step
 from pyops.tree import Contents, Directory, File, HardLink, HostFile, Symlink, Tree
+from pyops.version import __version__
 
 if TYPE_CHECKING:
     # Only for annotations: ``pyops run`` of a cached image needs none of these modules'

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pyops import __version__
 from pyops.errors import PyopsError
+from pyops.version import __version__
 
 if TYPE_CHECKING:
     from tqdm import tqdm
