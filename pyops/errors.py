@@ -121,3 +121,7 @@ class DiskFull(PyopsError):
 class LimitExceeded(PyopsError):
     """Untrusted input is larger, deeper or slower than a limit allows; the text names the
     limit and how to raise it."""
+
+
+class Cancelled(PyopsError):
+    """A download stopped because the user cancelled it (Ctrl-C)."""

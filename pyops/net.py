@@ -33,7 +33,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from pyops import __version__, limits
+from pyops import limits
+from pyops.version import __version__
 from pyops.errors import LimitExceeded, NetworkError
 from pyops.store import Cancel
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from pyops import home as _home
 from pyops.errors import InvalidInput, NetworkError, PyopsError, ReleaseError
 from pyops.progress import NULL_PROGRESS, Progress
-from pyops.store import Store
 
 if TYPE_CHECKING:
     from pyops.net import HttpClient, HttpResponse
@@ -136,8 +136,7 @@ def version_key(version: str) -> tuple[int, tuple[tuple[int, int | str], ...]]:
 
 def releases_dir(home: str | os.PathLike[str] | None = None) -> Path:
     """``<home>/releases``, where ``home`` defaults to the pyops cache (``PYOPS_HOME``)."""
-    root = Store.default().root if home is None else Path(home)
-    return root / "releases"
+    return _home.releases_dir(home)
 
 
 def release_url(base_url: str | None = None) -> str:
@@ -523,9 +522,9 @@ def download_release(
     ``releases/.download-<version>.partial``, which a cut connection, a deadline or Ctrl-C
     leaves as the resume point of the next try, and anything else removes.
     """
-    from pyops.errors import LimitExceeded
+    from pyops.errors import Cancelled, LimitExceeded
     from pyops.net import HttpClient
-    from pyops.store import Cancelled, locked_partial
+    from pyops.store import locked_partial
 
     check_version(version)
     base = release_url(base_url)

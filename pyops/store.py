@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from pyops import atomic
-from pyops.errors import DigestMismatch, DiskFull, LimitExceeded, NetworkError, PyopsError
+from pyops import home as _home
+from pyops.errors import (
+    Cancelled,
+    DigestMismatch,
+    DiskFull,
+    LimitExceeded,
+    NetworkError,
+)
 from pyops.progress import NULL_PROGRESS, Progress
 from pyops.reference import check_digest
 
@@ -44,10 +51,6 @@ DOWNLOAD_CHUNK = 1 << 16
 """Size of the chunks a blob stream yields: the registry client reads the socket in these, and
 each is written and hashed while it is still in the CPU cache."""
 _HASH_BLOCK = 1 << 20
-
-
-class Cancelled(PyopsError):
-    """A download stopped because the user cancelled it (Ctrl-C)."""
 
 
 class Cancel:
@@ -175,9 +178,7 @@ class Store:
     @classmethod
     def default(cls, env: Mapping[str, str] | None = None) -> Store:
         """The store at ``$PYOPS_HOME``, else ``~/.pyops``."""
-        environ = os.environ if env is None else env
-        home = environ.get("PYOPS_HOME")
-        return cls(Path(home).expanduser() if home else Path.home() / ".pyops")
+        return cls(_home.root(env=env))
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob with ``digest`` is (or would be) stored."""
