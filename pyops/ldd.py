@@ -436,9 +436,13 @@ class _RootFs:
         limit = LOADER_FILE_BYTES.value()
         if node.st.st_size > limit and not prefix:
             raise LOADER_FILE_BYTES.exceeded(f"{path} in the root", node.st.st_size)
+        # Sized from the file (read(n) allocates n bytes first); more only if it grew.
+        cap = limit if prefix else limit + 1
         try:
             with open(self.host(node.real), "rb") as handle:
-                data = handle.read(limit if prefix else limit + 1)
+                data = handle.read(min(node.st.st_size + 1, cap))
+                if len(data) > node.st.st_size and len(data) < cap:
+                    data += handle.read(cap - len(data))
         except OSError:
             return None
         if len(data) > limit:
