@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyops import limits
+from pyops import arch, limits
 from pyops.errors import (
     InvalidInput,
     InvalidReference,
@@ -97,9 +97,10 @@ def _variant(parts: list[str], index: int) -> str | None:
     return parts[index].lower() if len(parts) > index and parts[index] else None
 
 
-def _normalise_arch(arch: str) -> str:
+def _normalise_arch(name: str) -> str:
     # containerd's platforms.Normalize: common non-Go spellings.
-    return {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}.get(arch, arch)
+    found = arch.find(name)
+    return found.value if found is not None else name
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyops import arch
+from pyops.arch import Arch
 from pyops.errors import ConfigError, QemuError
 
 log = logging.getLogger(__name__)
@@ -50,26 +52,24 @@ class Host:
     """The facts about the host that shape the qemu command line."""
 
     system: str  # platform.system(): "Linux", "Darwin", ...
-    machine: str  # normalised: "x86_64" or "arm64"
+    machine: str  # an Arch (any spelling given is normalised), or the raw name if unknown
     kvm: bool  # /dev/kvm usable and the CPU has vmx/svm
     hvf: bool  # macOS Hypervisor.framework available
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "machine", normalise_machine(self.machine))
 
     @classmethod
     def detect(cls) -> Host:
         """Look at this machine."""
         system = platform.system()
-        machine = normalise_machine(platform.machine())
-        return cls(system, machine, _kvm_usable(system), _hvf_usable(system))
+        return cls(system, platform.machine(), _kvm_usable(system), _hvf_usable(system))
 
 
 def normalise_machine(machine: str) -> str:
-    """``x86_64``/``amd64`` → ``x86_64``; ``aarch64``/``arm64`` → ``arm64``."""
-    m = machine.lower()
-    if m in ("x86_64", "amd64", "x64"):
-        return "x86_64"
-    if m in ("aarch64", "arm64", "armv8l"):
-        return "arm64"
-    return m
+    """The :class:`~pyops.arch.Arch` of any spelling (``x86_64``, ``aarch64``...), or the
+    name itself, lower case, when it names none."""
+    return arch.find(machine) or machine.lower()
 
 
 def _kvm_usable(system: str) -> bool:
@@ -169,13 +169,13 @@ def memory_bytes(text: str) -> int:
 def choose_accel(requested: Accel, host: Host) -> Accel:
     """The accelerator to use for an x86-64 guest on ``host``; refuses one that cannot work."""
     if requested == Accel.AUTO:
-        if host.machine == "x86_64" and host.system == "Linux" and host.kvm:
+        if host.machine == Arch.AMD64 and host.system == "Linux" and host.kvm:
             return Accel.KVM
-        if host.machine == "x86_64" and host.system == "Darwin" and host.hvf:
+        if host.machine == Arch.AMD64 and host.system == "Darwin" and host.hvf:
             return Accel.HVF
         return Accel.TCG
     if requested == Accel.KVM:
-        if host.system != "Linux" or host.machine != "x86_64":
+        if host.system != "Linux" or host.machine != Arch.AMD64:
             raise QemuError(
                 f"KVM cannot run x86-64 guests on this {host.system} {host.machine} host",
                 hint="use --accel tcg (or auto)",
@@ -187,7 +187,7 @@ def choose_accel(requested: Accel, host: Host) -> Accel:
                 hint="add yourself to the kvm group, or use --accel tcg (slower)",
             )
     if requested == Accel.HVF:
-        if host.system != "Darwin" or host.machine != "x86_64":
+        if host.system != "Darwin" or host.machine != Arch.AMD64:
             raise QemuError(
                 "HVF runs x86-64 guests only on Intel Macs"
                 + (" (Apple Silicon emulates them with TCG)" if host.system == "Darwin" else ""),
