@@ -739,8 +739,10 @@ def read_volume(f: BinaryIO, offset: int = 0, length: int | None = None) -> Volu
     if len(decoder.dictionary) < 2 or not isinstance(decoder.dictionary[1], DecodedTuple):
         raise ImageFormatError("the volume's log has no root tuple")
     root = decoder.dictionary[1]
-    # Later records update earlier tuples: only the finished structure shows cycles and depth.
-    check_structure(root, "the volume's metadata")
+    # Once a tuple has two parents (a hard link, or hostile input), only the finished
+    # structure shows cycles, depth and nested sharing; else the decoder checked the depth.
+    if decoder.shared:
+        check_structure(root, "the volume's metadata")
     data_start, data_end, nfiles = _data_range(root)
     info = VolumeInfo(uuid, label, length, tuple(extensions), data_start, data_end, nfiles)
     return Volume(info, version, root, offset, records)

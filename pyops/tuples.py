@@ -271,7 +271,9 @@ def encode_record(value: Any, encoder: Encoder | None = None) -> bytes:
 class DecodedTuple(dict[str, Any]):
     """A tuple read from a volume.  A plain dict, but hashable by identity for link detection."""
 
-    __slots__ = ()
+    __slots__ = ("level",)
+    level: int
+    """How deep the decoder placed it (see :class:`Decoder`)."""
 
     def __hash__(self) -> int:  # type: ignore[override]
         return id(self)
@@ -283,7 +285,8 @@ class DecodedTuple(dict[str, Any]):
 class DecodedVector(list[Any]):
     """A vector read from a volume."""
 
-    __slots__ = ()
+    __slots__ = ("level",)
+    level: int
 
 
 class _Deleted:
@@ -304,12 +307,19 @@ def _step(parent_is_tuple: bool, key: str | None) -> int:
 class Decoder:
     """Decodes records with one dictionary shared across a whole volume's log.
 
-    Decoding is iterative: no input, however deep, makes it recurse.  Nesting deeper than
-    :data:`~pyops.limits.TUPLE_DEPTH` levels within one record is refused.
+    Decoding is iterative: no input, however deep, makes it recurse.  Each tuple and
+    vector records the level it was placed at (a record's own value at level 1, an update's
+    items below their target's level), and nesting deeper than
+    :data:`~pyops.limits.TUPLE_DEPTH` levels is refused as it is decoded.  Until a tuple
+    or vector is written as the value of another by reference, each has one parent, made
+    before it: the values form trees and those levels are exact.  From then on (hard
+    links, or hostile input) ``shared`` is True, and only :func:`check_structure` of the
+    finished value can tell cycles and depth.
     """
 
     def __init__(self) -> None:
         self.dictionary: list[Any] = [None]  # index 0 is never assigned
+        self.shared = False
 
     def decode(
         self, data: bytes | bytearray | memoryview, pos: int = 0, end: int | None = None
@@ -435,14 +445,18 @@ class Decoder:
             immediate, type_, length = self._header()
             value: Any
             if type_ == TYPE_TUPLE or type_ == TYPE_VECTOR:
+                container = self._container(immediate, type_)
                 if frames:
                     parent = frames[-1]
                     level = parent[3] + _step(isinstance(parent[0], DecodedTuple), parent[2])
+                    if not immediate:
+                        self.shared = True  # a second parent: see check_structure
                 else:
-                    level = 1
+                    level = 1 if immediate else container.level  # an update: below its target
+                if immediate:
+                    container.level = level
                 if level > limit:
-                    raise TUPLE_DEPTH.exceeded("a metadata record's nesting", level)
-                container = self._container(immediate, type_)
+                    raise TUPLE_DEPTH.exceeded("the nesting of metadata in a record", level)
                 if length:
                     key = self._name() if type_ == TYPE_TUPLE else None
                     frames.append([container, length, key, level, 0])
@@ -483,15 +497,14 @@ _MAX_EXPANSION = 10_000_000
 _SATURATED = 1 << 62
 
 
-def _edges(node: Any) -> Iterator[tuple[Any, int]]:
+_CONTAINERS = (dict, list)
+
+
+def _edges(node: Any) -> list[tuple[Any, int]]:
+    """The tuples and vectors inside ``node``, each with the levels its edge adds."""
     if isinstance(node, dict):
-        for key, item in node.items():
-            if isinstance(item, dict | list):
-                yield item, 0 if key == "children" else 1
-    else:
-        for item in node:
-            if isinstance(item, dict | list):
-                yield item, 1
+        return [(v, k != "children") for k, v in node.items() if isinstance(v, _CONTAINERS)]
+    return [(v, 1) for v in node if isinstance(v, _CONTAINERS)]
 
 
 def check_structure(value: Any, what: str = "the image's metadata") -> None:
@@ -502,17 +515,21 @@ def check_structure(value: Any, what: str = "the image's metadata") -> None:
     Records can update tuples decoded earlier, so a structure is checked once it is
     complete (for a volume, after its whole log).  One pass, without recursion.
     """
-    if not isinstance(value, dict | list):
+    if not isinstance(value, _CONTAINERS):
         return
     limit = TUPLE_DEPTH.value()
-    done: dict[int, tuple[int, int]] = {}  # id -> (levels below and including it, size)
+    done: dict[int, tuple[int, int]] = {}  # id -> (levels it spans, values written out)
     on_path = {id(value)}
-    # [node, its edges, its level, its height so far, its size so far, step from its parent]
-    frames: list[list[Any]] = [[value, _edges(value), 1, 1, 1, 0]]
+    # [node, its edges, next edge, its level, its height so far, its size so far, step in]
+    frames: list[list[Any]] = [[value, _edges(value), 0, 1, 1, 1, 0]]
     while frames:
         frame = frames[-1]
-        level = frame[2]
-        for child, step in frame[1]:
+        edges = frame[1]
+        level = frame[3]
+        index = frame[2]
+        while index < len(edges):
+            child, step = edges[index]
+            index += 1
             key = id(child)
             got = done.get(key)
             if got is None:
@@ -520,23 +537,28 @@ def check_structure(value: Any, what: str = "the image's metadata") -> None:
                     raise ImageFormatError(f"{what} is cyclic: a tuple or vector contains itself")
                 if level + step > limit:
                     raise TUPLE_DEPTH.exceeded(f"{what}: its nesting", level + step)
-                on_path.add(key)
-                frames.append([child, _edges(child), level + step, 1, 1, step])
-                break
+                inner = _edges(child)
+                if inner:
+                    frame[2] = index
+                    on_path.add(key)
+                    frames.append([child, inner, 0, level + step, 1, 1, step])
+                    break
+                got = done[key] = (1, 1)  # holds no tuple or vector
             height, size = got
             if level + step + height - 1 > limit:
                 raise TUPLE_DEPTH.exceeded(f"{what}: its nesting", level + step + height - 1)
-            frame[3] = max(frame[3], height + step)
-            frame[4] = min(frame[4] + size, _SATURATED)
+            if height + step > frame[4]:
+                frame[4] = height + step
+            frame[5] = min(frame[5] + size, _SATURATED)
         else:
             frames.pop()
             node = frame[0]
             on_path.discard(id(node))
-            done[id(node)] = (frame[3], frame[4])
+            done[id(node)] = (frame[4], frame[5])
             if frames:
                 parent = frames[-1]
-                parent[3] = max(parent[3], frame[3] + frame[5])
-                parent[4] = min(parent[4] + frame[4], _SATURATED)
+                parent[4] = max(parent[4], frame[4] + frame[6])
+                parent[5] = min(parent[5] + frame[5], _SATURATED)
     size = done[id(value)][1]
     if size > _MAX_EXPANSION + 64 * len(done):
         raise ImageFormatError(

@@ -175,10 +175,17 @@ def test_nested_sharing_is_refused() -> None:
     assert copy["a"] is copy["b"]
 
 
-def test_deep_folder_chain_in_an_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("linked", [False, True], ids=["tree", "with-hard-link"])
+def test_deep_folder_chain_in_an_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked: bool
+) -> None:
+    # With a hard link, tuples are shared and the whole structure is checked once read;
+    # without, the decoder checks the depth as it goes.
     tree = Tree()
     path = "/d" * 3000
     tree.add_file(path + "/f", b"bottom\n")
+    if linked:
+        tree.add_hardlink("/link", path + "/f")
     image = tmp_path / "deep.img"
     write_raw_volume(image, tree)  # the writer takes any depth
     with pytest.raises(LimitExceeded, match="PYOPS_LIMIT_(TUPLE|PATH)_DEPTH"):
@@ -189,7 +196,7 @@ def test_deep_folder_chain_in_an_image(tmp_path: Path, monkeypatch: pytest.Monke
         open_image(image).tree()
     monkeypatch.setenv("PYOPS_LIMIT_PATH_DEPTH", "10000")
     back = open_image(image).tree()
-    assert sum(1 for _ in back.walk()) == 3002
+    assert sum(1 for _ in back.walk()) == 3002 + linked
     real, node = back.lookup(path + "/f")
     assert real == path + "/f"
     assert isinstance(node, File) and isinstance(node.source, ImageData)
