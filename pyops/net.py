@@ -34,9 +34,9 @@ import requests
 import urllib3
 
 from pyops import limits
-from pyops.version import __version__
 from pyops.errors import LimitExceeded, NetworkError
 from pyops.store import Cancel
+from pyops.version import __version__
 
 log = logging.getLogger(__name__)
 
