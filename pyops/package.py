@@ -79,11 +79,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyops import atomic
+from pyops import arch, atomic
 from pyops import home as _home
 from pyops.auth import Credentials
 from pyops.build import CA_BUNDLES
-from pyops.elf import normalize_machine
 from pyops.environ import parse_env
 from pyops.errors import LibraryNotFound, PackageError, PyopsError
 from pyops.layers import unpack_layers
@@ -406,10 +405,9 @@ def _find_program(root: Path, program: str, config: ImageConfig, label: str) -> 
 
 
 def _machine(platform: Platform) -> str | None:
-    try:
-        return normalize_machine(platform.architecture)
-    except PyopsError:
-        return None  # an architecture pyops has no ELF name for: skip the check
+    # An architecture pyops has no name for: skip the check.
+    found = arch.find(platform.architecture)
+    return found.elf_machine if found is not None else None
 
 
 def _resolve(root: Path, found: _Found, pulled: PulledImage) -> Resolution:
