@@ -290,14 +290,24 @@ def split_image_path(name: str) -> Parts:
 
 
 def _resolve(
-    root: str, parts: Sequence[str], follow_last: bool, max_steps: int
+    root: str,
+    parts: Sequence[str],
+    follow_last: bool,
+    max_steps: int,
+    start: tuple[int, Parts] = (0, ()),
 ) -> tuple[Parts, Modes]:
     """:func:`resolve_in_root`, also returning the ``lstat`` mode of each resolved component
-    (None for those that do not exist), and refusing more than ``max_steps`` lookups."""
-    result: list[str] = []
-    modes: Modes = []
-    todo = deque(parts)
-    links = steps = 0
+    (None for those that do not exist), and refusing more than ``max_steps`` lookups.
+
+    ``start`` is ``(k, folders)``: the first ``k`` components of ``parts`` are known to
+    resolve to ``folders``, real folders all of them.
+    """
+    skip, known = start
+    result: list[str] = list(known)
+    modes: Modes = [stat.S_IFDIR] * len(known)
+    todo = deque(parts[skip:] if skip else parts)
+    links = 0
+    steps = len(known)
     while todo:
         name = todo.popleft()
         if name in ("", "."):
@@ -383,6 +393,7 @@ class _Applier:
         # markers repeated there have nothing to do: this keeps them linear).
         self.cleaned: set[Parts] = set()
         self.dirs = _Dir()
+        self._known: tuple[Parts, Parts] = ((), ())
 
     def host(self, parts: Parts) -> str:
         # Every component comes from split_image_path/_resolve: no '..', no '/', no NUL, and
@@ -394,9 +405,25 @@ class _Applier:
         self.added.clear()
         self.added_ancestors.clear()
         self.cleaned.clear()
+        self._invalidate()
 
-    def resolve(self, parts: Sequence[str], follow_last: bool = True) -> tuple[Parts, Modes]:
-        return _resolve(self._root, parts, follow_last, self.budget.depth)
+    def resolve(self, parts: Parts, follow_last: bool = True) -> tuple[Parts, Modes]:
+        # The last folder chain resolved (its input and what it resolved to) is reused when
+        # ``parts`` extends it: a tar lists a folder's entries together, and deep paths would
+        # otherwise cost a lookup per component per member.
+        known_in, known_out = self._known
+        start: tuple[int, Parts] = (0, ())
+        k = len(known_in)
+        if 0 < k <= len(parts) and parts[:k] == known_in:
+            start = (k, known_out)
+        return _resolve(self._root, parts, follow_last, self.budget.depth, start)
+
+    def _remember(self, given: Parts, folders: Parts) -> None:
+        """``given`` resolves to ``folders``, which are all real folders now."""
+        self._known = (given, folders)
+
+    def _invalidate(self) -> None:
+        self._known = ((), ())
 
     def _mark(self, parts: Parts) -> None:
         self.added.add(parts)
@@ -481,6 +508,7 @@ class _Applier:
             return
         host = self.host(parts)
         if stat.S_ISDIR(mode):
+            self._invalidate()  # the folder chain remembered may go through it
             self._forget(parts)
             atomic.remove(host)  # iterative; does not follow symlinks inside the tree
         else:
@@ -542,6 +570,7 @@ class _Applier:
         target, modes = self.resolve(parts, follow_last=False)
         # The last component is never followed, so it is parts[-1], resolved or not.
         self._parent_dirs(member, target[:-1], modes[:-1])
+        self._remember(parts[:-1], target[:-1])
         return target, modes[-1]
 
     def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
@@ -549,6 +578,7 @@ class _Applier:
         if mode is None or not stat.S_ISDIR(mode):
             self._remove(target, mode)
             os.mkdir(self.host(target), 0o755)
+        self._remember(parts, target)
         # Modes are applied at the end, so a read-only directory can still be filled.
         self._dir_node(target).attrs = (info.mode & 0o777, _mtime(info))
         self._mark(target)
