@@ -106,9 +106,11 @@ _MUSL_RESERVED = re.compile(r"lib(?:c|pthread|rt|m|dl|util|xnet)\.")
 _DST = re.compile(r"\$(?:\{(ORIGIN|PLATFORM|LIB)\}|(ORIGIN|PLATFORM|LIB)(?![A-Za-z0-9_]))")
 
 # The loader keeps its built-in directories as consecutive NUL-terminated strings, each
-# absolute and ending in "/" (elf/dl-load.c: system_dirs, from gen-trusted-dirs).
-_SYSTEM_DIR = re.compile(rb"/[!-~]*/")
-_MAX_SYSTEM_DIR = 4096  # PATH_MAX
+# absolute and ending in "/" (elf/dl-load.c: system_dirs, from gen-trusted-dirs). The
+# pattern never backtracks: each string starts after a NUL (a literal prefix the engine
+# searches for), is consumed possessively, then must have ended in "/"; runs are cut at 32.
+_SYSTEM_DIR = rb"/[!-~]*+(?<=[!-~]/)\x00"
+_SYSTEM_DIRS = re.compile(rb"\x00(" + _SYSTEM_DIR + rb"(?:" + _SYSTEM_DIR + rb"){1,31})")
 
 _CACHE_MAGIC_NEW = b"glibc-ld.so.cache1.1"
 _CACHE_MAGIC_OLD = b"ld.so-1.7.0"
@@ -502,44 +504,13 @@ def _find_system_dirs(data: bytes) -> list[str] | None:
     """The first run of two or more consecutive NUL-terminated strings, each absolute and
     ending in "/", one of which names a lib directory: the loader's built-in directories.
 
-    One pass over ``data`` (each string is looked at once), whatever the bytes are.
+    Linear in ``data`` whatever its bytes (see :data:`_SYSTEM_DIRS`).
     """
-    run: list[bytes] = []
-    run_end = -1  # offset of the NUL ending the run's last string
-    pos = 0
-    while True:
-        end = data.find(b"/\0", pos)
-        if end < 0:
-            break
-        nul = end + 1
-        # The string starts after the NUL before it, which is no further back than the
-        # previous candidate's (so each byte is looked at once) nor than PATH_MAX.
-        lo = max(pos - 1, 0, nul - _MAX_SYSTEM_DIR - 1)
-        before = data.rfind(b"\0", lo, nul)
-        start = before + 1 if before >= 0 else 0 if lo == 0 else -1
-        text = data[start:nul] if start >= 0 else b""
-        if text and _SYSTEM_DIR.fullmatch(text):
-            if start != run_end + 1:
-                found = _system_dir_run(run)
-                if found is not None:
-                    return found
-                run = []
-            run.append(text)
-            run_end = nul
-        else:
-            found = _system_dir_run(run)
-            if found is not None:
-                return found
-            run = []
-        pos = nul + 1
-    return _system_dir_run(run)
-
-
-def _system_dir_run(run: list[bytes]) -> list[str] | None:
-    if len(run) < 2:
-        return None
-    found = [d.decode("utf-8", "replace") for d in run]
-    return found if any("lib" in d for d in found) else None
+    for match in _SYSTEM_DIRS.finditer(data):
+        found = [d.decode("utf-8", "replace") for d in match.group(1).split(b"\0") if d]
+        if any("lib" in d for d in found):
+            return found
+    return None
 
 
 def _parse_ld_so_cache(data: bytes) -> dict[str, list[tuple[int, str]]]:
@@ -872,8 +843,15 @@ class _Search:
                 return same
             return self.new_object(name, path, node, detail, requester, via)
 
+        # A directory tried once for this name gives the same answer again (RPATHs up a
+        # long loading chain often repeat one): each is tried once.
+        tried: set[str] = set()
+
         def search_dirs(dirs: list[str], via: str) -> _Step:
             for directory in dirs:
+                if directory in tried:
+                    continue
+                tried.add(directory)
                 searched.append(directory.rstrip("/") or "/" if directory else ".")
                 if directory.startswith("/"):
                     if self.fs.entry(directory, name) is None:
