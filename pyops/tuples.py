@@ -493,7 +493,7 @@ class Decoder:
 
 # Shared tuples are how hard links are stored; shared tuples nested in each other would
 # make the written-out form (JSON, the manifest text) exponentially long.
-_MAX_EXPANSION = 10_000_000
+_MAX_EXPANSION = 1_000_000
 _SATURATED = 1 << 62
 
 
@@ -560,7 +560,7 @@ def check_structure(value: Any, what: str = "the image's metadata") -> None:
                 parent[4] = max(parent[4], frame[4] + frame[6])
                 parent[5] = min(parent[5] + frame[5], _SATURATED)
     size = done[id(value)][1]
-    if size > _MAX_EXPANSION + 64 * len(done):
+    if size > _MAX_EXPANSION + 16 * len(done):
         raise ImageFormatError(
             f"{what} nests shared tuples in each other: written out it would hold "
             f"{size:,} values, from {len(done):,} distinct ones"
