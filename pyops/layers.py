@@ -214,7 +214,7 @@ class _Reader:
     def _over(self, count: int) -> Exception:
         if count > self._room:
             return limits.UNPACKED_BYTES.exceeded(
-                f"the image's layers, unpacked up to {self._label},",
+                f"{self._label}: the image's layers so far",
                 self._budget.unpacked + count,
             )
         return limits.LAYER_RATIO.exceeded(
@@ -414,7 +414,7 @@ class _Applier:
         known_in, known_out = self._known
         start: tuple[int, Parts] = (0, ())
         k = len(known_in)
-        if 0 < k <= len(parts) and parts[:k] == known_in:
+        if 0 < k < len(parts) and parts[:k] == known_in:  # the last is resolved anew
             start = (k, known_out)
         return _resolve(self._root, parts, follow_last, self.budget.depth, start)
 
@@ -507,8 +507,9 @@ class _Applier:
         if mode is None:
             return
         host = self.host(parts)
-        if stat.S_ISDIR(mode):
+        if not stat.S_ISREG(mode):
             self._invalidate()  # the folder chain remembered may go through it
+        if stat.S_ISDIR(mode):
             self._forget(parts)
             atomic.remove(host)  # iterative; does not follow symlinks inside the tree
         else:
@@ -619,6 +620,7 @@ class _Applier:
         self._remove(target, mode)
         host = self.host(target)
         # Stored as is; it is only ever resolved inside the image (resolve_in_root).
+        self._invalidate()
         os.symlink(info.linkname, host)
         mtime = _mtime(info)
         os.utime(host, (mtime, mtime), follow_symlinks=False)
@@ -780,7 +782,7 @@ def _apply_tar(applier: _Applier, reader: _Reader, label: str) -> int:
         budget.entries += 1
         if budget.entries > budget.entries_limit:
             raise limits.LAYER_ENTRIES.exceeded(
-                f"the image's layers, up to {label},", budget.entries
+                f"{label}: the image's layers so far", budget.entries
             )
         _apply_member(applier, archive, reader, info, label)
     return int(archive.offset) + _END_OF_ARCHIVE

@@ -523,3 +523,13 @@ def test_hard_link_to_the_host_is_impossible(canary: Canary) -> None:
     with pytest.raises(LayerError, match="does not exist"):
         unpack_layers(paths, canary.root)
     assert canary.unchanged()
+
+
+def test_a_symlink_replaced_by_a_folder_is_not_resolved_as_before(canary: Canary) -> None:
+    # Found by the property test: the folder chain remembered between members went through
+    # "l" while it was a symlink.
+    paths = [canary.entries([S("l", "../../.."), S("l/x", "a"), D("l"), F("l/z", b"1")])]
+    unpack_layers(paths, canary.root)
+    assert (canary.root / "l/z").read_bytes() == b"1"
+    assert os.readlink(canary.root / "x") == "a"
+    assert canary.unchanged()
