@@ -174,7 +174,8 @@ def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry], int]:
                 children[name] = sub
                 sub_entries = node.entries
                 stack.append((sub_entries, iter(sorted_names(sub_entries)), inner))
-                deepest = max(deepest, len(stack) - 1)
+                if len(stack) > deepest:
+                    deepest = len(stack)
                 break
             elif isinstance(node, Symlink):
                 link: dict[str, Any] = {"linktarget": node.target}
@@ -187,6 +188,7 @@ def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry], int]:
                 raise TypeError(node)
         else:
             stack.pop()
+    deepest = max(deepest - 1, 0)
 
     counts: dict[int, int] = {}
     for children, name, target in links:
