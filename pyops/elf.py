@@ -64,6 +64,7 @@ _PT_INTERP = 3
 _MAX_PHNUM = 4096
 _MAX_DYN_ENTRIES = 65536
 _MAX_STRING = 65536
+_MAX_NAME = 4096  # PATH_MAX: no file of a longer name can be opened (DT_NEEDED, DT_SONAME)
 _MAX_INTERP = 4096  # PATH_MAX: Linux refuses a longer PT_INTERP (fs/binfmt_elf.c)
 
 # Names users give for an architecture, mapped to the ELF e_machine name.
@@ -216,7 +217,7 @@ class _Reader:
             raise NotAnElf(f"{self.name} is a truncated ELF file (short read of {what})")
         return data
 
-    def string(self, offset: int, what: str) -> str:
+    def string(self, offset: int, what: str, limit: int = _MAX_STRING) -> str:
         if offset < 0 or offset >= self.size:
             raise NotAnElf(f"{self.name} is a corrupt ELF file ({what} lies past its end)")
         chunk = b""
@@ -231,7 +232,7 @@ class _Reader:
                 break
             chunk += part
             pos += len(part)
-            if len(chunk) > _MAX_STRING:
+            if len(chunk) > limit:
                 raise NotAnElf(f"{self.name} is a corrupt ELF file ({what} is too long)")
         # Names in dynamic tables are bytes; surrogateescape keeps odd ones round-trippable.
         return chunk.decode("utf-8", "surrogateescape")
@@ -319,22 +320,25 @@ def _parse(reader: _Reader, name: str) -> ElfInfo:
     if dynamic is not None:
         tags = _dynamic_tags(reader, little_endian, elf_class, dynamic)
         strtab = _strtab_offset(tags, loads, name)
+        strsz = _strsz(tags)
         offsets = [v for t, v in tags if t == _DT_NEEDED]
         NEEDED.check(len(offsets), f"the DT_NEEDED entries of {name}")
         # Each distinct string is read once (entries may repeat one name).
-        names = {v: _string(reader, strtab, tags, v, "DT_NEEDED") for v in dict.fromkeys(offsets)}
+        names = {v: _string(reader, strtab, strsz, v, "DT_NEEDED") for v in dict.fromkeys(offsets)}
         needed = [names[v] for v in offsets]
         for tag, value in tags:
             if tag == _DT_SONAME:
-                soname = _string(reader, strtab, tags, value, "DT_SONAME")
+                soname = _string(reader, strtab, strsz, value, "DT_SONAME")
             elif tag == _DT_RPATH:
-                text = _string(reader, strtab, tags, value, "DT_RPATH")
+                text = _string(reader, strtab, strsz, value, "DT_RPATH")
                 rpath = text if rpath is None else f"{rpath}:{text}"
             elif tag == _DT_RUNPATH:
-                text = _string(reader, strtab, tags, value, "DT_RUNPATH")
+                text = _string(reader, strtab, strsz, value, "DT_RUNPATH")
                 runpath = text if runpath is None else f"{runpath}:{text}"
             elif tag == _DT_FLAGS_1:
                 flags_1 = value
+            if len(rpath or "") + len(runpath or "") > _MAX_STRING:
+                raise NotAnElf(f"{name} is a corrupt ELF file (its search paths are too long)")
 
     return ElfInfo(
         path=name,
@@ -389,13 +393,16 @@ def _file_offset(address: int, loads: list[tuple[int, int, int]], name: str, wha
     raise NotAnElf(f"{name} is a corrupt ELF file ({what} is outside every PT_LOAD segment)")
 
 
-def _string(
-    reader: _Reader, strtab: int, tags: list[tuple[int, int]], index: int, what: str
-) -> str:
-    size = next((value for tag, value in tags if tag == _DT_STRSZ), None)
+def _strsz(tags: list[tuple[int, int]]) -> int | None:
+    return next((value for tag, value in tags if tag == _DT_STRSZ), None)
+
+
+def _string(reader: _Reader, strtab: int, size: int | None, index: int, what: str) -> str:
+    """The string at ``index`` of the string table at ``strtab`` of ``size`` bytes."""
+    limit = _MAX_NAME if what in ("DT_NEEDED", "DT_SONAME") else _MAX_STRING
     if size is not None and index >= size:
         raise NotAnElf(f"{reader.name} is a corrupt ELF file ({what} lies outside .dynstr)")
-    return reader.string(strtab + index, what)
+    return reader.string(strtab + index, what, limit)
 
 
 def read_version_definitions(
@@ -442,6 +449,7 @@ def _version_definitions(reader: _Reader, name: str) -> tuple[str, ...]:
     if verdef is None:
         return ()
     strtab = _strtab_offset(tags, loads, name)
+    strsz = _strsz(tags)
     offset = _file_offset(verdef, loads, name, "DT_VERDEF")
     # Elf_Verdef: vd_version, vd_flags, vd_ndx, vd_cnt (half words), vd_hash, vd_aux, vd_next;
     # Elf_Verdaux: vda_name, vda_next. The same layout for both classes.
@@ -456,7 +464,7 @@ def _version_definitions(reader: _Reader, name: str) -> tuple[str, ...]:
             aux = verdaux_layout.unpack(
                 reader.read(offset + vd_aux, verdaux_layout.size, "DT_VERDEF")
             )
-            names.append(_string(reader, strtab, tags, aux[0], "DT_VERDEF"))
+            names.append(_string(reader, strtab, strsz, aux[0], "DT_VERDEF"))
         if not vd_next:
             break
         offset += vd_next

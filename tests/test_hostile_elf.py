@@ -34,12 +34,14 @@ def make_elf(
     little_endian: bool = True,
     interp_size: int | None = None,
     extra: bytes = b"",
+    runpath_tags: int = 1,
 ) -> bytes:
     """A dynamic ELF file: header, program headers, interpreter, strings, dynamic table.
 
     One PT_LOAD maps the whole file at address 0, so addresses are file offsets. Repeated
     ``needed`` names share one string. ``interp_size`` overrides PT_INTERP's p_filesz;
-    ``extra`` is appended (for example loader strings to scan).
+    ``extra`` is appended (for example loader strings to scan); ``runpath_tags`` repeats the
+    DT_RUNPATH entry.
     """
     order = "<" if little_endian else ">"
     wide = elf_class == 64
@@ -60,7 +62,7 @@ def make_elf(
     if rpath is not None:
         tags.append((DT_RPATH, add(rpath)))
     if runpath is not None:
-        tags.append((DT_RUNPATH, add(runpath)))
+        tags += [(DT_RUNPATH, add(runpath))] * runpath_tags
     interp_bytes = os.fsencode(interp) + b"\0" if interp is not None else b""
     interp_off = ehsize + nph * phentsize
     str_off = interp_off + len(interp_bytes)
@@ -164,3 +166,15 @@ def test_truncated_and_empty_files(tmp_path: Path) -> None:
         path = write_elf(tmp_path / f"cut{n}", data[:n])
         with pytest.raises(NotAnElf):
             read_elf(path)
+
+
+def test_long_names_and_many_search_paths_are_bounded(tmp_path: Path) -> None:
+    # A DT_NEEDED name longer than PATH_MAX cannot be opened: the file is refused.
+    path = write_elf(tmp_path / "long", make_elf(needed=["a" * 5000]))
+    with pytest.raises(NotAnElf, match="too long"):
+        read_elf(path)
+    assert read_elf(write_elf(tmp_path / "ok", make_elf(needed=["a" * 4000]))).needed
+    # Thousands of DT_RUNPATH tags (each 60 KB) joined: refused, not gigabytes of text.
+    data = make_elf(runpath="/r" * 30_000, runpath_tags=3000)
+    with pytest.raises(NotAnElf, match="search paths"):
+        read_elf(write_elf(tmp_path / "paths", data))
