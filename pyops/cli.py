@@ -754,8 +754,17 @@ def pull_command(
     for layer in pulled.layers:
         click.echo(f"  {layer}")
     if extract is not None:
+        from pyops import atomic
+
+        dest = Path(extract)
+        if dest.is_dir() and any(dest.iterdir()):
+            raise PyopsError(
+                f"{dest} is not empty", hint="--extract takes a new or empty directory"
+            )
         diff_ids = pulled.config.diff_ids or None
-        unpack_layers(pulled.layers, Path(extract), diff_ids=diff_ids, progress=progress)
+        # Unpacked beside it and renamed into place: a failed unpack leaves nothing there.
+        with atomic.atomic_path(dest) as tmp:
+            unpack_layers(pulled.layers, tmp, diff_ids=diff_ids, progress=progress)
         click.echo(f"extracted to {extract}")
 
 

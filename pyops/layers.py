@@ -62,7 +62,6 @@ _RAW_CHUNK = 1 << 18  # compressed bytes read at a time
 _OUT_CHUNK = 1 << 18  # decompressed bytes made at a time (bounds the memory a bomb costs)
 _RATIO_FLOOR = 8 * limits.MiB  # LAYER_RATIO applies once a layer unpacks past this
 _END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
-_MAX_HEADER_BYTES = 1 * limits.MiB  # data of one PAX or GNU long name/link header
 _MAX_HEADER_CHAIN = 16  # extended headers in a row before one member
 _HEADER_TYPES = (
     tarfile.GNUTYPE_LONGNAME,
@@ -244,10 +243,11 @@ class _LayerTarInfo(tarfile.TarInfo):
             raise _sparse(self.name)
         if self.type not in _HEADER_TYPES:
             return cast(_LayerTarInfo, tarfile.TarInfo._proc_member(self, tar))  # type: ignore[attr-defined]
-        if self.size > _MAX_HEADER_BYTES:
+        most = limits.LAYER_HEADER_BYTES.value()
+        if self.size > most:
             raise _HeaderRefused(
-                f"has an extended header of {self.size:,} bytes (at most "
-                f"{_MAX_HEADER_BYTES:,} are read); refused."
+                f"has an extended header of {self.size:,} bytes (at most {most:,} are read, "
+                f"{limits.LAYER_HEADER_BYTES.variable}); refused."
             )
         state = vars(tar)
         chain = state.get(_CHAIN_KEY, 0)

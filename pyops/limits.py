@@ -68,6 +68,9 @@ LAYER_RATIO = Limit("LAYER_RATIO", 1000, "times a layer's compressed size once u
 LAYER_ENTRIES = Limit("LAYER_ENTRIES", 2_000_000, "entries in an image's layers")
 TRAILING_BYTES = Limit("TRAILING_BYTES", 1 * MiB, "bytes after a layer's end-of-archive marker")
 PATH_DEPTH = Limit("PATH_DEPTH", 1024, "folders deep in a path")
+LAYER_HEADER_BYTES = Limit(
+    "LAYER_HEADER_BYTES", 1 * MiB, "bytes in one extended (PAX or GNU long name) tar header"
+)
 
 # Registries.
 MANIFESTS = Limit("MANIFESTS", 64, "manifests and indexes visited by one pull")
@@ -98,6 +101,7 @@ ALL: tuple[Limit, ...] = (
     LAYER_ENTRIES,
     TRAILING_BYTES,
     PATH_DEPTH,
+    LAYER_HEADER_BYTES,
     MANIFESTS,
     JSON_BYTES,
     JSON_DEPTH,

@@ -293,9 +293,9 @@ def _config(layers: list[bytes]) -> Mapping[str, object]:
     }
 
 
-def _fake_image(fake: FakeRegistry, layers: list[bytes]) -> str:
-    fake.add_image("test/fake", "1", layers, dict(_config(layers)))
-    return f"127.0.0.1:{fake.port}/test/fake:1"
+def _fake_image(fake: FakeRegistry, layers: list[bytes], tag: str = "1") -> str:
+    fake.add_image("test/fake", tag, layers, dict(_config(layers)))
+    return f"127.0.0.1:{fake.port}/test/fake:{tag}"
 
 
 def test_cut_download_resumes_with_range(fake: FakeRegistry, store: Store, tmp_path: Path) -> None:
@@ -408,6 +408,14 @@ def test_cli_pull_and_extract(fake: FakeRegistry, tmp_path: Path, store: Store) 
     missing = CliRunner().invoke(cli, ["pull", ref.replace(":1", ":2")])
     assert missing.exit_code == 1
     assert "error:" in missing.output and "test/fake:2" in missing.output
+    # A non-empty destination is refused; a failed unpack leaves nothing behind.
+    again = CliRunner().invoke(cli, ["pull", ref, "--extract", str(tmp_path / "out")])
+    assert again.exit_code == 1 and "is not empty" in again.output
+    bad = _fake_image(fake, [_layer(F("../escape", b"x"))], tag="bad")
+    failed = CliRunner().invoke(cli, ["pull", bad, "--extract", str(tmp_path / "new")])
+    assert failed.exit_code == 1, failed.output
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 # -- credentials from config.json ------------------------------------------------------------
