@@ -100,6 +100,8 @@ class Manifest:
         arguments = root.get("arguments", ())
         if isinstance(arguments, Mapping):  # the v4 form: a tuple keyed "0", "1", ...
             arguments = [arguments[k] for k in sorted(arguments, key=_int_key)]
+        elif not isinstance(arguments, list | tuple):
+            raise ImageFormatError("the manifest's arguments are not a list")
         environment = root.get("environment", {})
         if not isinstance(environment, Mapping):
             raise ImageFormatError("the manifest's environment is not a tuple")
