@@ -40,12 +40,11 @@ import os
 import stat
 import tarfile
 import zlib
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol, cast
 
-from pyops import atomic, limits
+from pyops import atomic, limits, rootfs
 from pyops.errors import DigestMismatch, HostFileError, LayerError, UnsafeLayerPath
 from pyops.progress import NULL_PROGRESS, Progress
 
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _AUFS_META = ".wh..wh."  # .wh..wh.plnk, .wh..wh.aufs: aufs bookkeeping, not whiteouts
-_MAX_LINKS = 40  # Linux's ELOOP limit (MAXSYMLINKS)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 16  # file data copied at a time
@@ -302,52 +300,15 @@ def _resolve(
     ``start`` is ``(k, folders)``: the first ``k`` components of ``parts`` are known to
     resolve to ``folders``, real folders all of them.
     """
-    skip, known = start
-    result: list[str] = list(known)
-    modes: Modes = [stat.S_IFDIR] * len(known)
-    todo = deque(parts[skip:] if skip else parts)
-    links = 0
-    steps = len(known)
-    while todo:
-        name = todo.popleft()
-        if name in ("", "."):
-            continue
-        steps += 1
-        if steps > max_steps:
-            raise limits.PATH_DEPTH.exceeded(
-                f"/{'/'.join(parts)}, resolved inside the image with its symbolic links,", steps
-            )
-        if name == "..":
-            if result:
-                result.pop()
-                modes.pop()
-            continue
-        if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
-            result.append(name)  # below something missing (or not a folder): missing too
-            modes.append(None)
-            continue
-        host = os.path.join(root, *result, name)
-        try:
-            mode = os.lstat(host).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            result.append(name)
-            modes.append(None)
-            continue
-        if stat.S_ISLNK(mode) and (todo or follow_last):
-            links += 1
-            if links > _MAX_LINKS:
-                raise UnsafeLayerPath(
-                    f"/{'/'.join(parts)}: too many levels of symbolic links inside the image."
-                )
-            target = os.readlink(host)
-            if target.startswith("/"):
-                result = []
-                modes = []
-            todo.extendleft(reversed(target.split("/")))
-            continue
-        result.append(name)
-        modes.append(mode)
-    return tuple(result), modes
+    found = rootfs.resolve(
+        parts,
+        rootfs.host_lstat(root),
+        rootfs.host_readlink(root),
+        follow_last=follow_last,
+        max_steps=max_steps,
+        start=start,
+    )
+    return found.parts, list(found.modes)
 
 
 def resolve_in_root(root: Path, parts: Sequence[str], *, follow_last: bool = True) -> Parts:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
+from pyops import rootfs
 from pyops.elf import DF_1_NODEFLIB, ElfInfo, check_machine, read_elf, read_version_definitions
 from pyops.errors import (
     ElfMismatch,
@@ -36,6 +37,7 @@ from pyops.errors import (
     LibraryNotFound,
     NotAnElf,
     PyopsError,
+    UnsafeLayerPath,
 )
 from pyops.limits import LOADER_FILE_BYTES, NEEDED, OBJECTS, PATH_ELEMENTS
 
@@ -51,8 +53,6 @@ __all__ = [
 
 Libc = Literal["glibc", "musl"]
 
-# Linux's limit on symlinks followed in one path lookup (MAXSYMLINKS, path_resolution(7)).
-_MAX_SYMLINKS = 40
 
 # glibc: the OS ABIs open_verify accepts (VALID_ELF_OSABI: SYSV and GNU).
 _GLIBC_OSABIS = frozenset({"ELFOSABI_SYSV", "ELFOSABI_LINUX"})
@@ -289,9 +289,11 @@ class _RootFs:
             raise HostFileError(f"cannot use root {host_root}: {exc.strerror}") from exc
         if not stat.S_ISDIR(st.st_mode):
             raise HostFileError(f"the root {host_root} is not a directory")
+        self._root_st = st
         self._nodes: dict[str, _Node | None] = {"/": _Node("/", (), st)}
         self._max_parts = PATH_ELEMENTS.value()
         self._listings: dict[str, frozenset[str]] = {}
+        self._stats: dict[str, os.stat_result] = {}
         self._elves: dict[tuple[int, int], ElfInfo | PyopsError] = {}
 
     def host(self, real: str) -> str:
@@ -319,77 +321,52 @@ class _RootFs:
             count = sum(1 for part in parts if part)
             if count > self._max_parts:
                 raise PATH_ELEMENTS.exceeded(f"the path {_short(path)}: its parts", count)
-        nodes = self._nodes
         # Most lookups name an entry of a directory already resolved: start there.
         trimmed = path.rstrip("/")
         parent_path, _, last = trimmed.rpartition("/")
-        parent_key = parent_path or "/"
-        pending: list[str | _Mark] = []
-        if trimmed and parent_key in nodes:
-            start = nodes[parent_key]
-            if start is None:
+        parent = self._nodes.get(parent_path or "/") if trimmed and last else None
+        links: tuple[str, ...] = ()
+        start: tuple[int, tuple[str, ...]] = (0, ())
+        if parent is not None:
+            if not stat.S_ISDIR(parent.st.st_mode):
                 return None
-            if last:
-                pending.append(last)
-        else:
-            start = nodes["/"]
-            prefix = ""
-            for part in parts:
-                if part:
-                    prefix = f"{prefix}/{part}"
-                    pending.append(part)
-                    pending.append(_Mark(prefix))  # caches the path up to this part
-            pending.reverse()  # a stack: the next item last
-        assert start is not None
-        real, links, st = start.real, list(start.links), start.st
-        hops = 0
-        while pending:
-            item = pending.pop()
-            if isinstance(item, _Mark):
-                nodes.setdefault(item.path, _Node(real, _unique(links), st))
-                continue
-            part = item
-            if not stat.S_ISDIR(st.st_mode):
-                return None
-            if part == ".":
-                continue
-            if part == "..":
-                # ".." is taken in the resolved parent, and never climbs above the root.
-                up = self.lookup(_dirname(real))
-                if up is None:
-                    return None
-                real, st = up.real, up.st
-                continue
-            candidate = _join(real, part)
-            parent_st = st
+            known = tuple(p for p in parent.real.split("/") if p)
+            parts = [*known, last]
+            start = (len(known), known)
+            links = parent.links
+        try:
+            # Each of the path's parts, and of each link's target, is one step at most.
+            steps = self._max_parts * (rootfs.MAX_SYMLINKS + 1)
+            found = rootfs.resolve(parts, self._mode, self._readlink, start=start, max_steps=steps)
+        except (UnsafeLayerPath, _Unreadable):
+            return None  # ELOOP, or a link that cannot be read
+        if found.mode is None:
+            return None
+        real = found.path
+        st = self._stats[real] if found.parts else self._root_st
+        return _Node(real, _unique((*links, *found.links)), st)
+
+    def _mode(self, parts: tuple[str, ...]) -> int | None:
+        real = "/" + "/".join(parts)
+        st = self._stats.get(real)
+        if st is None:
             try:
-                st = os.lstat(self.host(candidate))
+                st = os.lstat(self.host(real))
             except OSError:
                 return None
-            if not stat.S_ISLNK(st.st_mode):
-                real = candidate
-                continue
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                return None
-            try:
-                target = os.readlink(self.host(candidate))
-            except OSError:
-                return None
-            links.append(candidate)
-            # An absolute target starts again at the root of the image, not of the host.
-            if target.startswith("/"):
-                root = nodes["/"]
-                assert root is not None
-                real, st = root.real, root.st
-            else:
-                st = parent_st  # a relative target is taken in the link's directory
-            more = [p for p in target.split("/") if p]
-            if len(more) > self._max_parts:
-                raise PATH_ELEMENTS.exceeded(f"the link {candidate}: its target's parts", len(more))
-            more.reverse()
-            pending.extend(more)
-        return _Node(real, _unique(links), st)
+            self._stats[real] = st
+        return st.st_mode
+
+    def _readlink(self, parts: tuple[str, ...]) -> str:
+        real = "/" + "/".join(parts)
+        try:
+            target = os.readlink(self.host(real))
+        except OSError:
+            raise _Unreadable from None
+        more = sum(1 for p in target.split("/") if p)
+        if more > self._max_parts:
+            raise PATH_ELEMENTS.exceeded(f"the link {real}: its target's parts", more)
+        return target
 
     def listing(self, real_dir: str) -> frozenset[str]:
         """Names in a resolved in-root directory (empty if it cannot be read)."""
@@ -472,11 +449,8 @@ class _RootFs:
         return sorted(m for m in matches if self.lookup(m) is not None)
 
 
-@dataclass(frozen=True, slots=True)
-class _Mark:
-    """In a lookup's pending parts: the path up to here is resolved; cache it."""
-
-    path: str
+class _Unreadable(Exception):
+    """A symlink of the root could not be read."""
 
 
 def _short(text: str) -> str:

@@ -72,19 +72,18 @@ import os
 import re
 import shutil
 import stat
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyops import arch, atomic
+from pyops import arch, atomic, rootfs
 from pyops import home as _home
 from pyops.auth import Credentials
 from pyops.build import CA_BUNDLES
 from pyops.environ import parse_env
-from pyops.errors import LibraryNotFound, PackageError, PyopsError
+from pyops.errors import LibraryNotFound, PackageError, PyopsError, UnsafeLayerPath
 from pyops.layers import unpack_layers
 from pyops.ldd import LoadedFile, Resolution, resolve
 from pyops.net import HttpClient
@@ -123,7 +122,6 @@ DATA_FILES = (*CA_BUNDLES, "/etc/ld.so.cache")
 """Files packaged with the closure when the image has them (see the module doc)."""
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
-_MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,41 +307,14 @@ def _working_dir(config: ImageConfig) -> str:
 
 
 def _chain(root: Path, path: str) -> tuple[str, ...] | None:
-    """Resolve ``path`` inside ``root``: the symlinks passed and the final path, or None.
-
-    Links are read with ``readlink`` and followed with chroot semantics (an absolute target
-    restarts at the root, ``..`` stops there), so the host never follows a link of the image.
-    No entry of the result has a symlink among its parents, so each can be recreated as is.
-    """
-    links: list[str] = []
-    resolved: list[str] = []
-    todo = deque(path.split("/"))
-    count = 0
-    while todo:
-        part = todo.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        host = os.path.join(root, *resolved, part)
-        try:
-            mode = os.lstat(host).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if stat.S_ISLNK(mode):
-            count += 1
-            if count > _MAX_SYMLINKS:
-                return None
-            links.append("/" + "/".join([*resolved, part]))
-            target = os.readlink(host)
-            if target.startswith("/"):
-                resolved = []
-            todo.extendleft(reversed(target.split("/")))
-            continue
-        resolved.append(part)
-    return (*links, "/" + "/".join(resolved))
+    """Resolve ``path`` inside ``root``: the symlinks passed and the final path, or None if
+    it does not exist (or loops), with :func:`pyops.rootfs.resolve`'s rules. No entry of
+    the result has a symlink among its parents, so each can be recreated as is."""
+    try:
+        found = rootfs.resolve_on_host(root, path)
+    except UnsafeLayerPath:
+        return None  # ELOOP: as good as missing
+    return found.chain if found.mode is not None else None
 
 
 def _executable(root: Path, path: str) -> tuple[str, ...] | None:

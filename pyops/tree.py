@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
-from pyops.errors import HostFileError, InvalidInput
+from pyops import rootfs
+from pyops.errors import HostFileError, InvalidInput, UnsafeLayerPath
 from pyops.gcpause import gc_paused
 
 
@@ -347,43 +348,54 @@ class Tree:
     def lookup(self, path: str) -> tuple[str, Node]:
         """The node at ``path`` with symlinks and hard links followed, and its real path.
 
-        Symlinks resolve inside the tree, as the guest sees them: absolute targets start at
-        the tree's root and ``..`` stops at the root.
+        Symlinks resolve inside the tree as the guest's kernel resolves them
+        (:func:`pyops.rootfs.resolve`): absolute targets start at the tree's root, ``..``
+        is taken in the real parent and stops at the root.
         """
-        pending = split_path(path)
-        pending.reverse()  # a stack: the next part last
-        done: list[str] = []
-        node: Node = self.root
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if not isinstance(node, Directory) or part not in node.entries:
-                raise InvalidInput(f"{path}: not in the image")
-            child = node.entries[part]
-            if isinstance(child, Symlink):
-                hops += 1
-                if hops > 40:  # Linux's MAXSYMLINKS
-                    raise InvalidInput(f"{path}: too many levels of symbolic links")
-                target = child.target
-                parts = [p for p in target.split("/") if p and p != "."]
-                base = [] if target.startswith("/") else done
-                resolved: list[str] = list(base)
-                for p in parts:
-                    if p == "..":
-                        if resolved:
-                            resolved.pop()
-                    else:
-                        resolved.append(p)
-                resolved.reverse()
-                pending.extend(resolved)
-                done = []
-                node = self.root
-                continue
-            if isinstance(child, HardLink):
-                child = self.resolve_hardlink(child)
-            done.append(part)
-            node = child
-        return "/" + "/".join(done), node
+        # The last directory reached: the resolver asks for its entries one after another.
+        last: list[tuple[tuple[str, ...], Directory]] = [((), self.root)]
+
+        def node_at(parts: tuple[str, ...]) -> Node | None:
+            where, directory = last[0]
+            if parts[:-1] != where:
+                found: Node = self.root
+                for name in parts[:-1]:
+                    if not isinstance(found, Directory) or name not in found.entries:
+                        return None
+                    found = found.entries[name]
+                if not isinstance(found, Directory):
+                    return None
+                directory = found
+                last[0] = (parts[:-1], directory)
+            child = directory.entries.get(parts[-1])
+            if isinstance(child, Directory):
+                last[0] = (parts, child)
+            return child
+
+        def mode(parts: tuple[str, ...]) -> int | None:
+            node = node_at(parts)
+            if node is None:
+                return None
+            if isinstance(node, Directory):
+                return stat.S_IFDIR
+            return stat.S_IFLNK if isinstance(node, Symlink) else stat.S_IFREG
+
+        def readlink(parts: tuple[str, ...]) -> str:
+            node = node_at(parts)
+            assert isinstance(node, Symlink)
+            return node.target
+
+        try:
+            found = rootfs.resolve(split_path(path), mode, readlink)
+        except UnsafeLayerPath:
+            raise InvalidInput(f"{path}: too many levels of symbolic links") from None
+        if found.mode is None:
+            raise InvalidInput(f"{path}: not in the image")
+        node = node_at(found.parts) if found.parts else self.root
+        assert node is not None
+        if isinstance(node, HardLink):
+            node = self.resolve_hardlink(node)
+        return found.path, node
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` is in the tree."""
