@@ -10,7 +10,7 @@ before starting the process to the program's line arriving on its standard outpu
 
 - pyops: the ``pyops`` console script (``python -m pyops`` when there is none), ``pyops run
   -c config.json PROGRAM``; the image is reused, as nothing that goes into it changed;
-- qemu by hand: the command line pyops builds for that image (``pyops.qemu.qemu_command``
+- qemu by hand: the command line pyops builds for that image (``pyops.vm.qemu.qemu_command``
   with the default ``VmConfig``, the same accelerator; checked against what ``pyops run -v``
   prints), started directly.
 
@@ -40,11 +40,11 @@ from common import MB, ROOT, SKIPPED, Row, emit
 
 sys.path.insert(0, str(ROOT))
 
-from pyops.build import image_name  # noqa: E402
 from pyops.errors import InvalidInput  # noqa: E402
-from pyops.images import images_dir  # noqa: E402
-from pyops.qemu import Host, VmConfig, choose_accel, find_qemu, qemu_command  # noqa: E402
-from pyops.release import install_release_from, installed_releases  # noqa: E402
+from pyops.nanos.release import install_release_from, installed_releases  # noqa: E402
+from pyops.ops.build import image_name  # noqa: E402
+from pyops.ops.images import images_dir  # noqa: E402
+from pyops.vm.qemu import Host, VmConfig, choose_accel, find_qemu, qemu_command  # noqa: E402
 
 LINE = b"hello from nanos"
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello from nanos"); return 0; }\n'

@@ -5,9 +5,9 @@
 Makes three blobs of deterministic incompressible bytes (256 MB in all, K times that with
 ``--scale K``) in a temporary directory on the disk, and times, each in a new process:
 
-- pyops: for each blob, :class:`pyops.store.BlobWriter` (the loop of ``Store.ensure_blob``
+- pyops: for each blob, :class:`pyops.oci.store.BlobWriter` (the loop of ``Store.ensure_blob``
   that writes each downloaded chunk and hashes it in the same pass) fed with the blob's bytes
-  in chunks of ``pyops.store.DOWNLOAD_CHUNK``, the size the registry client reads from the
+  in chunks of ``pyops.oci.store.DOWNLOAD_CHUNK``, the size the registry client reads from the
   socket, then ``verify()`` against the digest the manifest would give (here: the one
   ``sha256sum`` printed). Its sink is ``/dev/null``: a write system call per chunk as in a
   download, but no disk. ``ensure_blob`` itself would also write the blob into the store and
@@ -16,7 +16,7 @@ Makes three blobs of deterministic incompressible bytes (256 MB in all, K times 
 - baseline: ``sha256sum FILES...``.
 
 Both read the blobs from the page cache (a warm-up run of each reads them first), and both
-times include process start-up (for pyops: the Python interpreter and ``import pyops.store``,
+times include process start-up (for pyops: the Python interpreter and ``import pyops.oci.store``,
 about 0.2 s on the development machine; the pyops child also reports its time without it,
 shown in the note). The warm-up runs check correctness: pyops must accept each blob with the
 digest ``sha256sum`` printed and compute the same hex digest; every timed pyops run verifies
@@ -45,7 +45,7 @@ PIECE = 8 << 20
 # checking them (start-up and imports excluded) to RESULT_FILE as JSON.
 CHECKER = """
 import json, os, sys, time
-from pyops.store import DOWNLOAD_CHUNK, BlobWriter
+from pyops.oci.store import DOWNLOAD_CHUNK, BlobWriter
 start = time.perf_counter()
 result, pairs = sys.argv[1], sys.argv[2:]
 actual = []

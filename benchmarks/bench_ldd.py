@@ -18,13 +18,13 @@ import time
 
 from common import SKIPPED, Row, Sample, emit, measure, pyops_argv, summarize
 
-from pyops.elf import read_elf
+from pyops.elf.ldd import Resolver
+from pyops.elf.reader import read_elf
 from pyops.errors import PyopsError
-from pyops.ldd import Resolver
 
 PYOPS_CHILD = """
 import sys
-from pyops.ldd import Resolver
+from pyops.elf.ldd import Resolver
 resolver = Resolver(None, env={})
 for path in sys.argv[1:]:
     resolver.resolve(path, allow_missing=True)

@@ -39,16 +39,16 @@ TAG = "latest"
 PULLER = """
 import sys
 from pathlib import Path
-from pyops.pull import pull
-from pyops.store import Store
+from pyops.oci.pull import pull
+from pyops.oci.store import Store
 pull(sys.argv[1], store=Store(Path(sys.argv[2])), insecure=True, workers=int(sys.argv[3]),
      use_docker_config=False)
 """
 PROFILER = """
 import cProfile, pstats, sys, threading
 from pathlib import Path
-from pyops.pull import pull
-from pyops.store import Store
+from pyops.oci.pull import pull
+from pyops.oci.store import Store
 # cProfile sees one thread: give each layer download (a worker thread) its own profiler.
 profiles = [cProfile.Profile()]
 ensure_blob = Store.ensure_blob

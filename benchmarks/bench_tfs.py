@@ -25,8 +25,8 @@ from common import Row, Sample, emit, measure, pyops_argv, summarize
 # argv: OUTPUT TREE...  (one tree: the volume's root; several: /copy0, /copy1, ...)
 WRITER = """
 import sys
-from pyops.disk import write_raw_volume
-from pyops.tree import Tree
+from pyops.nanos.disk import write_raw_volume
+from pyops.nanos.tree import Tree
 tree = Tree()
 trees = sys.argv[2:]
 for i, path in enumerate(trees):

@@ -11,8 +11,10 @@ fast)::
                                       args=("hi.js",)), release, "node.img")
     code = pyops.run_vm(built.path, pyops.VmConfig(memory="1G"))
 
-Lower-level modules: :mod:`pyops.tfs` and :mod:`pyops.disk` (the image format),
-:mod:`pyops.ldd` (a static ``ldd`` for any root), :mod:`pyops.registry` and :mod:`pyops.oci`.
+The wings (README, "Architecture"): :mod:`pyops.oci` (registries, images, layers),
+:mod:`pyops.elf` (ELF files and a static ``ldd`` for any root), :mod:`pyops.nanos` (the image
+format, releases), :mod:`pyops.vm` (qemu) and :mod:`pyops.ops` (config.json, packages, the
+recipes behind the commands).
 """
 
 from __future__ import annotations
@@ -44,36 +46,36 @@ from pyops.version import __version__
 
 # name -> module that defines it
 _LAZY = {
-    "ImageRef": "pyops.reference",
-    "Store": "pyops.store",
-    "pull": "pyops.pull",
-    "PulledImage": "pyops.pull",
-    "Package": "pyops.package",
-    "from_docker": "pyops.package",
-    "load_package": "pyops.package",
-    "list_packages": "pyops.package",
-    "remove_package": "pyops.package",
-    "BuildConfig": "pyops.build",
-    "BuiltImage": "pyops.build",
-    "build_image": "pyops.build",
-    "build_package_image": "pyops.build",
-    "NanosRelease": "pyops.release",
-    "get_release": "pyops.release",
-    "install_release_from": "pyops.release",
-    "installed_releases": "pyops.release",
-    "VmConfig": "pyops.qemu",
-    "Accel": "pyops.qemu",
-    "PortForward": "pyops.qemu",
-    "run_vm": "pyops.qemu",
-    "DiskImage": "pyops.disk",
-    "open_image": "pyops.disk",
-    "write_disk": "pyops.disk",
-    "Tree": "pyops.tree",
-    "Manifest": "pyops.manifest",
-    "resolve": "pyops.ldd",
-    "Resolution": "pyops.ldd",
-    "list_images": "pyops.images",
-    "remove_image": "pyops.images",
+    "ImageRef": "pyops.oci.reference",
+    "Store": "pyops.oci.store",
+    "pull": "pyops.oci.pull",
+    "PulledImage": "pyops.oci.pull",
+    "Package": "pyops.ops.package",
+    "from_docker": "pyops.ops.package",
+    "load_package": "pyops.ops.package",
+    "list_packages": "pyops.ops.package",
+    "remove_package": "pyops.ops.package",
+    "BuildConfig": "pyops.ops.build",
+    "BuiltImage": "pyops.ops.build",
+    "build_image": "pyops.ops.build",
+    "build_package_image": "pyops.ops.build",
+    "NanosRelease": "pyops.nanos.release",
+    "get_release": "pyops.nanos.release",
+    "install_release_from": "pyops.nanos.release",
+    "installed_releases": "pyops.nanos.release",
+    "VmConfig": "pyops.vm.qemu",
+    "Accel": "pyops.vm.qemu",
+    "PortForward": "pyops.vm.qemu",
+    "run_vm": "pyops.vm.qemu",
+    "DiskImage": "pyops.nanos.disk",
+    "open_image": "pyops.nanos.disk",
+    "write_disk": "pyops.nanos.disk",
+    "Tree": "pyops.nanos.tree",
+    "Manifest": "pyops.nanos.manifest",
+    "resolve": "pyops.elf.ldd",
+    "Resolution": "pyops.elf.ldd",
+    "list_images": "pyops.ops.images",
+    "remove_image": "pyops.ops.images",
 }
 
 __all__ = [
@@ -143,15 +145,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from pyops.build import BuildConfig, BuiltImage, build_image, build_package_image
-    from pyops.disk import DiskImage, open_image, write_disk
-    from pyops.images import list_images, remove_image
-    from pyops.ldd import Resolution, resolve
-    from pyops.manifest import Manifest
-    from pyops.package import Package, from_docker, list_packages, load_package, remove_package
-    from pyops.pull import PulledImage, pull
-    from pyops.qemu import Accel, PortForward, VmConfig, run_vm
-    from pyops.reference import ImageRef
-    from pyops.release import NanosRelease, get_release, install_release_from, installed_releases
-    from pyops.store import Store
-    from pyops.tree import Tree
+    from pyops.elf.ldd import Resolution, resolve
+    from pyops.nanos.disk import DiskImage, open_image, write_disk
+    from pyops.nanos.manifest import Manifest
+    from pyops.nanos.release import (
+        NanosRelease,
+        get_release,
+        install_release_from,
+        installed_releases,
+    )
+    from pyops.nanos.tree import Tree
+    from pyops.oci.pull import PulledImage, pull
+    from pyops.oci.reference import ImageRef
+    from pyops.oci.store import Store
+    from pyops.ops.build import BuildConfig, BuiltImage, build_image, build_package_image
+    from pyops.ops.images import list_images, remove_image
+    from pyops.ops.package import Package, from_docker, list_packages, load_package, remove_package
+    from pyops.vm.qemu import Accel, PortForward, VmConfig, run_vm

@@ -2,7 +2,7 @@
 
 ``PYOPS_HOME`` (default ``~/.pyops``) holds::
 
-    blobs/            image layers, manifests and configs, by digest (pyops.store)
+    blobs/            image layers, manifests and configs, by digest (pyops.oci.store)
     images/NAME.img   built images, with NAME.img.key (what went into them)
     runs/NAME.img     the copy of NAME.img its last run booted and wrote to
     local_packages/   packages made by pkg from-docker, in Ops's format

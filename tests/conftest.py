@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from pyops.release import NanosRelease
+    from pyops.nanos.release import NanosRelease
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -34,7 +34,7 @@ def find_release() -> tuple[Path | None, str]:
             return folder, ""
         return None, f"PYOPS_NANOS_RELEASE={env} holds no kernel.img and boot.img"
     try:
-        from pyops.release import installed_releases
+        from pyops.nanos.release import installed_releases
     except ImportError:
         return None, "no Nanos release: set PYOPS_NANOS_RELEASE to a release folder"
     releases = installed_releases()
@@ -79,7 +79,7 @@ def compile_c(cc: str, source: str, out: Path, *flags: str) -> Path:
 def install_test_release(folder: Path, home: Path) -> NanosRelease:
     """Install the release ``folder`` into a test's own pyops home, and return it."""
     from pyops.errors import InvalidInput
-    from pyops.release import get_release, install_release_from
+    from pyops.nanos.release import get_release, install_release_from
 
     try:
         return install_release_from(folder, home=home)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pyops import oci
+from pyops.oci import schema as oci
 
 
 def sha256(data: bytes) -> str:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyops.build import BuildConfig, BuiltImage, check_image_name, image_name, merge_config
-from pyops.config import OpsConfig
+from pyops.ops.build import BuildConfig, BuiltImage, check_image_name, image_name, merge_config
+from pyops.ops.config import OpsConfig
 from pyops.progress import NULL_PROGRESS, Progress, step
 
 if TYPE_CHECKING:
-    from pyops.qemu import VmConfig
-    from pyops.release import NanosRelease
+    from pyops.nanos.release import NanosRelease
+    from pyops.vm.qemu import VmConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ def choose_release(
     """The Nanos release to build with: ``version``, else config.json's NanosVersion, else
     the newest installed (the network is asked only when none is), with config.json's
     Kernel and Boot replacing its parts."""
-    from pyops.release import get_release, installed_releases
+    from pyops.nanos.release import get_release, installed_releases
 
     version = version or ops.nanos_version
     # Like Ops, never update Nanos behind the user's back.
@@ -79,7 +79,7 @@ def choose_release(
 def vm_config(ops: OpsConfig, flags: RunFlags) -> VmConfig:
     """qemu settings: the flags, then config.json's RunConfig, then the defaults. An
     accelerator this host cannot use is refused here, before anything is built."""
-    from pyops.qemu import Accel, Host, PortForward, VmConfig, choose_accel
+    from pyops.vm.qemu import Accel, Host, PortForward, VmConfig, choose_accel
 
     settings = ops.run
     accel = flags.accel
@@ -98,7 +98,7 @@ def vm_config(ops: OpsConfig, flags: RunFlags) -> VmConfig:
 
 def image_path(name: str, home: str | Path | None = None) -> Path:
     """Where the image ``name`` is kept: ``PYOPS_HOME/images/NAME.img``."""
-    from pyops.images import images_dir
+    from pyops.ops.images import images_dir
 
     return images_dir(home) / f"{check_image_name(name)}.img"
 
@@ -108,7 +108,7 @@ def build_program(
 ) -> BuiltImage:
     """``pyops build``: the image of a host program (and its libraries), reused when
     nothing that goes into it changed."""
-    from pyops.build import build_image
+    from pyops.ops.build import build_image
 
     config = merge_config(
         ops,
@@ -168,8 +168,8 @@ def build_package(
     progress: Progress = NULL_PROGRESS,
 ) -> BuiltImage:
     """The image of local package ``package_name``, with config.json and the flags."""
-    from pyops.build import build_package_image
-    from pyops.package import load_package
+    from pyops.ops.build import build_package_image
+    from pyops.ops.package import load_package
 
     package = load_package(package_name)
     config: BuildConfig = merge_config(
@@ -194,8 +194,8 @@ def boot(
 ) -> int:
     """Boot a fresh copy of ``image`` (the built image itself stays as built) in the
     foreground, and return the guest program's exit code."""
-    from pyops.images import fresh_run_copy
-    from pyops.qemu import Host, qemu_command, run_vm
+    from pyops.ops.images import fresh_run_copy
+    from pyops.vm.qemu import Host, qemu_command, run_vm
 
     host = Host.detect()
     with step(progress, "copy the image for this run"):

@@ -1,0 +1,107 @@
+"""``pyops build`` and ``pyops run``: images of host programs, booted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pyops.cli._app import F, TqdmProgress, _load_ops_config, _show_command, cli
+
+# --- pyops build / run -----------------------------------------------------------------------
+
+
+def _build_options(f: F) -> F:
+    options = [
+        click.argument("program", required=False),
+        click.option("-c", "--config", "config_file", help="An Ops config.json."),
+        click.option("-a", "--args", "args", multiple=True, help="A program argument (repeat)."),
+        click.option("-e", "--env", "env", multiple=True, help="NAME=VALUE in the guest (repeat)."),
+        click.option("-i", "--imagename", "name", help="Image name (default: program name)."),
+        click.option("--target-root", help="Take the program and libraries from this root."),
+        click.option("--klib", "klibs", multiple=True, help="Add a Nanos klib (repeat)."),
+        click.option("--size", help="Total image size, e.g. 512M (default: fit content)."),
+        click.option("--nanos-version", help="Nanos release to use (default: newest installed)."),
+        click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _build_flags(
+    program: str | None,
+    config_file: str | None,
+    args: tuple[str, ...],
+    env: tuple[str, ...],
+    name: str | None,
+    target_root: str | None,
+    klibs: tuple[str, ...],
+    size: str | None,
+    nanos_version: str | None,
+    force: bool,
+) -> Any:
+    from pyops.ops.build import parse_env
+    from pyops.ops.config import parse_size
+    from pyops.ops.recipes import BuildFlags
+
+    del config_file  # read by the caller
+    return BuildFlags(
+        program=program,
+        args=args,
+        env=parse_env(env),
+        name=name,
+        target_root=target_root,
+        klibs=klibs,
+        size=parse_size(size, "--size") if size else None,
+        nanos_version=nanos_version,
+        force=force,
+    )
+
+
+@cli.command()
+@_build_options
+@click.option("-v", "--verbose", is_flag=True, help="Print each step with its time.")
+def build(verbose: bool, **kw: Any) -> None:
+    """Build a Nanos image of a host PROGRAM and its libraries; print its path."""
+    from pyops.ops.recipes import build_program
+
+    ops = _load_ops_config(kw["config_file"])
+    built = build_program(ops, _build_flags(**kw), progress=TqdmProgress(verbose=verbose))
+    click.echo(built.path)
+
+
+@cli.command()
+@_build_options
+@click.option("-p", "--port", "ports", multiple=True, help="Forward PORT or HOST:GUEST (TCP).")
+@click.option("-m", "--memory", default=None, help="Guest memory (default 2G).")
+@click.option("--smp", type=int, default=None, help="Number of virtual CPUs.")
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "hvf", "tcg"]),
+    default=None,
+    help="Hypervisor: KVM on Linux, HVF on Intel Macs, TCG (emulation) otherwise. [auto]",
+)
+@click.option("-v", "--verbose", is_flag=True, default=None, help="Print the qemu command line.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    /,
+    ports: tuple[str, ...],
+    memory: str | None,
+    smp: int | None,
+    accel: str | None,
+    verbose: bool | None,
+    **kw: Any,
+) -> None:
+    """Build (or reuse) the image of a host PROGRAM and boot it; exit with its exit code."""
+    from pyops.ops.recipes import RunFlags, run_program
+
+    code = run_program(
+        _load_ops_config(kw["config_file"]),
+        _build_flags(**kw),
+        RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
+        progress=TqdmProgress(verbose=bool(verbose)),
+        show_command=_show_command,
+    )
+    ctx.exit(code)

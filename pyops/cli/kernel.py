@@ -1,0 +1,82 @@
+"""``pyops kernel``: Nanos releases in PYOPS_HOME."""
+
+from __future__ import annotations
+
+import click
+
+from pyops.cli._app import TqdmProgress, cli
+
+# --- pyops kernel: Nanos releases in the cache ---------------------------------------------
+
+
+@cli.group()
+def kernel() -> None:
+    """Manage Nanos releases (kernel, boot.img, klibs) in the cache (PYOPS_HOME)."""
+
+
+@kernel.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the releases as JSON.")
+def kernel_list(as_json: bool) -> None:
+    """List the installed Nanos releases, newest last."""
+    import json
+
+    from pyops.nanos.release import installed_releases, release_info
+
+    releases = installed_releases()
+    if as_json:
+        click.echo(json.dumps([release_info(r) for r in releases], indent=2))
+        return
+    if not releases:
+        click.echo("no Nanos release installed (pyops kernel install [VERSION])", err=True)
+    for release in releases:
+        click.echo(f"{release.version}\t{release.path}")
+
+
+@kernel.command("install")
+@click.argument("version", required=False)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(exists=True),
+    help="Install this release tarball or unpacked release folder (no network).",
+)
+@click.option(
+    "--version", "from_version", help="The version of --from, when its name does not say it."
+)
+@click.option("--force", is_flag=True, help="Download again even if the version is installed.")
+def kernel_install(
+    version: str | None, source: str | None, from_version: str | None, force: bool
+) -> None:
+    """Install Nanos VERSION (default: the latest), or a release given with --from."""
+    from pyops.nanos.release import (
+        NanosRelease,
+        download_release,
+        find_installed,
+        install_release_from,
+        latest_version,
+    )
+
+    release: NanosRelease | None
+    if source is not None:
+        if version is not None:
+            raise click.UsageError("give the version of --from with --version, not as VERSION")
+        release = install_release_from(source, version=from_version)
+    else:
+        if from_version is not None:
+            raise click.UsageError("--version goes with --from; give VERSION as an argument")
+        chosen = version or latest_version(refresh=force)
+        release = None if force else find_installed(chosen)
+        if release is not None:
+            click.echo(f"Nanos {chosen} is already installed in {release.path}", err=True)
+        else:
+            release = download_release(chosen, progress=TqdmProgress())
+    click.echo(f"{release.version}\t{release.path}")
+
+
+@kernel.command("rm")
+@click.argument("version")
+def kernel_rm(version: str) -> None:
+    """Remove the installed Nanos release VERSION."""
+    from pyops.nanos.release import remove_release
+
+    click.echo(f"removed {remove_release(version)}")

@@ -1,0 +1,396 @@
+"""Bootable Nanos disks: MBR and stage2 from ``boot.img``, the klog area, boot and root TFS.
+
+Layout (nanos-image-format.md section 1; nanos ``tools/mkfs.c``)::
+
+    0                sector 0: stage1 from boot.img, partition table filled in
+    512              stage2 (the rest of boot.img)
+    len(boot.img)    4 KiB kernel log dump area ("klog"), left zero
+    P1               boot FS: a 12 MiB TFS volume holding /kernel and /klib/*
+    P1 + 12 MiB      root FS: a TFS volume with the program's tree, to the end of the file
+
+Partitions are found by position (entry 0 boot FS, entry 1 root FS), never by type.
+The disk is written to a temporary file next to the destination and renamed into place,
+so a failed build never leaves a partial image behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pyops import atomic
+from pyops.errors import (
+    DiskFull,
+    FilesystemFull,
+    HostFileError,
+    ImageFormatError,
+    InvalidInput,
+    ReleaseError,
+)
+from pyops.nanos.manifest import Manifest
+from pyops.nanos.tfs import (
+    SECTOR,
+    Volume,
+    VolumeInfo,
+    read_volume,
+    root_tuple,
+    volume_tree,
+    write_volume,
+)
+from pyops.nanos.tree import File, HostFile, Tree
+from pyops.progress import NULL_PROGRESS, Progress
+
+BOOTFS_SIZE = 12 * 1024 * 1024
+KLOG_SIZE = 4096
+PARTITION_TABLE = 0x1BE
+STAGE2_SIZE_FIELD = 0x1B2
+REGION_TYPE_FIELD = 0x1BA
+REGION_FILESYSTEM = 12
+PARTITION_LINUX = 0x83
+PARTITION_ESP = 0xEF
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One MBR partition entry."""
+
+    index: int
+    type: int
+    lba_start: int
+    sectors: int
+
+    @property
+    def offset(self) -> int:
+        return self.lba_start * SECTOR
+
+
+@dataclass(frozen=True, slots=True)
+class DiskInfo:
+    """What :func:`write_disk` produced."""
+
+    path: Path
+    size: int
+    boot: VolumeInfo
+    root: VolumeInfo
+    root_offset: int
+
+
+def load_boot_image(path: str | os.PathLike[str]) -> bytes:
+    """Read and check a Nanos ``boot.img`` (stage1 + stage2)."""
+    p = os.fspath(path)
+    try:
+        data = Path(p).read_bytes()
+    except FileNotFoundError:
+        raise ReleaseError(f"{p}: no such file", hint="install a Nanos release") from None
+    except OSError as exc:
+        raise ReleaseError(f"{p}: cannot read it ({exc.strerror})") from exc
+    if len(data) < 2 * SECTOR or data[510:512] != b"\x55\xaa":
+        raise ReleaseError(f"{p} is not a Nanos boot.img (no boot sector signature)")
+    (region_type,) = struct.unpack_from("<I", data, REGION_TYPE_FIELD)
+    (stage2_size,) = struct.unpack_from("<Q", data, STAGE2_SIZE_FIELD)
+    if region_type != REGION_FILESYSTEM or SECTOR + stage2_size != len(data):
+        raise ReleaseError(
+            f"{p} is not a Nanos boot.img (its stage2 size field says {stage2_size} bytes "
+            f"but the file holds {len(data) - SECTOR} after the boot sector)"
+        )
+    if any(data[PARTITION_TABLE : PARTITION_TABLE + 64]):
+        raise ReleaseError(f"{p} already has a partition table: it is a disk, not a boot.img")
+    return data
+
+
+def check_kernel(path: str | os.PathLike[str], what: str = "kernel") -> HostFile:
+    """Check that ``path`` is an x86-64 ELF file (the kernel or a klib)."""
+    source = HostFile.from_path(path)
+    try:
+        with open(source.path, "rb") as f:
+            head = f.read(20)
+    except OSError as exc:
+        raise HostFileError(f"{source.path}: cannot read it ({exc.strerror})") from exc
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise ReleaseError(f"{source.path} is not a Nanos {what} (not an ELF file)")
+    machine = struct.unpack_from("<H", head, 18)[0]
+    if head[4] != 2 or head[5] != 1 or machine != 62:
+        raise ReleaseError(f"{source.path} is not an x86-64 Nanos {what}")
+    return source
+
+
+def chs(lba: int) -> bytes:
+    """The CHS triple exactly as mkfs packs it (not standard CHS; nobody reads it)."""
+    cyl = (lba // 63) // 255
+    head = (lba // 63) % 255
+    sec = (lba % 63) + 1
+    if cyl > 1023:
+        cyl, head, sec = 1023, 254, 63
+    return bytes([head & 0xFF, ((cyl >> 8) | sec) & 0xFF, cyl & 0xFF])
+
+
+def partition_entry(type_: int, lba_start: int, sectors: int) -> bytes:
+    """A 16-byte MBR entry as mkfs writes it: active, mkfs-style CHS, type, LBA, count."""
+    if lba_start + sectors > 0xFFFFFFFF:
+        raise InvalidInput("the disk is too large for an MBR partition table (2 TiB at most)")
+    return (
+        b"\x80"
+        + chs(lba_start)
+        + bytes([type_])
+        + chs(lba_start + sectors - 1)
+        + struct.pack("<II", lba_start, sectors)
+    )
+
+
+def boot_tuple(kernel: HostFile, klibs: Mapping[str, HostFile]) -> dict[str, Any]:
+    """The root tuple of the boot FS: ``kernel`` and ``klib/<name>`` (names sorted)."""
+    tree = Tree()
+    tree.add_file("/kernel", kernel)
+    for name in sorted(klibs):
+        tree.add_file(f"/klib/{name}", klibs[name])
+    return root_tuple(tree)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[tuple[int, Path]]:
+    """A file descriptor on a temporary beside ``path`` that replaces it only if the block
+    succeeds (pyops.atomic's policy: removed on error, swept if this process dies)."""
+    dest = Path(path)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HostFileError(f"cannot create {dest}: {exc.strerror}") from exc
+    atomic.sweep(dest.parent)
+    with atomic.atomic_path(dest) as tmp_path:
+        try:
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise HostFileError(f"cannot create {dest}: {exc.strerror}") from exc
+        try:
+            yield fd, tmp_path
+        finally:
+            os.close(fd)
+
+
+def write_disk(
+    output: str | os.PathLike[str],
+    tree: Tree,
+    manifest: Manifest,
+    *,
+    boot_img: str | os.PathLike[str],
+    kernel: str | os.PathLike[str],
+    klibs: Mapping[str, str | os.PathLike[str]] | Sequence[str | os.PathLike[str]] = (),
+    label: str = "",
+    uuid: bytes | None = None,
+    size: int | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> DiskInfo:
+    """Write a bootable Nanos disk image at ``output``, atomically.
+
+    ``size`` is the total image size in bytes, as Ops's ``BaseVolumeSz``: the file is
+    exactly that long (rounded up to a sector), and it is an error if the content does not
+    fit.  Without it, the root volume gets 512 KiB to 1 MiB free space at its end, besides
+    the 1 MiB reserved gap the kernel needs to be able to write at all.
+
+    ``klibs`` maps klib names to host files (or lists host files, named after the files).
+    """
+    manifest.check_writable()
+    boot = load_boot_image(boot_img)
+    kernel_file = check_kernel(kernel)
+    if isinstance(klibs, Mapping):
+        klib_map = {name: check_kernel(p, f"klib {name}") for name, p in klibs.items()}
+    else:
+        klib_map = {Path(p).name: check_kernel(p, "klib") for p in klibs}
+    for name in klib_map:
+        if not name or "/" in name or name in (".", ".."):
+            raise InvalidInput(f"invalid klib name {name!r}")
+
+    boot_offset = len(boot) + KLOG_SIZE
+    root_offset = boot_offset + BOOTFS_SIZE
+    boot_root = boot_tuple(kernel_file, klib_map)
+    root = root_tuple(tree, manifest.root_items())
+    root_size: int | None = None
+    if size is not None:
+        total = (size + SECTOR - 1) // SECTOR * SECTOR
+        root_size = max(total - root_offset, SECTOR)
+
+    try:
+        return _write_disk(output, boot, boot_root, root, root_size, size, label, uuid, progress)
+    except DiskFull as exc:
+        # Only now is the content's size worth adding up, for the message.
+        need = root_offset + sum(n.size for _, n in tree.walk() if isinstance(n, File))
+        raise atomic.disk_full(output, need) from exc
+
+
+def _write_disk(
+    output: str | os.PathLike[str],
+    boot: bytes,
+    boot_root: dict[str, Any],
+    root: dict[str, Any],
+    root_size: int | None,
+    size: int | None,
+    label: str,
+    uuid: bytes | None,
+    progress: Progress,
+) -> DiskInfo:
+    boot_offset = len(boot) + KLOG_SIZE
+    root_offset = boot_offset + BOOTFS_SIZE
+    with atomic_output(output) as (fd, _tmp):
+        os.pwrite(fd, boot, 0)
+        try:
+            boot_info = write_volume(
+                fd, boot_offset, boot_root, size=BOOTFS_SIZE, what="the boot filesystem"
+            )
+        except FilesystemFull as exc:
+            raise FilesystemFull(
+                "the kernel and klibs do not fit in the 12 MiB boot filesystem",
+                hint="request fewer klibs",
+            ) from exc
+        try:
+            root_info = write_volume(
+                fd, root_offset, root, label=label, uuid=uuid, size=root_size, progress=progress
+            )
+        except FilesystemFull as exc:
+            need = root_offset + exc.needed
+            raise FilesystemFull(
+                f"an image size of {size} bytes is too small: this content needs at least "
+                f"{need} bytes ({need / 1048576:.1f} MiB)",
+                hint="give a larger size, or none to size the image automatically",
+            ) from exc
+        end = root_offset + root_info.size
+        os.ftruncate(fd, end)
+        table = partition_entry(
+            PARTITION_LINUX, boot_offset // SECTOR, BOOTFS_SIZE // SECTOR
+        ) + partition_entry(PARTITION_LINUX, root_offset // SECTOR, root_info.size // SECTOR)
+        os.pwrite(fd, table, PARTITION_TABLE)
+    return DiskInfo(Path(output), end, boot_info, root_info, root_offset)
+
+
+def write_raw_volume(
+    output: str | os.PathLike[str],
+    tree: Tree,
+    manifest: Manifest | None = None,
+    *,
+    label: str = "",
+    uuid: bytes | None = None,
+    size: int | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> VolumeInfo:
+    """Write a bare TFS volume (no boot sector), as ``mkfs`` without ``-b``, atomically.
+
+    Such a volume can be attached to a Nanos VM as an extra disk and mounted by label or UUID.
+    """
+    root = root_tuple(tree, manifest.root_items() if manifest else None)
+    with atomic_output(output) as (fd, _tmp):
+        info = write_volume(fd, 0, root, label=label, uuid=uuid, size=size, progress=progress)
+        os.ftruncate(fd, info.size)
+    return info
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def read_partitions(sector0: bytes) -> list[Partition] | None:
+    """The partition entries of an MBR, or None when sector 0 is not an MBR."""
+    if len(sector0) < SECTOR or sector0[510:512] != b"\x55\xaa":
+        return None
+    out = []
+    for i in range(4):
+        entry = sector0[PARTITION_TABLE + 16 * i : PARTITION_TABLE + 16 * (i + 1)]
+        lba, count = struct.unpack_from("<II", entry, 8)
+        if lba or count:
+            out.append(Partition(i, entry[4], lba, count))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class DiskImage:
+    """A Nanos disk or bare volume opened for reading."""
+
+    path: Path
+    size: int
+    partitions: tuple[Partition, ...]
+    root: Volume
+    boot: Volume | None
+
+    @property
+    def manifest(self) -> Manifest:
+        """The configuration stored in the root tuple."""
+        return Manifest.from_root(self.root.root)
+
+    def tree(self) -> Tree:
+        """The root filesystem's files."""
+        return volume_tree(self.root, os.fspath(self.path))
+
+    def boot_tree(self) -> Tree | None:
+        """The boot filesystem's files (kernel and klibs), if this is a bootable disk."""
+        if self.boot is None:
+            return None
+        return volume_tree(self.boot, os.fspath(self.path))
+
+
+def open_image(path: str | os.PathLike[str]) -> DiskImage:
+    """Open a Nanos disk image (ours or any other writer's) or a bare TFS volume."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            return _open(f, p)
+    except FileNotFoundError:
+        raise HostFileError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise HostFileError(f"{p} is a directory, not an image") from None
+    except PermissionError as exc:
+        raise HostFileError(f"{p}: permission denied") from exc
+
+
+def _open(f: BinaryIO, path: Path) -> DiskImage:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(0)
+    sector0 = f.read(SECTOR)
+    partitions = read_partitions(sector0)
+    where = f"{path}"
+    if partitions is None:
+        try:
+            root = read_volume(f, 0, size)
+        except ImageFormatError as exc:
+            raise ImageFormatError(f"{where}: not a Nanos image or TFS volume: {exc}") from exc
+        return DiskImage(path, size, (), root, None)
+    by_index = {p.index: p for p in partitions}
+    first = by_index.get(0)
+    if first is not None and first.type == PARTITION_ESP:
+        boot_part, root_part = by_index.get(1), by_index.get(2)
+    else:
+        boot_part, root_part = first, by_index.get(1)
+    if root_part is None:
+        raise ImageFormatError(f"{where}: the partition table has no root filesystem entry")
+    if root_part.offset >= size:
+        raise ImageFormatError(f"{where}: the root filesystem starts past the end of the file")
+    try:
+        # The kernel sizes the root FS from the device, not from the table (init.c).
+        root = read_volume(f, root_part.offset, size - root_part.offset)
+    except ImageFormatError as exc:
+        raise ImageFormatError(f"{where}: the root filesystem is corrupt: {exc}") from exc
+    boot = None
+    if boot_part is not None:
+        length = min(boot_part.sectors * SECTOR, size - boot_part.offset)
+        try:
+            boot = read_volume(f, boot_part.offset, length)
+        except ImageFormatError as exc:
+            raise ImageFormatError(f"{where}: the boot filesystem is corrupt: {exc}") from exc
+    return DiskImage(path, size, tuple(partitions), root, boot)
+
+
+__all__ = [
+    "BOOTFS_SIZE",
+    "KLOG_SIZE",
+    "DiskImage",
+    "DiskInfo",
+    "Partition",
+    "check_kernel",
+    "load_boot_image",
+    "open_image",
+    "read_partitions",
+    "write_disk",
+    "write_raw_volume",
+]

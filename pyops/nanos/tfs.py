@@ -1,0 +1,966 @@
+"""TFS version 5 volumes: writing a tree into one, and reading one back.
+
+The layout follows nanos-image-format.md sections 2 and 7 and reproduces the C ``mkfs``
+writer (nanos ``tools/mkfs.c``): one snapshot record of the tree, then per file an
+``extents`` update, one update per extent, and a ``filelength`` update.  Given the same entry
+order, the metadata bytes are those of C mkfs.  Placement:
+
+* sector 0: the initial extension (magic, version, UUID, label, link to sector 1);
+* sectors 1 ... 1024: the first log extension;
+* two unrecorded 1,024-sector runs: the kernel reserves the first two free runs of that size
+  for its own log before it writes any file data (section 2.6), so this gap is what lets the
+  guest write files at all;
+* file data, in encoding order, packed, split into extents of at most 32 MiB;
+* further log extensions, if the log needs them, after the data (as Ops places them).
+
+With one log extension this is exactly C mkfs's placement (data at sector 3,073).
+
+Everything is deterministic: entries are encoded in the order of the input dicts (the tree
+conversion sorts names by bytes), and the UUID is derived from the metadata unless given.
+File data is copied by :mod:`pyops.nanos.copier` while the log is encoded, never whole in memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import accumulate, chain
+from typing import Any, BinaryIO
+
+from pyops.errors import (
+    FilesystemFull,
+    ImageFormatError,
+    InvalidInput,
+)
+from pyops.limits import FILE_BYTES, PATH_DEPTH
+from pyops.nanos.copier import DataCopy, iter_image_data
+from pyops.nanos.gcpause import gc_paused
+from pyops.nanos.tree import (
+    Directory,
+    File,
+    HardLink,
+    ImageData,
+    ImageExtent,
+    Node,
+    Source,
+    Symlink,
+    Tree,
+    sorted_names,
+)
+from pyops.nanos.tuples import DecodedTuple, Decoder, Encoder, check_structure, encode_varint
+from pyops.progress import NULL_PROGRESS, Progress
+
+SECTOR = 512
+MAGIC = b"NVMTFS"
+VERSION = 5
+EXTENSION_SECTORS = 1024  # TFS_LOG_DEFAULT_EXTENSION_SIZE
+EXTENSION_BYTES = EXTENSION_SECTORS * SECTOR
+RESERVED_GAP_SECTORS = 2 * EXTENSION_SECTORS  # C mkfs's "next extension" and "next new log"
+MAX_EXTENT_SECTORS = 65536  # MAX_EXTENT_SIZE: 32 MiB, as C mkfs splits files
+LABEL_MAX = 31  # VOLUME_LABEL_MAX_LEN is 32 with the terminating NUL
+SLACK = 512 * 1024  # C mkfs rounds volumes up to this, with at least this much free
+
+# Log frame types (nanos src/fs/tlog.c)
+END_OF_LOG = 0x01
+TUPLE_AVAILABLE = 0x02
+TUPLE_EXTENDED = 0x03
+END_OF_SEGMENT = 0x04
+LOG_EXTENSION_LINK = 0x05
+
+_EXTENSION_HEADER = MAGIC + bytes([VERSION]) + encode_varint(EXTENSION_SECTORS)
+_COPY_CHUNK = 8 * 1024 * 1024
+
+
+class FileEntry(dict[str, Any]):
+    """A regular file's tuple in a tree about to be written: a dict that knows its contents."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: Source, attributes: Mapping[str, Any] | None = None) -> None:
+        super().__init__(attributes or ())
+        self.source = source
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """What was written, or read: where the log and data are, and the volume's identity."""
+
+    uuid: bytes
+    label: str
+    size: int  # bytes
+    log_extensions: tuple[tuple[int, int], ...]  # (first sector, sectors)
+    data_start: int  # first data sector
+    data_end: int  # sector after the last data sector
+    files: int
+
+    @property
+    def uuid_text(self) -> str:
+        """The UUID as Nanos prints it and ``mounts`` accepts it."""
+        return format_uuid(self.uuid)
+
+
+def format_uuid(raw: bytes) -> str:
+    """``xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx``, lowercase, bytes in order."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def check_label(label: str) -> bytes:
+    """The label's bytes, refusing labels Nanos would reject."""
+    raw = label.encode("utf-8")
+    if len(raw) > LABEL_MAX:
+        raise InvalidInput(
+            f"volume label {label!r} is {len(raw)} bytes long; Nanos allows at most {LABEL_MAX}"
+        )
+    if b"\0" in raw:
+        raise InvalidInput(f"volume label {label!r} contains a NUL byte")
+    return raw
+
+
+# --- from a Tree to tuples -------------------------------------------------------------------
+
+
+class RootTuple(dict[str, Any]):
+    """A volume's root tuple made from a :class:`Tree`, with its files listed in encoding order.
+
+    The list spares the writer a second walk of the tuples to find the files; a root tuple
+    written by hand (a plain dict) is walked instead.
+    """
+
+    __slots__ = ("files", "depth")
+
+    def __init__(self, files: list[FileEntry], depth: int = 0) -> None:
+        super().__init__()
+        self.files = files
+        self.depth = depth
+        """How many folders deep the tree goes."""
+
+
+def _convert_tree(tree: Tree) -> tuple[dict[str, Any], list[FileEntry], int]:
+    """The root's ``children`` tuple, every distinct file in encoding order, and the depth.
+
+    Names are sorted by their bytes; hard links become the very same :class:`FileEntry`
+    object under each name, with ``nlink`` set to the number of names.  The walk is
+    iterative (depth first, as the log is encoded), so any depth of folders converts.
+    """
+    files: list[FileEntry] = []
+    links: list[tuple[dict[str, Any], str, str]] = []
+    root: dict[str, Any] = {}
+    entries = tree.root.entries
+    # Open directories: (their entries, the names still to convert, their children tuple).
+    stack = [(entries, iter(sorted_names(entries)), root)]
+    deepest = 0
+    while stack:
+        entries, names, children = stack[-1]
+        for name in names:
+            node = entries[name]
+            if isinstance(node, File):
+                entry = FileEntry(node.source, node.attributes)
+                files.append(entry)
+                children[name] = entry
+            elif isinstance(node, Directory):
+                inner: dict[str, Any] = {}
+                sub = {"children": inner}
+                sub.update(node.attributes)
+                children[name] = sub
+                sub_entries = node.entries
+                stack.append((sub_entries, iter(sorted_names(sub_entries)), inner))
+                if len(stack) > deepest:
+                    deepest = len(stack)
+                break
+            elif isinstance(node, Symlink):
+                link: dict[str, Any] = {"linktarget": node.target}
+                link.update(node.attributes)
+                children[name] = link
+            elif isinstance(node, HardLink):
+                children[name] = None  # placeholder, filled below in order
+                links.append((children, name, node.target))
+            else:  # pragma: no cover - the Node union is closed
+                raise TypeError(node)
+        else:
+            stack.pop()
+    deepest = max(deepest - 1, 0)
+
+    counts: dict[int, int] = {}
+    for children, name, target in links:
+        linked = _converted_file(root, target)
+        if linked is None:
+            raise InvalidInput(f"hard link {name!r} points to {target}, which is not a file")
+        children[name] = linked
+        counts[id(linked)] = counts.get(id(linked), 1) + 1
+    for entry in files:
+        n = counts.get(id(entry))
+        if n is not None:
+            entry["nlink"] = n
+    return root, files, deepest
+
+
+def _converted_file(children: dict[str, Any], path: str) -> FileEntry | None:
+    """The file at ``path`` in a converted tree (``children`` of the root), if it is one."""
+    value: Any = {"children": children}
+    for part in path.split("/"):
+        if not part:
+            continue
+        inner = value.get("children") if isinstance(value, dict) else None
+        if not isinstance(inner, dict):
+            return None
+        value = inner.get(part)
+    return value if isinstance(value, FileEntry) else None
+
+
+def root_tuple(tree: Tree, items: dict[str, Any] | None = None) -> RootTuple:
+    """The root tuple of a volume: ``children`` first, then configuration ``items``."""
+    with gc_paused():
+        children, files, depth = _convert_tree(tree)
+    root = RootTuple(files, depth)
+    root["children"] = children
+    if items:
+        for key, value in items.items():
+            if key == "children":
+                raise InvalidInput("'children' is the root directory and cannot be configured")
+            root[key] = value
+    return root
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def _distinct_files(root: dict[str, Any]) -> list[FileEntry]:
+    """Files in encoding order (depth first, dict order), each object once."""
+    seen: set[int] = set()
+    out: list[FileEntry] = []
+    stack: list[Any] = [root]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, FileEntry):
+            if id(value) not in seen:
+                seen.add(id(value))
+                out.append(value)
+            continue
+        if isinstance(value, dict):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            stack.extend(reversed(list(value.values())))
+        elif isinstance(value, list | tuple):
+            stack.extend(reversed(value))
+    return out
+
+
+def _sectors(nbytes: int) -> int:
+    return (nbytes + SECTOR - 1) // SECTOR
+
+
+def frame_log(records: Iterable[bytes], extension_sector: Callable[[int], int]) -> list[bytearray]:
+    """Split records into log extensions exactly as C mkfs does (section 2.3).
+
+    Each extension but the last ends with a link to the next one, which starts at sector
+    ``extension_sector(k)`` for the k-th extension (0-based); the last ends with END_OF_LOG.
+    """
+    extensions: list[bytearray] = []
+    cur = bytearray(_EXTENSION_HEADER)
+    limit = EXTENSION_BYTES - (21 + 21 + 32)
+    for record in records:
+        total = len(record)
+        # Most records are small: one 02 frame with one-byte lengths, written at once.
+        if total < 128 and len(cur) < limit:
+            cur.append(TUPLE_AVAILABLE)
+            cur.append(total)
+            cur.append(total)
+            cur += record
+            continue
+        written = 0
+        while written < total:
+            # 21 = longest link frame, 21 = longest 02 header, 32 = least data worth a segment
+            if len(cur) >= limit:
+                cur.append(LOG_EXTENSION_LINK)
+                cur += encode_varint(extension_sector(len(extensions) + 1))
+                cur += encode_varint(EXTENSION_SECTORS)
+                cur.append(END_OF_LOG)
+                extensions.append(cur)
+                cur = bytearray(_EXTENSION_HEADER)
+            seg = min(EXTENSION_BYTES - (len(cur) + 21 + 21), total - written)
+            if written == 0:
+                cur.append(TUPLE_AVAILABLE)
+                cur += encode_varint(total)
+            else:
+                cur.append(TUPLE_EXTENDED)
+            cur += encode_varint(seg)
+            cur += record[written : written + seg]
+            written += seg
+    cur.append(END_OF_LOG)
+    extensions.append(cur)
+    return extensions
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the data of each file goes: ``files[i]`` from sector ``starts[i]`` on, contiguous.
+
+    Files are packed in encoding order from ``data_start``; ``data_end`` is the sector after
+    the last one.  A file's data is one run, cut into extents of at most 32 MiB.
+    """
+
+    files: list[FileEntry]
+    starts: list[int]
+    data_start: int
+    data_end: int
+
+
+def _place(files: list[FileEntry], data_start: int) -> Placement:
+    lengths = [(entry.source.size + SECTOR - 1) // SECTOR for entry in files]
+    starts = list(accumulate(lengths, initial=data_start))
+    data_end = starts.pop()
+    return Placement(files, starts, data_start, data_end)
+
+
+def _file_records(encoder: Encoder, placement: Placement) -> Iterator[bytes]:
+    """C mkfs's per-file updates: extents = {}, one update per extent, then filelength.
+
+    This is :meth:`Encoder.update` unrolled for speed (``test_tfs`` checks it against
+    :meth:`Encoder.update` and the spec's examples).  Once a symbol has been written, its
+    reference never changes, so after the first file the symbols are constant bytes.
+    """
+    varint = encode_varint
+    refs: dict[str, bytes] = {}
+
+    def name(text: str) -> bytes:
+        ref = refs.get(text)
+        if ref is None:
+            out = bytearray()
+            encoder.name(out, text)
+            ref = bytes(out)
+            if not ref[0] & 0x80:  # a reference now, and forever after
+                refs[text] = ref
+        return ref
+
+    index_of = encoder.index_of
+    # For a file of one extent, once its symbols are references: (extents, key "0" to
+    # the offset's tag, the length's name and tag, the allocated's, filelength's).
+    fixed: tuple[bytes, bytes, bytes, bytes, bytes] | None = None
+    for entry, start in zip(placement.files, placement.starts, strict=True):
+        index = index_of(entry)
+        if index is None:  # pragma: no cover - every file is in the snapshot
+            raise ValueError("file not in the snapshot")
+        ref = b"\x11" + varint(index)
+        size = entry.source.size
+        nsec = (size + SECTOR - 1) // SECTOR
+        if fixed is not None and 0 < nsec <= MAX_EXTENT_SECTORS:
+            extents, offset_head, length_head, allocated_head, filelength_head = fixed
+            encoder.count += 2
+            length = varint(nsec)
+            yield ref + extents
+            yield (
+                b"\x11"
+                + varint(encoder.count - 1)
+                + offset_head
+                + varint(start)
+                + length_head
+                + length
+                + allocated_head
+                + length
+            )
+            yield ref + filelength_head + varint(size)
+            continue
+        yield ref + name("extents") + b"\x90"
+        extents_ref = b"\x11" + varint(encoder.new_index())
+        for done in range(0, nsec, MAX_EXTENT_SECTORS):
+            key = name(str(done))  # the key's symbol is numbered before the extent tuple
+            encoder.new_index()
+            length = varint(min(MAX_EXTENT_SECTORS, nsec - done))
+            yield b"".join(
+                (
+                    extents_ref,
+                    key,
+                    b"\x93",
+                    name("offset"),
+                    b"\xb0",
+                    varint(start + done),
+                    name("length"),
+                    b"\xb0",
+                    length,
+                    name("allocated"),
+                    b"\xb0",
+                    length,
+                )
+            )
+        yield ref + name("filelength") + b"\xb0" + varint(size)
+        if fixed is None and nsec and all(n in refs for n in _FILE_SYMBOLS):
+            fixed = (
+                refs["extents"] + b"\x90",
+                refs["0"] + b"\x93" + refs["offset"] + b"\xb0",
+                refs["length"] + b"\xb0",
+                refs["allocated"] + b"\xb0",
+                refs["filelength"] + b"\xb0",
+            )
+
+
+_FILE_SYMBOLS = ("extents", "0", "offset", "length", "allocated", "filelength")
+
+
+# Trees up to this many folders deep are encoded recursively (two frames a folder).
+_SHALLOW = 200
+
+# The first log extension is at sector 1; then C mkfs's two reserved runs; then the data.
+FIRST_DATA_SECTOR = 1 + EXTENSION_SECTORS + RESERVED_GAP_SECTORS  # 3,073
+
+
+@dataclass(frozen=True, slots=True)
+class VolumePlan:
+    """Where everything goes in a volume, and the encoded log."""
+
+    extensions: tuple[tuple[int, bytearray], ...]  # (sector, framed bytes)
+    data_start: int
+    data_end: int
+    used_end: int  # sector after the last sector holding log or data
+    minimum_size: int  # bytes: every extension and extent inside
+
+
+def place_files(root: dict[str, Any]) -> Placement:
+    """Place the data of every file of ``root``, in encoding order, from sector 3,073.
+
+    Log extensions beyond the first go after the data (as Ops places them), so data
+    placement never depends on the size of the log and can start before it is encoded.
+    """
+    if not isinstance(root.get("children", {}), dict):
+        raise InvalidInput("the root's 'children' must be a tuple")
+    files = root.files if isinstance(root, RootTuple) else _distinct_files(root)
+    return _place(files, FIRST_DATA_SECTOR)
+
+
+def encode_log(root: dict[str, Any], placement: Placement) -> VolumePlan:
+    """Encode the snapshot and the file updates, and frame them into extensions."""
+    encoder = Encoder()
+    snapshot = bytearray()
+    if isinstance(root, RootTuple) and root.depth <= _SHALLOW:
+        encoder.value(snapshot, root)  # recursive, and the faster
+    else:
+        encoder.value_deep(snapshot, root)
+    records = chain((bytes(snapshot),), _file_records(encoder, placement))
+    data_end = placement.data_end
+
+    def extension_sector(k: int) -> int:
+        return 1 if k == 0 else data_end + (k - 1) * EXTENSION_SECTORS
+
+    framed = frame_log(records, extension_sector)
+    extensions = tuple((extension_sector(k), ext) for k, ext in enumerate(framed))
+    last_sector, last = extensions[-1]
+    used_end = max(last_sector + _sectors(len(last)), data_end if placement.files else 0)
+    if data_end == FIRST_DATA_SECTOR and len(extensions) == 1:
+        used_end = 1 + _sectors(len(last))  # no data: only sector 0 and the log
+    minimum = max(used_end, last_sector + EXTENSION_SECTORS) * SECTOR
+    return VolumePlan(extensions, FIRST_DATA_SECTOR, data_end, used_end, minimum)
+
+
+def default_volume_size(used_end_sectors: int) -> int:
+    """C mkfs's size rule: round up to 512 KiB with at least 512 KiB free at the end."""
+    used = used_end_sectors * SECTOR
+    return (used + SLACK + SLACK - 1) // SLACK * SLACK
+
+
+def derive_uuid(plan: VolumePlan, label: bytes, salt: bytes = b"") -> bytes:
+    """A UUID from the volume's metadata: same tree, names, sizes and layout, same UUID."""
+    h = hashlib.sha256(b"pyops-tfs-uuid\0" + salt + b"\0" + label + b"\0")
+    for _sector, ext in plan.extensions:
+        h.update(ext)
+    return h.digest()[:16]
+
+
+def initial_extension(uuid: bytes, label: bytes) -> bytes:
+    """Sector 0 of a volume: magic, version, size 1, UUID, label, link to sector 1."""
+    if len(uuid) != 16:
+        raise InvalidInput("a volume UUID is 16 bytes")
+    sector = bytearray(MAGIC)
+    sector.append(VERSION)
+    sector += encode_varint(1)
+    sector += uuid
+    sector += label + b"\0"
+    sector.append(LOG_EXTENSION_LINK)
+    sector += encode_varint(1)
+    sector += encode_varint(EXTENSION_SECTORS)
+    sector.append(END_OF_LOG)
+    sector += bytes(SECTOR - len(sector))
+    return bytes(sector)
+
+
+def write_volume(
+    fd: int,
+    offset: int,
+    root: dict[str, Any],
+    *,
+    label: str = "",
+    uuid: bytes | None = None,
+    size: int | None = None,
+    what: str = "the volume",
+    progress: Progress = NULL_PROGRESS,
+) -> VolumeInfo:
+    """Write a TFS volume whose root tuple is ``root`` at byte ``offset`` of the open file ``fd``.
+
+    ``size`` is the volume size in bytes (rounded up to a sector); by default C mkfs's rule
+    leaves 512 KiB to 1 MiB free at the end, besides the 1 MiB reserved gap after the log.
+    Only sectors holding data are written, so the rest stays sparse; the caller sets the
+    file's final length.
+    """
+    with gc_paused():
+        return _write_volume(fd, offset, root, label, uuid, size, what, progress)
+
+
+def _write_volume(
+    fd: int,
+    offset: int,
+    root: dict[str, Any],
+    label: str,
+    uuid: bytes | None,
+    size: int | None,
+    what: str,
+    progress: Progress,
+) -> VolumeInfo:
+    label_bytes = check_label(label)
+    placement = place_files(root)
+    data_start, data_end = placement.data_start, placement.data_end
+    if size is not None and _sectors(size) < data_end:
+        raise _too_small(what, data_end * SECTOR, size)
+    if data_end > data_start:
+        _preallocate(fd, offset + data_start * SECTOR, (data_end - data_start) * SECTOR)
+    sources = [entry.source for entry in placement.files]
+    progress.start("tfs", "writing files", sum(source.size for source in sources))
+    try:
+        copy = DataCopy(fd, [offset + s * SECTOR for s in placement.starts], sources, progress)
+        try:
+            plan = encode_log(root, placement)
+        except BaseException:
+            copy.cancel()
+            raise
+        copy.finish()
+    finally:
+        progress.finish("tfs")
+    if size is None:
+        volume_size = max(default_volume_size(plan.used_end), plan.minimum_size)
+    else:
+        volume_size = _sectors(size) * SECTOR
+        if volume_size < plan.minimum_size:
+            raise _too_small(what, plan.minimum_size, size)
+    if uuid is None:
+        uuid = derive_uuid(plan, label_bytes)
+    for sector, ext in plan.extensions:
+        os.pwrite(fd, ext, offset + sector * SECTOR)
+    os.pwrite(fd, initial_extension(uuid, label_bytes), offset)
+    return VolumeInfo(
+        uuid,
+        label,
+        volume_size,
+        tuple((sector, EXTENSION_SECTORS) for sector, _ext in plan.extensions),
+        plan.data_start,
+        plan.data_end,
+        len(placement.files),
+    )
+
+
+def _preallocate(fd: int, start: int, length: int) -> None:
+    """Reserve the data region in one go: the file system then allocates one run of blocks
+    instead of growing the file a file at a time (about 7% faster writing on ext4).  Only
+    the data region is reserved; free space and the log gap stay sparse.  Skipped in memory
+    (tmpfs), where reserving means zeroing every page before it is written."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None or _filesystem_type(fd) in ("tmpfs", "ramfs"):
+        return
+    try:
+        fallocate(fd, start, length)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise FilesystemFull(
+                f"not enough space on the host disk for {length} bytes of file data"
+            ) from exc
+        # EINVAL/EOPNOTSUPP: the file system cannot preallocate; the copies still work.
+
+
+def _filesystem_type(fd: int) -> str | None:
+    """The type of the file system holding ``fd`` (Linux: from /proc/self/mountinfo)."""
+    dev = os.fstat(fd).st_dev
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split(" - ", 1)
+                if len(fields) == 2 and fields[0].split()[2:3] == [wanted]:
+                    return fields[1].split()[0]
+    except OSError:
+        pass
+    return None
+
+
+def _too_small(what: str, needed: int, size: int) -> FilesystemFull:
+    error = FilesystemFull(
+        f"{what} needs at least {needed} bytes ({_mib(needed)}), "
+        f"but its size was set to {size} bytes",
+        hint="give a larger size, or leave it out to size it automatically",
+    )
+    error.needed = needed
+    return error
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A volume read back: its identity, log layout and root tuple."""
+
+    info: VolumeInfo
+    version: int
+    root: DecodedTuple
+    offset: int  # byte offset of the volume in its file
+    records: int
+
+
+def read_volume(f: BinaryIO, offset: int = 0, length: int | None = None) -> Volume:
+    """Parse the TFS volume at byte ``offset`` of ``f`` (of ``length`` bytes, default: to EOF).
+
+    Any malformed input raises :class:`ImageFormatError`; the work done is bounded by the
+    volume size, so corrupt data cannot make the reader loop.
+    """
+    if length is None:
+        f.seek(0, os.SEEK_END)
+        length = f.tell() - offset
+    if length < SECTOR:
+        raise ImageFormatError("the volume is smaller than one sector")
+
+    def read_sectors(sector: int, count: int) -> bytes:
+        start = sector * SECTOR
+        if count <= 0 or start + count * SECTOR > length:
+            raise ImageFormatError(
+                f"a log extension at sector {sector} ({count} sectors) lies outside the "
+                f"volume of {length // SECTOR} sectors"
+            )
+        f.seek(offset + start)
+        data = f.read(count * SECTOR)
+        if len(data) != count * SECTOR:
+            raise ImageFormatError(f"cannot read the log extension at sector {sector}")
+        return data
+
+    first = read_sectors(0, 1)
+    if first[:6] != MAGIC:
+        raise ImageFormatError("not a TFS volume (no NVMTFS magic)")
+    parser = _LogParser(first, 6)
+    version = parser.varint()
+    if version != VERSION:
+        raise ImageFormatError(
+            f"TFS version {version} is not supported (pyops reads version {VERSION})"
+        )
+    parser.varint()  # size of the initial extension; readers ignore it
+    uuid = parser.take(16)
+    label_end = first.find(b"\0", parser.pos, parser.pos + LABEL_MAX + 1)
+    if label_end < 0:
+        raise ImageFormatError("the volume label has no terminating NUL within 32 bytes")
+    try:
+        label = first[parser.pos : label_end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImageFormatError("the volume label is not UTF-8") from exc
+    parser.pos = label_end + 1
+
+    decoder = Decoder()
+    pending: bytearray | None = None
+    pending_total = 0
+    records = 0
+    extensions: list[tuple[int, int]] = []
+    visited: set[int] = {0}
+    while True:
+        frame = parser.byte()
+        if frame == END_OF_LOG:
+            break
+        if frame == END_OF_SEGMENT:
+            continue
+        if frame == LOG_EXTENSION_LINK:
+            sector = parser.varint()
+            count = parser.varint()
+            if count == 0:
+                raise ImageFormatError("a log extension link has zero length")
+            if sector in visited:
+                raise ImageFormatError(f"the log links back to sector {sector}")
+            visited.add(sector)
+            if len(visited) > length // SECTOR:
+                raise ImageFormatError("the log has more extensions than the volume has room for")
+            data = read_sectors(sector, count)
+            extensions.append((sector, count))
+            if data[:6] != MAGIC:
+                raise ImageFormatError(f"the log extension at sector {sector} has no magic")
+            parser = _LogParser(data, 6)
+            if parser.varint() != VERSION:
+                raise ImageFormatError(f"the log extension at sector {sector} is not version 5")
+            parser.varint()  # its size; the link's count is what readers use
+            continue
+        if frame == TUPLE_AVAILABLE:
+            if pending is not None:
+                raise ImageFormatError("a new record starts before the previous one ended")
+            total = parser.varint()
+            seg = parser.varint()
+            if seg > total or seg > len(parser.data) - parser.pos:
+                raise ImageFormatError("a log record is longer than its extension")
+            if seg == total:
+                end = parser.pos + seg
+                decoder.decode(parser.data, parser.pos, end)
+                if decoder.position != end:
+                    raise ImageFormatError("a log record's length does not match its contents")
+                parser.pos = end
+                records += 1
+            else:
+                pending = bytearray(parser.take(seg))
+                pending_total = total
+            continue
+        if frame == TUPLE_EXTENDED:
+            if pending is None:
+                raise ImageFormatError("a record continuation has no record to continue")
+            seg = parser.varint()
+            if seg > pending_total - len(pending):
+                raise ImageFormatError("a record continuation is longer than its record")
+            pending += parser.take(seg)
+            if len(pending) == pending_total:
+                decoder.decode(pending)
+                if decoder.position != pending_total:
+                    raise ImageFormatError("a log record's length does not match its contents")
+                pending = None
+                records += 1
+            continue
+        raise ImageFormatError(f"unknown log frame type 0x{frame:02x}")
+
+    if pending is not None:
+        raise ImageFormatError("the log ends in the middle of a record")
+    if len(decoder.dictionary) < 2 or not isinstance(decoder.dictionary[1], DecodedTuple):
+        raise ImageFormatError("the volume's log has no root tuple")
+    root = decoder.dictionary[1]
+    # Once a tuple has two parents (a hard link, or hostile input), only the finished
+    # structure shows cycles, depth and nested sharing; else the decoder checked the depth.
+    if decoder.shared:
+        check_structure(root, "the volume's metadata")
+    data_start, data_end, nfiles = _data_range(root)
+    info = VolumeInfo(uuid, label, length, tuple(extensions), data_start, data_end, nfiles)
+    return Volume(info, version, root, offset, records)
+
+
+class _LogParser:
+    """Reads frames from one extension's bytes; running off the end is a format error."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.pos = pos
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise ImageFormatError("a log extension ends without an end-of-log or link frame")
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def varint(self) -> int:
+        value = 0
+        for _ in range(10):
+            c = self.byte()
+            value = (value << 7) | (c & 0x7F)
+            if not c & 0x80:
+                return value
+        raise ImageFormatError("a varint in the log is longer than 64 bits")
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise ImageFormatError("a log frame runs past the end of its extension")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+_MAX_NUMBER = 1 << 64
+
+
+def _number(value: Any, what: str) -> int:
+    """An unsigned number below 2^64 stored as an integer or as decimal digits."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str | bytes) and 0 < len(value) <= 20:
+        if value.isascii() and value.isdigit():
+            number = int(value)
+    if number is None or not 0 <= number < _MAX_NUMBER:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ImageFormatError(f"{what} is not an unsigned 64-bit number: {shown}")
+    return number
+
+
+def _iter_tuples(root: DecodedTuple) -> Iterator[dict[str, Any]]:
+    seen: set[int] = set()
+    stack: list[Any] = [root]
+    while stack:
+        t = stack.pop()
+        if not isinstance(t, dict) or id(t) in seen:
+            continue
+        seen.add(id(t))
+        yield t
+        children = t.get("children")
+        if isinstance(children, dict):
+            stack.extend(children.values())
+
+
+def _data_range(root: DecodedTuple) -> tuple[int, int, int]:
+    lo, hi, n = 0, 0, 0
+    for t in _iter_tuples(root):
+        extents = t.get("extents")
+        if not isinstance(extents, dict) or "children" in t:
+            continue
+        n += 1
+        for ext in extents.values():
+            if isinstance(ext, dict) and "offset" in ext and "allocated" in ext:
+                try:
+                    start = _number(ext["offset"], "an extent offset")
+                    end = start + _number(ext["allocated"], "an extent size")
+                except ImageFormatError:
+                    continue
+                lo = start if not lo else min(lo, start)
+                hi = max(hi, end)
+    return lo, hi, n
+
+
+def file_extents(
+    entry: dict[str, Any], volume_offset: int, volume_length: int, path: str
+) -> tuple[tuple[ImageExtent, ...], int]:
+    """The extents of a decoded file tuple (absolute byte offsets), and its length."""
+    size = _number(entry.get("filelength", 0), f"the length of {path}")
+    FILE_BYTES.check(size, f"{path} in the image: its length")
+    raw = entry.get("extents", {})
+    if not isinstance(raw, dict):
+        raise ImageFormatError(f"the extents of {path} are not a tuple")
+    out = []
+    for key, ext in raw.items():
+        if not isinstance(ext, dict):
+            raise ImageFormatError(f"an extent of {path} is not a tuple")
+        file_sector = _number(key, f"an extent key of {path}")
+        offset = _number(ext.get("offset"), f"an extent offset of {path}")
+        length = _number(ext.get("length"), f"an extent length of {path}")
+        if (offset + length) * SECTOR > volume_length:
+            raise ImageFormatError(f"an extent of {path} lies outside the volume")
+        if file_sector * SECTOR > FILE_BYTES.value():
+            raise FILE_BYTES.exceeded(f"an extent of {path} in the image: its offset")
+        out.append(
+            ImageExtent(
+                file_sector, volume_offset + offset * SECTOR, length * SECTOR, "uninited" in ext
+            )
+        )
+    out.sort(key=lambda e: e.file_sector)
+    for a, b in zip(out, out[1:], strict=False):
+        if a.file_sector * SECTOR + a.length > b.file_sector * SECTOR:
+            raise ImageFormatError(f"two extents of {path} overlap")
+    return tuple(out), size
+
+
+_ZEROS = bytes(_HOLE_CHUNK := 1 << 20)
+
+
+def _zeros(n: int) -> Iterator[bytes]:
+    """``n`` zero bytes in pieces of at most 1 MiB (one shared buffer: holes cost nothing)."""
+    while n >= _HOLE_CHUNK:
+        yield _ZEROS
+        n -= _HOLE_CHUNK
+    if n:
+        yield _ZEROS[:n]
+
+
+def iter_file_contents(data: ImageData) -> Iterator[bytes]:
+    """A stored file's contents in order, in pieces of at most 1 MiB; holes and unmapped
+    tails are zero bytes, produced without reading or allocating."""
+    written = 0
+    with open(data.image, "rb") as f:
+        for pos, piece in iter_image_data(f, data, _HOLE_CHUNK):
+            if pos > written:
+                yield from _zeros(pos - written)
+            yield piece
+            written = pos + len(piece)
+    if data.size > written:
+        yield from _zeros(data.size - written)
+
+
+def read_file_bytes(data: ImageData) -> bytes:
+    """The whole contents of a stored file (holes read as zeros)."""
+    return b"".join(iter_file_contents(data))
+
+
+_TREE_KEYS = frozenset({"children", "extents", "filelength", "linktarget"})
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 80 else path[:77] + "..."
+
+
+def volume_tree(volume: Volume, image_path: str) -> Tree:
+    """The file tree of a volume read by :func:`read_volume`.
+
+    A tuple met a second time (a hard link) becomes a :class:`HardLink` to the first path
+    in byte order of names.  The walk is iterative; folders deeper than
+    :data:`~pyops.limits.PATH_DEPTH` are refused.
+    """
+    tree = Tree()
+    first_path: dict[int, str] = {}
+    length = volume.info.size
+    max_depth = PATH_DEPTH.value()
+
+    def attributes(t: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in t.items() if k not in _TREE_KEYS}
+
+    def listing(t: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
+        children = t["children"]
+        if not isinstance(children, dict):
+            raise ImageFormatError(f"the children of {path} are not a tuple")
+        if id(t) in first_path:
+            raise ImageFormatError(f"directory {path} appears twice in the volume")
+        first_path[id(t)] = path
+        return ((name, children[name]) for name in sorted(children, key=os.fsencode))
+
+    def leaf(t: dict[str, Any], path: str) -> Node:
+        attrs = attributes(t)
+        target = t.get("linktarget")
+        if isinstance(target, str | bytes):
+            if isinstance(target, bytes):
+                target = os.fsdecode(target)
+            return Symlink(target, attrs)
+        if id(t) in first_path:
+            return HardLink(first_path[id(t)])
+        first_path[id(t)] = path
+        extents, size = file_extents(t, volume.offset, length, path)
+        return File(ImageData(image_path, extents, size), attrs)
+
+    root = volume.root
+    if not isinstance(root, dict) or "children" not in root:
+        raise ImageFormatError("the root of the volume is not a directory")
+    # Open directories: (the Directory, its remaining (name, tuple) pairs, its path).
+    stack = [(tree.root, listing(root, "/"), "")]
+    while stack:
+        directory, names, base = stack[-1]
+        for name, t in names:
+            if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+                raise ImageFormatError(f"invalid name {name!r} in directory {base or '/'}")
+            path = f"{base}/{name}"
+            if not isinstance(t, dict):
+                raise ImageFormatError(f"{path} is not a tuple in the volume")
+            if "children" in t:
+                if len(stack) > max_depth:
+                    raise PATH_DEPTH.exceeded(f"a folder of the image ({_short(path)})", len(stack))
+                sub = Directory(attributes=attributes(t))
+                directory.entries[name] = sub
+                stack.append((sub, listing(t, path), path))
+                break
+            directory.entries[name] = leaf(t, path)
+        else:
+            stack.pop()
+    return tree

@@ -1,0 +1,290 @@
+"""Pulling an image into the store: manifest, platform choice, config and layers.
+
+The recipe: resolve the reference to a single-platform manifest (recursing through indexes),
+fetch and check the config, then download the layers in parallel into the content-addressed
+store. Blobs already in the store cost no download.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyops import limits
+from pyops.errors import LayerError, PlatformNotFound, RegistryError
+from pyops.oci.auth import Credentials, load_docker_credentials
+from pyops.oci.net import HttpClient
+from pyops.oci.reference import ImageRef
+from pyops.oci.registry import FetchedManifest, RegistryBlobStream, RegistryClient
+from pyops.oci.schema import (
+    DEFAULT_PLATFORM,
+    DOCKER_FOREIGN_LAYER,
+    INDEX_TYPES,
+    LAYER_ZSTD,
+    MAX_INDEX_DEPTH,
+    SUPPORTED_LAYER_TYPES,
+    Descriptor,
+    ImageConfig,
+    ImageIndex,
+    ImageManifest,
+    Platform,
+    check_config_platform,
+    describe_platforms,
+    iter_platform_candidates,
+    parse_manifest,
+)
+from pyops.oci.store import Cancel, Store
+from pyops.progress import NULL_PROGRESS, Progress
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 3
+"""Layers downloaded at once (Docker's default)."""
+
+_POLL = 0.2
+"""Seconds the main thread waits for the layer threads at a time, so that Ctrl-C, which
+Python delivers to the main thread only, is seen at once."""
+
+
+@dataclass
+class _Visits:
+    """Counts the manifests and indexes one pull fetches (``limits.MANIFESTS``)."""
+
+    name: str
+    count: int = 0
+
+    def visit(self, reference: str) -> None:
+        self.count += 1
+        limits.MANIFESTS.check(self.count, f"{self.name}: the manifests and indexes to visit")
+
+
+@dataclass(frozen=True, slots=True)
+class PulledImage:
+    """An image whose manifest, config and layers are all in the store, verified."""
+
+    ref: ImageRef
+    """The reference as asked for."""
+    digest: str
+    """Digest of the single-platform manifest (pin it with ``ref.with_digest(digest)``)."""
+    manifest: ImageManifest
+    config: ImageConfig
+    platform: Platform
+    """The platform asked for (the config declares the same os and architecture)."""
+    config_path: Path
+    layers: tuple[Path, ...]
+    """Layer blobs in the store, base layer first."""
+
+
+def pull(
+    ref: ImageRef | str,
+    *,
+    store: Store | None = None,
+    platform: Platform | str = DEFAULT_PLATFORM,
+    credentials: Credentials | None = None,
+    insecure: bool = False,
+    progress: Progress = NULL_PROGRESS,
+    http: HttpClient | None = None,
+    workers: int = DEFAULT_WORKERS,
+    use_docker_config: bool = True,
+) -> PulledImage:
+    """Pull ``ref`` for ``platform`` (default ``linux/amd64``, the Nanos target) into ``store``.
+
+    Credentials are ``credentials`` if given, else those of ``~/.docker/config.json`` (unless
+    ``use_docker_config`` is false), else none. Errors name the image: ``ManifestNotFound``,
+    ``AuthError``, ``PlatformNotFound``, ``DigestMismatch``, ``NetworkError``, ``LayerError``.
+    """
+    image = ImageRef.parse(ref) if isinstance(ref, str) else ref
+    wanted = Platform.parse(platform) if isinstance(platform, str) else platform
+    store = store or Store.default()
+    if credentials is None and use_docker_config:
+        credentials = load_docker_credentials(image.registry)
+    client = RegistryClient(image.api_host, credentials=credentials, insecure=insecure, http=http)
+    name = str(image)
+
+    digest, manifest = _resolve_manifest(client, store, image, wanted, name)
+    log.info("%s: manifest %s", name, digest)
+    config_desc = manifest.config
+    # The config is read into memory: refuse a large one before downloading a byte of it.
+    limits.JSON_BYTES.check(config_desc.size, f"{name}: the image config's declared size")
+    config_path = store.ensure_blob(
+        config_desc.digest,
+        config_desc.size,
+        lambda offset: client.open_blob(
+            image.repository, config_desc.digest, offset, image=name, size=config_desc.size
+        ),
+        label=f"{name} config",
+    )
+    config = ImageConfig.from_json(config_path.read_bytes(), where=f"{name}: image config")
+    check_config_platform(config, wanted, image=name)
+    _check_layer_types(manifest, name)
+    if config.diff_ids and len(config.diff_ids) != len(manifest.layers):
+        raise RegistryError(
+            f"{name}: the config lists {len(config.diff_ids)} layers, the manifest "
+            f"{len(manifest.layers)}."
+        )
+    layers = _download_layers(client, store, image, manifest, name, progress, workers)
+    return PulledImage(image, digest, manifest, config, wanted, config_path, layers)
+
+
+def _fetch(
+    client: RegistryClient,
+    store: Store,
+    image: ImageRef,
+    reference: str,
+    name: str,
+    visits: _Visits,
+    size: int | None = None,
+) -> FetchedManifest:
+    """A manifest by tag or digest; by digest it comes from the store when it is there.
+
+    Each call counts against ``limits.MANIFESTS``; ``size`` (the descriptor's) is checked
+    against ``limits.JSON_BYTES`` before any download.
+    """
+    visits.visit(reference)
+    if size is not None:
+        limits.JSON_BYTES.check(size, f"{name}: manifest {reference}: its declared size")
+    if ":" in reference and store.has_blob(reference, size):
+        path = store.blob_path(reference)
+        limits.JSON_BYTES.check(path.stat().st_size, f"{name}: manifest {reference}")
+        return FetchedManifest(store.read_blob(reference), "", reference)
+    fetched = client.fetch_manifest(image.repository, reference, image=name, size=size)
+    store.put_blob(fetched.data, fetched.digest)
+    return fetched
+
+
+def _resolve_manifest(
+    client: RegistryClient, store: Store, image: ImageRef, wanted: Platform, name: str
+) -> tuple[str, ImageManifest]:
+    visits = _Visits(name)
+    fetched = _fetch(client, store, image, image.reference, name, visits)
+    document = parse_manifest(fetched.data, fetched.media_type, where=f"{name}: manifest")
+    if isinstance(document, ImageManifest):
+        return fetched.digest, document
+    found = _select(client, store, image, document, wanted, name, 1, visits)
+    if found is None:
+        raise PlatformNotFound(
+            f"{name} has no image for {wanted} (it has: {describe_platforms(document)}).",
+            hint="Pick another platform with --platform, or another image.",
+        )
+    return found
+
+
+def _select(
+    client: RegistryClient,
+    store: Store,
+    image: ImageRef,
+    index: ImageIndex,
+    wanted: Platform,
+    name: str,
+    depth: int,
+    visits: _Visits,
+) -> tuple[str, ImageManifest] | None:
+    """The first manifest of ``index`` (or of an index nested in it) that fits ``wanted``."""
+    if depth > MAX_INDEX_DEPTH:
+        raise RegistryError(f"{name}: indexes are nested more than {MAX_INDEX_DEPTH} deep.")
+    for desc in iter_platform_candidates(index, wanted):
+        fetched = _fetch(client, store, image, desc.digest, name, visits, desc.size)
+        media_type = fetched.media_type or desc.media_type
+        document = parse_manifest(fetched.data, media_type, where=f"{name}: manifest {desc.digest}")
+        if isinstance(document, ImageManifest):
+            return desc.digest, document
+        if desc.media_type in INDEX_TYPES or isinstance(document, ImageIndex):
+            found = _select(client, store, image, document, wanted, name, depth + 1, visits)
+            if found is not None:
+                return found
+    return None
+
+
+def _check_layer_types(manifest: ImageManifest, name: str) -> None:
+    for number, layer in enumerate(manifest.layers, start=1):
+        if layer.media_type in SUPPORTED_LAYER_TYPES:
+            continue
+        if layer.media_type == LAYER_ZSTD or layer.media_type.endswith("+zstd"):
+            raise LayerError(
+                f"{name}: layer {number} is compressed with zstd ({layer.media_type}), which "
+                "pyops cannot decompress.",
+                hint="Use an image with gzip layers (skopeo copy --dest-compress-format gzip).",
+            )
+        if layer.media_type == DOCKER_FOREIGN_LAYER or "nondistributable" in layer.media_type:
+            raise LayerError(
+                f"{name}: layer {number} is a foreign (non-distributable) layer "
+                f"({layer.media_type}); pyops does not fetch those.",
+            )
+        raise LayerError(f"{name}: layer {number} has an unknown media type {layer.media_type!r}.")
+
+
+def _download_layers(
+    client: RegistryClient,
+    store: Store,
+    image: ImageRef,
+    manifest: ImageManifest,
+    name: str,
+    progress: Progress,
+    workers: int,
+) -> tuple[Path, ...]:
+    """Download the layers (each distinct digest once), ``workers`` at a time."""
+    total = len(manifest.layers)
+    unique: dict[str, tuple[int, Descriptor]] = {}
+    for number, layer in enumerate(manifest.layers, start=1):
+        unique.setdefault(layer.digest, (number, layer))
+    paths: dict[str, Path] = {}
+    missing = [(n, d) for n, d in unique.values() if not store.has_blob(d.digest, d.size)]
+    for _, desc in unique.values():
+        if store.has_blob(desc.digest, desc.size):
+            paths[desc.digest] = store.blob_path(desc.digest)
+
+    cancel = Cancel()
+
+    def fetch(number: int, desc: Descriptor) -> Path:
+        def opener(offset: int) -> RegistryBlobStream:
+            return client.open_blob(
+                image.repository, desc.digest, offset, image=name, size=desc.size, cancel=cancel
+            )
+
+        return store.ensure_blob(
+            desc.digest,
+            desc.size,
+            opener,
+            label=f"{name} layer {number}/{total} {desc.digest[7:19]}",
+            progress=progress,
+            cancel=cancel,
+        )
+
+    if missing:
+        _run_all(fetch, missing, paths, workers, cancel)
+    return tuple(paths[layer.digest] for layer in manifest.layers)
+
+
+def _run_all(
+    fetch: Callable[[int, Descriptor], Path],
+    missing: list[tuple[int, Descriptor]],
+    paths: dict[str, Path],
+    workers: int,
+    cancel: Cancel,
+) -> None:
+    """Run ``fetch`` for each missing layer in threads; the first error or a Ctrl-C stops all.
+
+    The main thread never blocks uninterruptibly: it polls the threads every :data:`_POLL`
+    seconds. On an error or ``KeyboardInterrupt`` it sets ``cancel`` (which the threads check
+    per chunk, and which wakes a read waiting on the network) and waits only for them to stop.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="pyops-layer")
+    try:
+        futures: dict[Future[Path], str] = {pool.submit(fetch, n, d): d.digest for n, d in missing}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=_POLL, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    raise error
+        for future, digest in futures.items():
+            paths[digest] = future.result()
+    except BaseException:
+        cancel.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

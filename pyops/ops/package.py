@@ -1,0 +1,639 @@
+"""Local packages: a program and the files it needs, taken from an OCI image, in Ops's format.
+
+A package is a folder ``PYOPS_HOME/local_packages/NAME/`` laid out as Ops lays out its own
+(ops-reference.md section 5.1)::
+
+    NAME/
+    ├── package.manifest   JSON, Ops's config schema
+    └── sysroot/           copied into the image root as it is
+
+:func:`from_docker` makes one from an image: pull (cached blobs are reused), apply the layers
+into a temporary root inside the package store, find the program, resolve its closure inside
+that root with the image's own environment, and copy the closure into ``sysroot/`` at the same
+in-root paths, symlinks kept as symlinks. ``copy=True`` keeps the whole root instead.
+
+What the sysroot holds, besides the program, its interpreter and its libraries:
+
+- the run-time extras the resolver reports (:mod:`pyops.elf.ldd`): ``libgcc_s.so.1``, which glibc
+  dlopens for thread cancellation, and the NSS modules ``nsswitch.conf`` names, with their
+  own dependencies;
+- the files glibc (and Go, and musl) read for user and host lookups, when the image has them:
+  ``passwd``, ``group``, ``hosts``, ``nsswitch.conf``, ``host.conf``, ``gai.conf``,
+  ``services``, ``protocols``. ``passwd`` matters most: Ops writes a one-line ``passwd`` only
+  when the package has none, so the image's users survive. **Not** ``/etc/resolv.conf``: in a
+  container it is bind-mounted by the runtime, so the copy in an image is empty or describes
+  the machine that built it, and the image builder writes its own from the name servers it is
+  given (Ops: ``NameServers``);
+- the image's CA bundle, at every place TLS libraries look for one (the list Go's
+  ``crypto/x509/root_linux.go`` uses, plus OpenSSL's ``OPENSSLDIR/cert.pem``), when present;
+- the image's ``/etc/ld.so.cache``, when present: a library the resolver found through it in a
+  directory the loader does not search by default (``/usr/local/lib``, vendor directories)
+  is found the same way at run time, since the packaged paths are the image's
+  (registry-and-elf.md section 8.6).
+
+``package.manifest`` follows Ops (section 5.2):
+
+- ``Program`` is the program's canonical in-image path, every symlink resolved. An absolute
+  ``Program`` tells Ops the file is already inside ``sysroot``, and Nanos makes
+  ``/proc/self/exe`` point at exactly this path, from which glibc computes ``$ORIGIN``
+  (registry-and-elf.md section 6.2), so it must not be a symlink;
+- ``Args`` is the whole argv. ``argv[0]`` is the program as found (``/usr/bin/python3``, not
+  ``python3.11``: multi-call programs look at it). When the image's own command line
+  (``Entrypoint`` + ``Cmd``) runs the same program, its arguments follow, as ``docker run``
+  would pass them; that is checked at ``argv[0]`` and, behind a wrapper entrypoint such as
+  ``docker-entrypoint.sh``, at the first element of ``Cmd``;
+- ``Version`` is the tag (or a short digest), ``Env`` the image's ``Env`` as a map (a later
+  duplicate wins), ``Description`` names the image and its digest.
+
+Ops decodes ``package.manifest`` strictly: one unknown top-level key makes ``ops pkg load``
+fail (section 2.1). What Ops drops from the image config is therefore kept *inside* a field it
+knows but does not use for packages: ``ManifestPassthrough`` (a free-form map that
+``pkg load`` does not merge, section 5.2), under the single key ``pyops_image``::
+
+    "ManifestPassthrough": {"pyops_image": {
+        "Image": "...", "Digest": "sha256:...", "Platform": "linux/amd64",
+        "Env": ["PATH=...", ...], "WorkingDir": "/app", "Entrypoint": [...], "Cmd": [...],
+        "User": "..."}}
+
+Only strings and lists of strings are used there, the only values Ops's manifest encoder
+accepts, so a tool that did pass the map through would still write a valid (ignored) tuple.
+
+Packages are written atomically: everything is built in a hidden folder of
+``local_packages/``, on the same filesystem, and renamed into place; an existing package of
+the same name is replaced only once the new one is complete. Folders left behind by a process
+that died are removed by the next :func:`from_docker` or :func:`remove_package`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyops import arch, atomic, rootfs
+from pyops import home as _home
+from pyops.elf.ldd import LoadedFile, Resolution, resolve
+from pyops.environ import parse_env
+from pyops.errors import LibraryNotFound, PackageError, PyopsError, UnsafeLayerPath
+from pyops.oci.auth import Credentials
+from pyops.oci.layers import unpack_layers
+from pyops.oci.net import HttpClient
+from pyops.oci.pull import PulledImage, pull
+from pyops.oci.reference import ImageRef
+from pyops.oci.schema import DEFAULT_PLATFORM, ImageConfig, Platform
+from pyops.oci.store import Store
+from pyops.ops.build import CA_BUNDLES
+from pyops.progress import NULL_PROGRESS, Progress, step
+
+__all__ = [
+    "check_package_name",
+    "MANIFEST_FILE",
+    "Package",
+    "default_package_name",
+    "from_docker",
+    "list_packages",
+    "load_package",
+    "packages_dir",
+    "remove_package",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "package.manifest"
+SYSROOT = "sysroot"
+PYOPS_KEY = "pyops_image"
+"""The key under ``ManifestPassthrough`` that holds what Ops drops from the image config."""
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""The PATH Docker uses when the image config sets none."""
+
+# Files read by user and host-name lookups that a package leaves out (see the module doc).
+_EXCLUDED_EXTRAS = frozenset({"/etc/resolv.conf"})
+
+DATA_FILES = (*CA_BUNDLES, "/etc/ld.so.cache")
+"""Files packaged with the closure when the image has them (see the module doc)."""
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    """A package in the local store, as its ``package.manifest`` describes it."""
+
+    name: str
+    path: Path
+    """The package folder (``sysroot/`` and ``package.manifest`` are inside)."""
+    program: str
+    """``Program``: an absolute path inside ``sysroot``, or Ops's ``<folder>/<exe>`` form."""
+    args: tuple[str, ...] = ()
+    """``Args``: the whole argv, argv[0] included."""
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """``Env``: the environment the program runs with."""
+    version: str = ""
+    description: str = ""
+    image: str = ""
+    """The image the package was made from (empty for packages pyops did not make)."""
+    digest: str = ""
+    """The digest of the image's manifest for the platform packaged."""
+    platform: str = ""
+    working_dir: str = ""
+    """The image's ``WorkingDir`` (``/`` when it has none)."""
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    image_env: tuple[str, ...] = ()
+    """The image's ``Env`` as ``KEY=VALUE`` strings, in order."""
+    user: str = ""
+    manifest: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """The whole ``package.manifest``, as read."""
+
+    @property
+    def sysroot(self) -> Path:
+        """The folder copied into the image root."""
+        return self.path / SYSROOT
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (without the raw manifest)."""
+        return {
+            "name": self.name,
+            "path": os.fspath(self.path),
+            "program": self.program,
+            "args": list(self.args),
+            "env": dict(self.env),
+            "version": self.version,
+            "description": self.description,
+            "image": self.image,
+            "digest": self.digest,
+            "platform": self.platform,
+            "working_dir": self.working_dir,
+            "entrypoint": list(self.entrypoint),
+            "cmd": list(self.cmd),
+            "user": self.user,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Names and places
+
+
+def packages_dir(home: Path | str | None = None) -> Path:
+    """``<home>/local_packages``; ``home`` defaults to ``PYOPS_HOME`` (or ``~/.pyops``)."""
+    return _home.packages_dir(home)
+
+
+def check_package_name(name: str) -> str:
+    """Return ``name`` if it can name a package folder; raise :class:`PackageError` if not."""
+    if not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise PackageError(
+            f"{name!r} is not a valid package name.",
+            hint="Use letters, digits and '.', '_', '+', '-', starting with a letter or digit.",
+        )
+    return name
+
+
+def default_package_name(ref: ImageRef | str) -> str:
+    """The repository's last component and the tag joined by ``_`` (``node:20`` → ``node_20``).
+
+    A reference pinned by digest only gives the first 12 hex digits of the digest instead of
+    the tag.
+    """
+    image = ImageRef.parse(ref) if isinstance(ref, str) else ref
+    return f"{image.repository.rsplit('/', 1)[-1]}_{_version(image)}"
+
+
+def _version(image: ImageRef) -> str:
+    if image.tag is not None:
+        return image.tag
+    assert image.digest is not None  # ImageRef.parse gives a tag or a digest
+    return image.digest.partition(":")[2][:12]
+
+
+# ---------------------------------------------------------------------------------------
+# Making a package from an image
+
+
+def from_docker(
+    ref: ImageRef | str,
+    program: str,
+    *,
+    name: str | None = None,
+    copy: bool = False,
+    store: Store | None = None,
+    platform: Platform | str = DEFAULT_PLATFORM,
+    credentials: Credentials | None = None,
+    insecure: bool = False,
+    progress: Progress = NULL_PROGRESS,
+    http: HttpClient | None = None,
+) -> Package:
+    """Make the local package ``name`` from image ``ref``, running ``program``.
+
+    ``program`` is a name looked up on the image's ``PATH`` (from its config's ``Env``, else
+    Docker's default) or a path inside the image (relative paths start at the image's
+    ``WorkingDir``); symlinks are followed inside the image. The package goes to
+    ``<store root>/local_packages/<name>`` (default name: :func:`default_package_name`),
+    replacing a package of that name once the new one is complete. ``copy`` keeps the whole
+    root filesystem instead of the program's closure.
+
+    Errors name the image: those of :func:`pyops.oci.pull.pull` (unknown image or tag, no
+    manifest for ``platform``, authentication), :class:`PackageError` when the program is not
+    in the image or is a script, :class:`LibraryNotFound` when a library is missing. Nothing
+    is left in the package store when it fails.
+    """
+    image = ImageRef.parse(ref) if isinstance(ref, str) else ref
+    wanted = Platform.parse(platform) if isinstance(platform, str) else platform
+    store = store or Store.default()
+    package_name = check_package_name(name or default_package_name(image))
+    with step(progress, f"pull {image}"):
+        pulled = pull(
+            image,
+            store=store,
+            platform=wanted,
+            credentials=credentials,
+            insecure=insecure,
+            progress=progress,
+            http=http,
+        )
+    label = str(image)
+    target = packages_dir(store.root)
+    target.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(target)
+    with _staging(target) as staging, _naming(label):
+        sysroot = staging / SYSROOT
+        # With copy the layers go straight into sysroot; otherwise into a root next to it
+        # that is thrown away once the closure is linked out of it.
+        root = sysroot if copy else staging / "rootfs"
+        diff_ids = pulled.config.diff_ids or None
+        with step(progress, "unpack the layers"):
+            unpack_layers(pulled.layers, root, diff_ids=diff_ids, progress=progress)
+        with step(progress, "resolve the program's libraries"):
+            found = _find_program(root, program, pulled.config, label)
+            resolution = _resolve(root, found, pulled)
+        manifest = _manifest(pulled, found, resolution.program.real_path, root)
+        if not copy:
+            with step(progress, "keep what the program needs"):
+                # The path the program was found at stays valid too (it is argv[0]).
+                paths = _closure_paths(resolution) | set(found.chain) | _data_paths(root)
+                _copy_paths(root, sysroot, sorted(paths))
+                _remove_tree(root)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        final = _install(staging, target / package_name)
+    log.info("%s: package %s at %s", label, package_name, final)
+    return _package_from_manifest(package_name, final, manifest)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    given: str
+    """The path the program was found at (argv[0]), before resolving symlinks."""
+    chain: tuple[str, ...]
+    """Symlinks passed, then the canonical path."""
+
+
+def _image_env(config: ImageConfig) -> dict[str, str]:
+    """The config's ``Env`` as a map: split at the first ``=``, a later duplicate wins."""
+    return parse_env(config.env, source="the image's Env", strict=False)
+
+
+def _working_dir(config: ImageConfig) -> str:
+    cwd = config.working_dir or "/"
+    return cwd if cwd.startswith("/") else "/" + cwd
+
+
+def _chain(root: Path, path: str) -> tuple[str, ...] | None:
+    """Resolve ``path`` inside ``root``: the symlinks passed and the final path, or None if
+    it does not exist (or loops), with :func:`pyops.rootfs.resolve`'s rules. No entry of
+    the result has a symlink among its parents, so each can be recreated as is."""
+    try:
+        found = rootfs.resolve_on_host(root, path)
+    except UnsafeLayerPath:
+        return None  # ELOOP: as good as missing
+    return found.chain if found.mode is not None else None
+
+
+def _executable(root: Path, path: str) -> tuple[str, ...] | None:
+    chain = _chain(root, path)
+    if chain is None:
+        return None
+    st = os.lstat(os.path.join(root, chain[-1].lstrip("/")))
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+        return None
+    return chain
+
+
+def _lookup(root: Path, program: str, config: ImageConfig) -> tuple[_Found | None, list[str]]:
+    """Find ``program`` the way ``execvp`` in the image would; also the PATH dirs tried."""
+    cwd = _working_dir(config)
+    if "/" in program:
+        path = program if program.startswith("/") else f"{cwd.rstrip('/')}/{program}"
+        chain = _executable(root, path)
+        return (_Found(program, chain) if chain else None), []
+    searched: list[str] = []
+    for directory in (_image_env(config).get("PATH") or DEFAULT_PATH).split(":"):
+        # An empty PATH element means the working directory (POSIX execvp).
+        base = directory if directory.startswith("/") else f"{cwd.rstrip('/')}/{directory}"
+        base = base.rstrip("/") or ""
+        searched.append(directory or ".")
+        candidate = f"{base}/{program}"
+        chain = _executable(root, candidate)
+        if chain is not None:
+            return _Found(candidate, chain), searched
+    return None, searched
+
+
+def _find_program(root: Path, program: str, config: ImageConfig, label: str) -> _Found:
+    found, searched = _lookup(root, program, config)
+    if found is None:
+        if searched:
+            raise PackageError(
+                f"{label}: no program {program!r} on the image's PATH "
+                f"(searched: {', '.join(searched)}).",
+                hint="Give the program's absolute path in the image, or check its name "
+                "(pyops pull IMAGE --extract DIR shows the files).",
+            )
+        raise PackageError(
+            f"{label}: {program} is not an executable file in the image.",
+            hint="Check the path (pyops pull IMAGE --extract DIR shows the files).",
+        )
+    real = os.path.join(root, found.chain[-1].lstrip("/"))
+    with open(real, "rb") as f:
+        head = f.read(256)
+    if head.startswith(b"#!"):
+        # Nanos runs one ELF program and cannot run scripts (registry-and-elf.md section 6.2).
+        interpreter = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+        raise PackageError(
+            f"{label}: {found.given} is a script (#!{interpreter}), not a program.",
+            hint=f"Package its interpreter instead (-f {interpreter.split(' ')[0]}) and pass "
+            "the script as an argument, or pick the program the script starts.",
+        )
+    return found
+
+
+def _machine(platform: Platform) -> str | None:
+    # An architecture pyops has no name for: skip the check.
+    found = arch.find(platform.architecture)
+    return found.elf_machine if found is not None else None
+
+
+def _resolve(root: Path, found: _Found, pulled: PulledImage) -> Resolution:
+    """The closure inside ``root``, with the image's env (never the host's)."""
+    return resolve(
+        found.chain[-1],
+        root,
+        env=_image_env(pulled.config),
+        machine=_machine(pulled.platform),
+        cwd=_working_dir(pulled.config),
+        include_runtime_extras=True,
+    )
+
+
+@contextmanager
+def _naming(label: str) -> Iterator[None]:
+    """Put the image's name in front of errors that do not say which image they are about."""
+    prefix = f"{label}: "
+    try:
+        yield
+    except LibraryNotFound as exc:
+        if exc.message.startswith(prefix):
+            raise
+        raise LibraryNotFound(
+            prefix + exc.message,
+            library=exc.library,
+            needed_by=exc.needed_by,
+            searched=exc.searched,
+            hint=exc.hint,
+        ) from exc
+    except PyopsError as exc:
+        if exc.message.startswith(prefix):
+            raise
+        raise type(exc)(prefix + exc.message, hint=exc.hint) from exc
+
+
+def _closure_paths(resolution: Resolution) -> set[str]:
+    """Every in-root path of the closure and its extras, minus the extras left out."""
+    files: list[LoadedFile] = [resolution.program]
+    if resolution.interpreter is not None:
+        files.append(resolution.interpreter)
+    files.extend(resolution.libraries)
+    files.extend(
+        extra.file
+        for extra in resolution.runtime_extras
+        if extra.file is not None and extra.name not in _EXCLUDED_EXTRAS
+    )
+    return {entry for item in files for entry in item.chain}
+
+
+def _data_paths(root: Path) -> set[str]:
+    """The :data:`DATA_FILES` that are regular files in ``root``, with the links to them."""
+    paths: set[str] = set()
+    for candidate in DATA_FILES:
+        chain = _chain(root, candidate)
+        if chain is not None and os.path.isfile(os.path.join(root, chain[-1].lstrip("/"))):
+            paths.update(chain)
+    return paths
+
+
+def _copy_paths(root: Path, sysroot: Path, paths: Sequence[str]) -> None:
+    """Recreate each in-root path of ``root`` under ``sysroot``: links as links.
+
+    Regular files are hard-linked out of ``root``: both are in the package store, and
+    ``root`` is removed next, so nothing is copied and hard links between packaged files
+    survive. A filesystem that refuses links gets a copy.
+    """
+    sysroot.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        relative = path.lstrip("/")
+        source = os.path.join(root, relative)
+        dest = os.path.join(sysroot, relative)
+        st = os.lstat(source)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(source), dest)
+        elif stat.S_ISDIR(st.st_mode):
+            os.makedirs(dest, exist_ok=True)
+        else:
+            try:
+                os.link(source, dest, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(source, dest, follow_symlinks=False)
+
+
+def _default_args(root: Path, found: _Found, config: ImageConfig) -> list[str]:
+    """argv: the program as found, then the image's arguments if its command runs it too."""
+    argv = [*config.entrypoint, *config.cmd]
+    starts = [0]
+    if config.entrypoint and config.cmd:
+        starts.append(len(config.entrypoint))  # behind a wrapper entrypoint
+    for start in starts:
+        if start >= len(argv):
+            continue
+        other, _ = _lookup(root, argv[start], config)
+        if other is not None and other.chain[-1] == found.chain[-1]:
+            return [found.given, *argv[start + 1 :]]
+    return [found.given]
+
+
+def _manifest(pulled: PulledImage, found: _Found, program: str, root: Path) -> dict[str, Any]:
+    config = pulled.config
+    digest_ref = f"{pulled.ref.registry}/{pulled.ref.repository}@{pulled.digest}"
+    return {
+        "Program": program,
+        "Args": _default_args(root, found, config),
+        "Version": _version(pulled.ref),
+        "Env": _image_env(config),
+        "Description": f"made by pyops pkg from-docker from {digest_ref}",
+        "ManifestPassthrough": {
+            PYOPS_KEY: {
+                "Image": str(pulled.ref),
+                "Digest": pulled.digest,
+                "Platform": str(pulled.platform),
+                "Env": list(config.env),
+                "WorkingDir": _working_dir(config),
+                "Entrypoint": list(config.entrypoint),
+                "Cmd": list(config.cmd),
+                "User": config.user,
+            }
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The package store on disk
+
+
+@contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A hidden folder in ``target`` that is removed unless it was renamed away (the
+    temporaries policy of :mod:`pyops.atomic`)."""
+    staging = atomic.temp_path(target / "package")
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        if os.path.lexists(staging):
+            atomic.remove(staging)
+
+
+def _install(staging: Path, final: Path) -> Path:
+    """Rename the complete package into place, replacing an older one only now."""
+    if not os.path.lexists(final):
+        os.rename(staging, final)
+        return final
+    old = atomic.temp_path(final)
+    os.rename(final, old)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        os.rename(old, final)
+        raise
+    atomic.remove(old)
+    return final
+
+
+def _remove_tree(path: Path) -> None:
+    atomic.remove(path)
+
+
+def _sweep_stale(target: Path) -> None:
+    """Remove staging and old folders whose process is gone (a crash or a kill -9)."""
+    for removed in atomic.sweep(target):
+        log.info("removed %s, left by a process that is gone", removed)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return ()
+
+
+def _package_from_manifest(name: str, path: Path, manifest: Mapping[str, Any]) -> Package:
+    # Go's JSON decoder matches keys case-insensitively, so Ops packages may spell them
+    # differently ("program", "args"): look them up the same way.
+    fields = {str(k).lower(): v for k, v in manifest.items()}
+    passthrough = fields.get("manifestpassthrough")
+    extra = passthrough.get(PYOPS_KEY) if isinstance(passthrough, dict) else None
+    meta: dict[str, Any] = extra if isinstance(extra, dict) else {}
+    env = fields.get("env")
+    return Package(
+        name=name,
+        path=path,
+        program=str(fields.get("program") or ""),
+        args=_strings(fields.get("args")),
+        env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
+        version=str(fields.get("version") or ""),
+        description=str(fields.get("description") or ""),
+        image=str(meta.get("Image") or ""),
+        digest=str(meta.get("Digest") or ""),
+        platform=str(meta.get("Platform") or ""),
+        working_dir=str(meta.get("WorkingDir") or ""),
+        entrypoint=_strings(meta.get("Entrypoint")),
+        cmd=_strings(meta.get("Cmd")),
+        image_env=_strings(meta.get("Env")),
+        user=str(meta.get("User") or ""),
+        manifest=dict(manifest),
+    )
+
+
+def _read_manifest(path: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads((path / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise PackageError(f"package {name} has no {MANIFEST_FILE} ({path}).") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{path / MANIFEST_FILE} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PackageError(f"{path / MANIFEST_FILE} is not a JSON object.")
+    return data
+
+
+def load_package(name: str, home: Path | str | None = None) -> Package:
+    """The local package ``name``; :class:`PackageError` when there is none."""
+    path = packages_dir(home) / check_package_name(name)
+    if not path.is_dir():
+        raise PackageError(
+            f"there is no local package {name!r} (in {path.parent}).",
+            hint="pyops pkg list shows the packages there are.",
+        )
+    return _package_from_manifest(name, path, _read_manifest(path, name))
+
+
+def list_packages(home: Path | str | None = None) -> list[Package]:
+    """Every local package, sorted by name; folders without a readable manifest are skipped."""
+    base = packages_dir(home)
+    if not base.is_dir():
+        return []
+    found: list[Package] = []
+    for entry in sorted(base.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            manifest = _read_manifest(entry, entry.name)
+            found.append(_package_from_manifest(entry.name, entry, manifest))
+        except PackageError as exc:
+            log.warning("skipping %s: %s", entry, exc)
+    return found
+
+
+def remove_package(name: str, home: Path | str | None = None) -> Path:
+    """Remove the local package ``name`` and return the path it had.
+
+    The folder is first renamed to a hidden name, so a half-removed package is never seen
+    under its own name.
+    """
+    path = packages_dir(home) / check_package_name(name)
+    if not os.path.lexists(path):
+        raise PackageError(
+            f"there is no local package {name!r} (in {path.parent}).",
+            hint="pyops pkg list shows the packages there are.",
+        )
+    _sweep_stale(path.parent)
+    doomed = atomic.temp_path(path)
+    os.rename(path, doomed)
+    atomic.remove(doomed)
+    return path

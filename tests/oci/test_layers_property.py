@@ -1,0 +1,116 @@
+"""Random hostile layers: whatever they hold, nothing outside the image root changes, and the
+only errors are pyops's own."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyops.errors import PyopsError
+from pyops.oci.layers import unpack_layers
+
+from ..layer_fixtures import Entry, make_canary, tar_bytes, tree_state
+
+HOST = "@HOST"  # replaced by the canary's host folder (an absolute host path)
+UP = "@UP"  # replaced by enough ../ to leave the root, then the host folder
+
+NAMES = ["a", "b", "a/b", "a/c", "b/a", "a/b/c", "x", "./a/", "/b", "a/./b", "l", "l/x", "l/victim"]
+SPECIAL = [
+    ".wh.a",
+    ".wh.b",
+    ".wh...",
+    ".wh..",
+    ".wh.",
+    "a/.wh...",
+    "a/.wh..",
+    "l/.wh.victim",
+    "l/.wh..wh..opq",
+    ".wh..wh..opq",
+    "a/.wh..wh..opq",
+    "a/.wh.b",
+    ".wh..wh.plnk",
+    "../a",
+    "a/../../x",
+]
+LINK_TARGETS = [
+    "a",
+    "b",
+    "../a",
+    "../../..",
+    "/",
+    "/a",
+    "a/..",
+    "",
+    HOST,
+    HOST + "/victim",
+    UP,
+    UP + "/victim",
+    "l",
+]
+HARD_TARGETS = ["a", "a/b", "/a", "../a", "l", "l/file", "l/victim/secret", HOST + "/file", "x"]
+MODES = [0o777, 0o4755, 0o2755, 0o1777, 0o700, 0o644, 0o000, 0o555]
+
+member = st.one_of(
+    st.builds(
+        lambda n, d, m: Entry(n, "file", d, mode=m),
+        st.sampled_from(NAMES + SPECIAL),
+        st.binary(max_size=64),
+        st.sampled_from(MODES),
+    ),
+    st.builds(
+        lambda n, m: Entry(n, "dir", mode=m),
+        st.sampled_from(NAMES + SPECIAL),
+        st.sampled_from(MODES),
+    ),
+    st.builds(
+        lambda n, t: Entry(n, "symlink", link=t, mode=0o777),
+        st.sampled_from(NAMES),
+        st.sampled_from(LINK_TARGETS),
+    ),
+    st.builds(
+        lambda n, t: Entry(n, "hardlink", link=t),
+        st.sampled_from(NAMES),
+        st.sampled_from(HARD_TARGETS),
+    ),
+    st.builds(lambda n: Entry(n, "chr", dev=(0, 0)), st.sampled_from(NAMES + SPECIAL)),
+    st.builds(lambda n: Entry(n, "fifo"), st.sampled_from(NAMES)),
+)
+layer = st.tuples(st.lists(member, min_size=1, max_size=12), st.booleans())
+
+
+def _place(entry: Entry, host: Path) -> Entry:
+    up = "../" * 12 + os.path.relpath(host, "/")
+    link = entry.link.replace(HOST, str(host)).replace(UP, up)
+    return Entry(entry.name, entry.kind, entry.data, link, entry.mode, entry.dev)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
+@given(st.lists(layer, min_size=1, max_size=3))
+def test_random_layers_change_nothing_outside_the_root(
+    layers: list[tuple[list[Entry], bool]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        top = Path(tmp) / "canary"
+        root = make_canary(top)
+        before = tree_state(top, root)
+        paths = []
+        for number, (entries, compress) in enumerate(layers):
+            raw = tar_bytes([_place(e, top / "host") for e in entries])
+            path = Path(tmp) / f"layer{number}"
+            path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
+            paths.append(path)
+        try:
+            unpack_layers(paths, root)
+        except PyopsError:
+            pass  # refused: fine, as long as nothing outside changed
+        assert tree_state(top, root) == before

@@ -1,0 +1,553 @@
+"""Local packages from images: pyops.ops.package and ``pyops pkg``, against a real registry.
+
+The image is a merged-/usr Debian-style root made from this machine's own files, over several
+layers (per-file whiteouts, hard links, an opaque directory), pushed with umoci and skopeo to
+the session's docker-registry (tests/registry_server.py). The packaged closure is compared
+with what the host's ``ldd`` says about the same programs, mapped into the image root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pyops import atomic
+from pyops.cli import cli
+from pyops.errors import LibraryNotFound, ManifestNotFound, PackageError, PlatformNotFound
+from pyops.oci.net import HttpClient, HttpResponse
+from pyops.oci.store import Store
+from pyops.ops.package import (
+    MANIFEST_FILE,
+    Package,
+    _data_paths,
+    check_package_name,
+    default_package_name,
+    from_docker,
+    list_packages,
+    load_package,
+    packages_dir,
+    remove_package,
+)
+
+from ..registry_server import PASSWORD, USER, Registries, _umoci_rootless, registries, run  # noqa: F401
+
+TRIPLET_DIR = "usr/lib/x86_64-linux-gnu"
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+NSSWITCH = "passwd: files compat\ngroup: files\nhosts: files dns\n"
+FAKE_CA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+# Packaged whatever the program: lookup files of the image (not resolv.conf) and its CA bundle.
+DATA_FILES = {
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/ssl/certs/ca-certificates.crt",
+}
+
+
+class CountingHttp(HttpClient):
+    """An HttpClient that records the URLs it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def request(self, method: str, url: str, **kwargs: object) -> HttpResponse:
+        self.urls.append(url)
+        return super().request(method, url, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class PkgImage:
+    """The image pushed for these tests and what its packages must hold."""
+
+    ref: str
+    """Entrypoint /usr/bin/greet, LD_LIBRARY_PATH=/opt/lib:/opt/lib2."""
+    no_libpath_ref: str
+    """The same layers without LD_LIBRARY_PATH: libgreet.so cannot be found."""
+    host: str
+    greet_files: set[str] = field(default_factory=set)
+    """Regular files of greet's package, from the host's ldd mapped into the root."""
+    greet_links: dict[str, str] = field(default_factory=dict)
+    """Symlinks of greet's package and their targets."""
+    ls_files: set[str] = field(default_factory=set)
+    ls_links: dict[str, str] = field(default_factory=dict)
+    new_greet: bytes = b""
+
+
+def _host_ldd(program: Path, env: dict[str, str] | None = None) -> list[str]:
+    """The absolute paths ``ldd`` lists for ``program`` on the host (the loader last)."""
+    out = subprocess.run(
+        ["ldd", os.fspath(program)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    ).stdout
+    paths = []
+    for line in out.splitlines():
+        match = re.search(r"=> (/\S+)", line) or re.match(r"\s*(/\S+) \(", line)
+        if match:
+            paths.append(match.group(1))
+    return paths
+
+
+def _add_lib(root: Path, host_path: str, files: set[str], links: dict[str, str]) -> None:
+    """Put a host library into the image's multiarch directory, keeping a same-dir symlink."""
+    real = Path(host_path).resolve()
+    listed = Path(host_path).name
+    if host_path == LOADER:
+        listed = real.name  # reached through /lib64 -> usr/lib64 -> absolute link
+    dest = root / TRIPLET_DIR / real.name
+    if not dest.exists():
+        shutil.copy2(real, dest)
+    files.add(f"/{TRIPLET_DIR}/{real.name}")
+    if listed != real.name:
+        if not (root / TRIPLET_DIR / listed).is_symlink():
+            os.symlink(real.name, root / TRIPLET_DIR / listed)
+        links[f"/{TRIPLET_DIR}/{listed}"] = real.name
+
+
+def _compile(cc: str, work: Path, word: str, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / "libgreet.c"
+    src.write_text(f'const char *greet(void) {{ return "{word}"; }}\n')
+    lib = out_dir / "libgreet.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libgreet.so", "-o", lib, src], check=True)
+    return lib
+
+
+@pytest.fixture(scope="module")
+def pkg_image(
+    registries: Registries,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> PkgImage:
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("gcc is not installed")
+    ls = Path(shutil.which("ls") or "/usr/bin/ls").resolve()
+    ls_libs = _host_ldd(ls)
+    if LOADER not in ls_libs or not all(p == LOADER or "/x86_64-linux-gnu/" in p for p in ls_libs):
+        pytest.skip(f"needs an x86-64 Debian-style host (ldd {ls}: {ls_libs})")
+    work = tmp_path_factory.mktemp("pkgimage")
+    # greet needs libgreet.so, found only through the image's LD_LIBRARY_PATH.
+    old_lib = _compile(cc, work, "old", work / "old")
+    new_lib = _compile(cc, work, "new", work / "new")
+    greet_src = work / "greet.c"
+    greet_src.write_text(
+        "#include <stdio.h>\nconst char *greet(void);\n"
+        "int main(void) { puts(greet()); return 0; }\n"
+    )
+    greet = work / "greet"
+    subprocess.run([cc, "-o", greet, greet_src, f"-L{work / 'new'}", "-lgreet"], check=True)
+    greet_libs = _host_ldd(greet, {"LD_LIBRARY_PATH": os.fspath(work / "new")})
+
+    layout, bundle = work / "oci", work / "bundle"
+    run("umoci", "init", "--layout", layout)
+    run("umoci", "new", "--image", f"{layout}:pkg")
+
+    def unpack() -> Path:
+        if bundle.exists():
+            shutil.rmtree(bundle)
+        run("umoci", "unpack", *_umoci_rootless(), "--image", f"{layout}:pkg", bundle)
+        return bundle / "rootfs"
+
+    def repack() -> None:
+        run("umoci", "repack", "--image", f"{layout}:pkg", bundle)
+
+    image = PkgImage("", "", registries.plain.host, new_greet=new_lib.read_bytes())
+    # The merged-/usr skeleton: every package goes through these links.
+    skeleton = {"/lib": "usr/lib", "/lib64": "usr/lib64", "/bin": "usr/bin", "/sbin": "usr/sbin"}
+    loader_link = {"/usr/lib64/ld-linux-x86-64.so.2": f"/{TRIPLET_DIR}/ld-linux-x86-64.so.2"}
+
+    # Layer 1: the base.
+    root = unpack()
+    for sub in ("usr/bin", "usr/sbin", "usr/lib64", TRIPLET_DIR, "usr/local/bin", "etc/ssl/certs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for link, target in {**skeleton, **loader_link}.items():
+        os.symlink(target, root / link.lstrip("/"))
+    common_files: set[str] = set()
+    common_links: dict[str, str] = {}
+    for path in sorted(set(ls_libs) | set(greet_libs)):
+        if "libgreet" in path:
+            continue
+        files = image.ls_files if path in ls_libs else image.greet_files
+        links = image.ls_links if path in ls_libs else image.greet_links
+        if path in ls_libs and path in greet_libs:
+            files, links = common_files, common_links
+        _add_lib(root, path, files, links)
+    # Run-time extras: libgcc_s (glibc dlopens it) and the NSS module nsswitch.conf names.
+    for extra in ("libgcc_s.so.1", "libnss_compat.so.2"):
+        host_lib = Path("/", TRIPLET_DIR, extra)
+        if not host_lib.exists():
+            pytest.skip(f"the host has no {host_lib}")
+        _add_lib(root, os.fspath(host_lib), common_files, common_links)
+    for decoy in ("libz.so.1", "libm.so.6"):  # in the image, needed by neither program
+        if Path("/", TRIPLET_DIR, decoy).exists():
+            shutil.copy2(Path("/", TRIPLET_DIR, decoy), root / TRIPLET_DIR / decoy)
+    shutil.copy2(ls, root / "usr/bin/ls")
+    shutil.copy2(greet, root / "usr/bin/greet")
+    # A decoy ls earlier on PATH, deleted by the next layer.
+    (root / "usr/local/bin/ls").write_text("#!/bin/sh\necho decoy\n")
+    (root / "usr/local/bin/ls").chmod(0o755)
+    (root / "usr/bin/wrapper.sh").write_text("#!/bin/sh\nexec greet\n")
+    (root / "usr/bin/wrapper.sh").chmod(0o755)
+    (root / "opt/lib").mkdir(parents=True)
+    shutil.copy2(old_lib, root / "opt/lib/libgreet.so")
+    (root / "opt/lib2").mkdir(parents=True)
+    shutil.copy2(new_lib, root / "opt/lib2/libgreet.so")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/srv:/\n")
+    (root / "etc/group").write_text("root:x:0:\napp:x:1000:\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    (root / "etc/nsswitch.conf").write_text(NSSWITCH)
+    (root / "etc/resolv.conf").write_text("nameserver 10.9.8.7\n")
+    (root / "etc/os-release").write_text("ID=pyops-test\n")
+    (root / "etc/ssl/certs/ca-certificates.crt").write_text(FAKE_CA)
+    (root / "srv").mkdir()
+    repack()
+    # Layer 2: a whiteout (the decoy ls) and a hard link (dir is ls).
+    root = unpack()
+    (root / "usr/local/bin/ls").unlink()
+    os.link(root / "usr/bin/ls", root / "usr/bin/dir")
+    repack()
+    # Layer 3: /opt/lib made opaque: its old libgreet.so is gone, /opt/lib2 has the new one.
+    readme = work / "opt-lib"
+    readme.mkdir()
+    (readme / "README").write_text("nothing here\n")
+    run("umoci", "insert", "--image", f"{layout}:pkg", "--opaque", readme, "/opt/lib")
+
+    path_env = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    run(
+        "umoci", "config", "--image", f"{layout}:pkg",
+        "--config.entrypoint", "/usr/bin/greet", "--config.cmd", "--loud",
+        "--config.env", path_env, "--config.env", "LD_LIBRARY_PATH=/opt/lib:/opt/lib2",
+        "--config.env", "GREETING=hello", "--config.workingdir", "/srv",
+        "--config.user", "1000:1000", "--architecture", "amd64", "--os", "linux",
+    )  # fmt: skip
+    run("umoci", "tag", "--image", f"{layout}:pkg", "nolibpath")
+    run(
+        "umoci", "config", "--image", f"{layout}:nolibpath",
+        "--clear=config.env", "--config.env", path_env,
+    )  # fmt: skip
+    for tag in ("pkg", "nolibpath"):
+        run(
+            "skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
+            f"oci:{layout}:{tag}", f"docker://{registries.plain.host}/test/pkgroot:{tag}",
+        )  # fmt: skip
+    image.ref = f"{registries.plain.host}/test/pkgroot:pkg"
+    image.no_libpath_ref = f"{registries.plain.host}/test/pkgroot:nolibpath"
+
+    # What each package must hold: the host's ldd view mapped into the root, plus the extras.
+    everything_files = common_files | DATA_FILES
+    everything_links = {**common_links, **skeleton, **loader_link}
+    del everything_links["/bin"], everything_links["/sbin"]  # only when a path goes through them
+    image.greet_files |= everything_files | {"/usr/bin/greet", "/opt/lib2/libgreet.so"}
+    image.greet_links.update(everything_links)
+    image.ls_files |= everything_files
+    image.ls_links.update(everything_links)
+    return image
+
+
+@pytest.fixture()
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.setenv("PYOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    # The host's loader settings must not matter: the image's own are used.
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/lib")
+    return Store.default()
+
+
+def _tree(sysroot: Path) -> tuple[set[str], dict[str, str], set[str]]:
+    """(regular files, symlinks -> targets, directories) under ``sysroot``, as image paths."""
+    files: set[str] = set()
+    links: dict[str, str] = {}
+    dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(sysroot):
+        for name in dirnames + filenames:
+            host = os.path.join(dirpath, name)
+            path = "/" + os.path.relpath(host, sysroot)
+            if os.path.islink(host):
+                links[path] = os.readlink(host)
+            elif os.path.isdir(host):
+                dirs.add(path)
+            else:
+                files.add(path)
+    return files, links, dirs
+
+
+def _store_entries(store: Store) -> list[str]:
+    base = packages_dir(store.root)
+    return sorted(os.listdir(base)) if base.exists() else []
+
+
+# -- from_docker ------------------------------------------------------------------------------
+
+
+def test_from_docker_packages_exactly_the_closure(
+    pkg_image: PkgImage, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyops.ops.package
+
+    unpacked_into: list[Path] = []
+    real_unpack = pyops.ops.package.unpack_layers
+
+    def recording_unpack(layers: object, dest: Path, **kw: object) -> None:
+        unpacked_into.append(dest)
+        real_unpack(layers, dest, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pyops.ops.package, "unpack_layers", recording_unpack)
+    package = from_docker(pkg_image.ref, "greet", store=store)
+
+    assert package.name == "pkgroot_pkg"
+    assert package.path == packages_dir(store.root) / "pkgroot_pkg"
+    # The temporary root was inside the package store, and is gone.
+    assert unpacked_into and unpacked_into[0].is_relative_to(packages_dir(store.root))
+    assert _store_entries(store) == ["pkgroot_pkg"]
+    assert sorted(os.listdir(package.path)) == [MANIFEST_FILE, "sysroot"]
+
+    files, links, _ = _tree(package.sysroot)
+    assert files == pkg_image.greet_files
+    assert links == pkg_image.greet_links
+    # The opaque /opt/lib hid the old library; LD_LIBRARY_PATH came from the image.
+    assert (package.sysroot / "opt/lib2/libgreet.so").read_bytes() == pkg_image.new_greet
+    assert not (package.sysroot / "etc/resolv.conf").exists()
+    assert (package.sysroot / "etc/nsswitch.conf").read_text() == NSSWITCH
+
+    manifest = json.loads((package.path / MANIFEST_FILE).read_text())
+    assert manifest["Program"] == "/usr/bin/greet"
+    assert manifest["Args"] == ["/usr/bin/greet", "--loud"]
+    assert manifest["Version"] == "pkg"
+    assert manifest["Env"]["LD_LIBRARY_PATH"] == "/opt/lib:/opt/lib2"
+    assert manifest["Env"]["GREETING"] == "hello"
+    # Only keys Ops's strict decoder knows at the top level (ops-reference.md section 2.1).
+    assert set(manifest) <= {"Program", "Args", "Version", "Env", "Description",
+                             "ManifestPassthrough"}  # fmt: skip
+    extra = manifest["ManifestPassthrough"]["pyops_image"]
+    assert extra["WorkingDir"] == "/srv"
+    assert extra["Entrypoint"] == ["/usr/bin/greet"] and extra["Cmd"] == ["--loud"]
+    assert extra["User"] == "1000:1000"
+    assert "GREETING=hello" in extra["Env"]
+    assert extra["Digest"].startswith("sha256:")
+
+    assert package.program == "/usr/bin/greet"
+    assert package.args == ("/usr/bin/greet", "--loud")
+    assert package.working_dir == "/srv"
+    assert package.entrypoint == ("/usr/bin/greet",) and package.cmd == ("--loud",)
+    assert load_package("pkgroot_pkg") == package
+
+    # Again: every blob is cached, so only the manifest is asked for; the package is replaced.
+    http = CountingHttp()
+    again = from_docker(pkg_image.ref, "greet", store=store, http=http)
+    assert [u for u in http.urls if "/blobs/" in u] == []
+    assert again == package
+    assert _store_entries(store) == ["pkgroot_pkg"]
+
+
+def test_program_through_links_whiteout_and_hard_link(pkg_image: PkgImage, store: Store) -> None:
+    # ls: /usr/local/bin/ls (earlier on PATH) was deleted by a whiteout.
+    package = from_docker(pkg_image.ref, "ls", name="ls", store=store)
+    assert package.program == "/usr/bin/ls"
+    assert package.args == ("/usr/bin/ls",)  # the image's command runs another program
+    files, links, _ = _tree(package.sysroot)
+    assert files == pkg_image.ls_files | {"/usr/bin/ls"}
+    assert links == pkg_image.ls_links
+
+    # dir is a hard link to ls, asked for through the /bin -> usr/bin link.
+    package = from_docker(pkg_image.ref, "/bin/dir", name="dir", store=store)
+    assert package.program == "/usr/bin/dir"
+    assert package.args == ("/bin/dir",)
+    files, links, _ = _tree(package.sysroot)
+    assert files == pkg_image.ls_files | {"/usr/bin/dir"}
+    assert links == {**pkg_image.ls_links, "/bin": "usr/bin"}
+    assert [p.name for p in list_packages()] == ["dir", "ls"]
+
+
+def test_copy_keeps_the_whole_root(pkg_image: PkgImage, store: Store) -> None:
+    package = from_docker(pkg_image.ref, "greet", name="whole", copy=True, store=store)
+    sysroot = package.sysroot
+    assert package.program == "/usr/bin/greet"
+    files, links, _ = _tree(sysroot)
+    assert pkg_image.greet_files <= files
+    assert {"/etc/os-release", "/etc/resolv.conf", "/opt/lib/README", "/usr/bin/ls"} <= files
+    assert not (sysroot / "usr/local/bin/ls").exists()  # the whiteout
+    assert not (sysroot / "opt/lib/libgreet.so").exists()  # the opaque directory
+    assert (sysroot / "usr/bin/dir").stat().st_ino == (sysroot / "usr/bin/ls").stat().st_ino
+    assert links["/lib64"] == "usr/lib64"
+    assert _store_entries(store) == ["whole"]
+
+
+def test_bad_input_leaves_nothing(pkg_image: PkgImage, store: Store) -> None:
+    with pytest.raises(PackageError, match="no program 'nosuch' on the image's PATH") as info:
+        from_docker(pkg_image.ref, "nosuch", store=store)
+    message = str(info.value)
+    assert "test/pkgroot:pkg" in message
+    assert "searched: /usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin, /sbin, /bin" in message
+
+    with pytest.raises(PackageError, match="/opt/nosuch is not an executable file"):
+        from_docker(pkg_image.ref, "/opt/nosuch", store=store)
+    with pytest.raises(PackageError, match=r"wrapper.sh is a script \(#!/bin/sh\)") as info:
+        from_docker(pkg_image.ref, "wrapper.sh", store=store)
+    assert info.value.hint is not None and "-f /bin/sh" in info.value.hint
+
+    with pytest.raises(LibraryNotFound, match="libgreet.so needed by /usr/bin/greet") as lib:
+        from_docker(pkg_image.no_libpath_ref, "greet", store=store)
+    assert str(lib.value).startswith(f"{pkg_image.host}/test/pkgroot:nolibpath: ")
+    assert lib.value.library == "libgreet.so"
+
+    with pytest.raises(ManifestNotFound, match="test/pkgroot:no-such-tag"):
+        from_docker(f"{pkg_image.host}/test/pkgroot:no-such-tag", "greet", store=store)
+    with pytest.raises(PlatformNotFound, match="linux/arm64"):
+        from_docker(pkg_image.ref, "greet", store=store, platform="linux/arm64")
+    with pytest.raises(PackageError, match="not a valid package name"):
+        from_docker(pkg_image.ref, "greet", name="../escape", store=store)
+    assert _store_entries(store) == []
+
+
+# -- names, the store, Ops packages -----------------------------------------------------------
+
+
+def test_default_names() -> None:
+    digest = "sha256:" + "ab" * 32
+    assert default_package_name("node:20") == "node_20"
+    assert default_package_name("ubuntu") == "ubuntu_latest"
+    assert default_package_name("gcr.io/distroless/python3-debian12:debug") == (
+        "python3-debian12_debug"
+    )
+    assert default_package_name(f"127.0.0.1:5000/a/b@{digest}") == "b_" + "ab" * 6
+    assert default_package_name(f"node:20@{digest}") == "node_" + "ab" * 6
+    for bad in ("", ".", "..", "a/b", "-x", "x" * 300):
+        with pytest.raises(PackageError):
+            check_package_name(bad)
+
+
+def test_ops_packages_and_stale_folders(tmp_path: Path) -> None:
+    base = packages_dir(tmp_path)
+    ops_pkg = base / "lua_5.2.4"
+    (ops_pkg / "sysroot").mkdir(parents=True)
+    # Go decodes JSON keys case-insensitively; Ops packages have a top-level executable.
+    (ops_pkg / MANIFEST_FILE).write_text(
+        '{"program": "lua_5.2.4/lua", "Args": ["lua"], "Version": "5.2.4"}'
+    )
+    (base / "broken").mkdir()
+    (base / "broken" / MANIFEST_FILE).write_text("{not json")
+    dead = base / ".package.pyops-999999999-deadbeef.tmp"  # no such process
+    (dead / "rootfs").mkdir(parents=True)
+    (dead / "rootfs" / "ro").mkdir(mode=0o555)
+    mine = atomic.temp_path(base / "package")
+    mine.mkdir()
+
+    assert [p.name for p in list_packages(tmp_path)] == ["lua_5.2.4"]
+    lua = load_package("lua_5.2.4", tmp_path)
+    assert (lua.program, lua.args, lua.version, lua.image) == (
+        "lua_5.2.4/lua",
+        ("lua",),
+        "5.2.4",
+        "",
+    )
+    with pytest.raises(PackageError, match="not valid JSON"):
+        load_package("broken", tmp_path)
+    with pytest.raises(PackageError, match="no local package 'gone'"):
+        remove_package("gone", tmp_path)
+
+    assert remove_package("broken", tmp_path) == base / "broken"
+    # The dead process's folder went with it; a live process's folder stays.
+    assert sorted(os.listdir(base)) == [mine.name, "lua_5.2.4"]
+
+
+def test_data_files_with_their_links(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/ssl/certs").mkdir(parents=True)
+    (root / "etc/ssl/certs/ca-certificates.crt").write_text(FAKE_CA)
+    os.symlink("certs/ca-certificates.crt", root / "etc/ssl/cert.pem")  # Alpine
+    (root / "var").mkdir()
+    (root / "var/ld.so.cache").write_bytes(b"glibc-ld.so.cache1.1")
+    os.symlink("/var/ld.so.cache", root / "etc/ld.so.cache")
+    (root / "etc/pki/tls/certs/ca-bundle.crt").mkdir(parents=True)  # not a file: skipped
+    os.symlink("/nowhere", root / "etc/ssl/ca-bundle.pem")  # dangling: skipped
+    assert _data_paths(root) == {
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/ssl/cert.pem",
+        "/etc/ld.so.cache",
+        "/var/ld.so.cache",
+    }
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def runner() -> Iterator[CliRunner]:
+    yield CliRunner()
+
+
+def test_cli_pkg_commands(
+    pkg_image: PkgImage,
+    store: Store,
+    runner: CliRunner,
+    registries: Registries,  # noqa: F811
+) -> None:
+    # Through the htpasswd registry, with the password on stdin.
+    ref = f"{registries.basic.host}/test/pkgroot:pkg"
+    result = runner.invoke(
+        cli,
+        ["pkg", "from-docker", ref, "-f", "greet", "--username", USER, "--password-stdin"],
+        input=PASSWORD + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "pkgroot_pkg"
+
+    result = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "ls", "-n", "myls"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "myls"
+
+    result = runner.invoke(cli, ["pkg", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "VERSION", "PROGRAM", "IMAGE"]
+    assert lines[1].split()[:3] == ["myls", "pkg", "/usr/bin/ls"]
+    assert lines[2].split()[:3] == ["pkgroot_pkg", "pkg", "/usr/bin/greet"]
+
+    result = runner.invoke(cli, ["pkg", "list", "--json"])
+    listed = json.loads(result.stdout)
+    assert [p["name"] for p in listed] == ["myls", "pkgroot_pkg"]
+    assert listed[1]["args"] == ["/usr/bin/greet", "--loud"]
+    assert listed[1]["working_dir"] == "/srv"
+
+    result = runner.invoke(cli, ["pkg", "contents", "pkgroot_pkg"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("/\n")
+    assert "lib -> usr/lib" in out and "lib64 -> usr/lib64" in out
+    assert "ld-linux-x86-64.so.2 -> /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" in out
+    assert re.search(r"libgreet\.so \(\d+ bytes\)", out)
+    assert "resolv.conf" not in out
+
+    result = runner.invoke(cli, ["pkg", "rm", "myls"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in list_packages()] == ["pkgroot_pkg"]
+
+    result = runner.invoke(cli, ["pkg", "rm", "myls"])
+    assert result.exit_code == 1
+    assert "error: there is no local package 'myls'" in result.stderr
+
+    result = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "nosuch"])
+    assert result.exit_code == 1
+    assert "searched: /usr/local/sbin" in result.stderr and "hint:" in result.stderr
+
+    result = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref])
+    assert result.exit_code == 2 and "--file" in result.stderr
+
+
+def test_package_is_a_value() -> None:
+    package = Package("n", Path("/p"), "/bin/x", ("x",), {"A": "1"})
+    assert package.sysroot == Path("/p/sysroot")
+    assert package.to_dict()["env"] == {"A": "1"}
