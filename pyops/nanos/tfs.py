@@ -71,7 +71,6 @@ END_OF_SEGMENT = 0x04
 LOG_EXTENSION_LINK = 0x05
 
 _EXTENSION_HEADER = MAGIC + bytes([VERSION]) + encode_varint(EXTENSION_SECTORS)
-_COPY_CHUNK = 8 * 1024 * 1024
 
 
 class FileEntry(dict[str, Any]):
@@ -101,11 +100,6 @@ class VolumeInfo:
     data_start: int  # first data sector
     data_end: int  # sector after the last data sector
     files: int
-
-    @property
-    def uuid_text(self) -> str:
-        """The UUID as Nanos prints it and ``mounts`` accepts it."""
-        return format_uuid(self.uuid)
 
 
 def format_uuid(raw: bytes) -> str:

@@ -77,13 +77,8 @@ def encode_header(immediate: bool, type_: int, length: int) -> bytes:
     return bytes(out)
 
 
-def encode_name(name: str) -> bytes:
-    """The bytes of a symbol: names are file-system bytes (surrogateescape UTF-8)."""
-    return os.fsencode(name)
-
-
 def decode_name(raw: bytes) -> str:
-    """Inverse of :func:`encode_name`."""
+    """The name of a symbol: names are file-system bytes (surrogateescape UTF-8)."""
     return os.fsdecode(raw)
 
 
@@ -269,17 +264,11 @@ def encode_record(value: Any, encoder: Encoder | None = None) -> bytes:
 
 
 class DecodedTuple(dict[str, Any]):
-    """A tuple read from a volume.  A plain dict, but hashable by identity for link detection."""
+    """A tuple read from a volume: a plain dict that knows how deep it was found."""
 
     __slots__ = ("level",)
     level: int
     """How deep the decoder placed it (see :class:`Decoder`)."""
-
-    def __hash__(self) -> int:  # type: ignore[override]
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (isinstance(other, dict) and dict.__eq__(self, other))
 
 
 class DecodedVector(list[Any]):

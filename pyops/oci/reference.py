@@ -155,11 +155,6 @@ class ImageRef:
         """What to put after ``/manifests/``: the digest if there is one, else the tag."""
         return self.digest or self.tag or DEFAULT_TAG
 
-    @property
-    def is_loopback(self) -> bool:
-        """Whether the registry is on this machine (plain HTTP is then used by default)."""
-        return is_loopback_host(self.registry)
-
     def with_digest(self, digest: str) -> ImageRef:
         """The same repository pinned to ``digest`` (no tag)."""
         return ImageRef(self.registry, self.repository, None, check_digest(digest))

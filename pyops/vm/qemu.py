@@ -26,7 +26,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyops import arch
@@ -139,9 +139,7 @@ class VmConfig:
     cpus: int | None = None
     accel: Accel = Accel.AUTO
     ports: tuple[PortForward, ...] = ()
-    extra_disks: tuple[str, ...] = ()
     qemu: str | None = None  # the qemu binary; default: qemu-system-x86_64 on PATH
-    extra_args: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         memory_bytes(self.memory)
@@ -221,8 +219,6 @@ def qemu_command(disk: str | os.PathLike[str], config: VmConfig, host: Host) -> 
     if config.cpus:
         argv += ["-smp", str(config.cpus)]
     argv += ["-device", "virtio-rng-pci"]
-    for i, _extra in enumerate(config.extra_disks, start=1):
-        argv += ["-device", f"scsi-hd,bus=scsi0.0,drive=hd{i}"]
     if accel == Accel.KVM:
         argv += ["-accel", "kvm", "-cpu", "host"]
     elif accel == Accel.HVF:
@@ -231,8 +227,6 @@ def qemu_command(disk: str | os.PathLike[str], config: VmConfig, host: Host) -> 
     else:
         argv += ["-accel", "tcg", "-cpu", "max"]
     argv += ["-drive", f"file={_drive_path(disk)},format=raw,if=none,id=hd0"]
-    for i, extra in enumerate(config.extra_disks, start=1):
-        argv += ["-drive", f"file={_drive_path(extra)},format=raw,if=none,id=hd{i}"]
     netdev = "user,id=n0"
     for fwd in config.ports:
         netdev += f",hostfwd={fwd.protocol}::{fwd.host}-:{fwd.guest}"
@@ -244,7 +238,6 @@ def qemu_command(disk: str | os.PathLike[str], config: VmConfig, host: Host) -> 
         "-monitor", "none",
         "-no-reboot",
     ]  # fmt: skip
-    argv += list(config.extra_args)
     return argv
 
 
