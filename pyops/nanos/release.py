@@ -303,7 +303,7 @@ def _normalise(folder: Path) -> None:
 
 def _validate(folder: Path, source: Path) -> None:
     """Refuse a release whose kernel, boot.img or klibs are not what Nanos needs."""
-    from pyops.nanos.disk import check_kernel, load_boot_image
+    from pyops.nanos.boot import check_kernel, load_boot_image
 
     prefix = f"{folder}{os.sep}"
     try:
