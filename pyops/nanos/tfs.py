@@ -631,107 +631,10 @@ def read_volume(f: BinaryIO, offset: int = 0, length: int | None = None) -> Volu
         length = f.tell() - offset
     if length < SECTOR:
         raise ImageFormatError("the volume is smaller than one sector")
-
-    def read_sectors(sector: int, count: int) -> bytes:
-        start = sector * SECTOR
-        if count <= 0 or start + count * SECTOR > length:
-            raise ImageFormatError(
-                f"a log extension at sector {sector} ({count} sectors) lies outside the "
-                f"volume of {length // SECTOR} sectors"
-            )
-        f.seek(offset + start)
-        data = f.read(count * SECTOR)
-        if len(data) != count * SECTOR:
-            raise ImageFormatError(f"cannot read the log extension at sector {sector}")
-        return data
-
-    first = read_sectors(0, 1)
-    if first[:6] != MAGIC:
-        raise ImageFormatError("not a TFS volume (no NVMTFS magic)")
-    parser = _LogParser(first, 6)
-    version = parser.varint()
-    if version != VERSION:
-        raise ImageFormatError(
-            f"TFS version {version} is not supported (pyops reads version {VERSION})"
-        )
-    parser.varint()  # size of the initial extension; readers ignore it
-    uuid = parser.take(16)
-    label_end = first.find(b"\0", parser.pos, parser.pos + LABEL_MAX + 1)
-    if label_end < 0:
-        raise ImageFormatError("the volume label has no terminating NUL within 32 bytes")
-    try:
-        label = first[parser.pos : label_end].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ImageFormatError("the volume label is not UTF-8") from exc
-    parser.pos = label_end + 1
-
-    decoder = Decoder()
-    pending: bytearray | None = None
-    pending_total = 0
-    records = 0
-    extensions: list[tuple[int, int]] = []
-    visited: set[int] = {0}
-    while True:
-        frame = parser.byte()
-        if frame == END_OF_LOG:
-            break
-        if frame == END_OF_SEGMENT:
-            continue
-        if frame == LOG_EXTENSION_LINK:
-            sector = parser.varint()
-            count = parser.varint()
-            if count == 0:
-                raise ImageFormatError("a log extension link has zero length")
-            if sector in visited:
-                raise ImageFormatError(f"the log links back to sector {sector}")
-            visited.add(sector)
-            if len(visited) > length // SECTOR:
-                raise ImageFormatError("the log has more extensions than the volume has room for")
-            data = read_sectors(sector, count)
-            extensions.append((sector, count))
-            if data[:6] != MAGIC:
-                raise ImageFormatError(f"the log extension at sector {sector} has no magic")
-            parser = _LogParser(data, 6)
-            if parser.varint() != VERSION:
-                raise ImageFormatError(f"the log extension at sector {sector} is not version 5")
-            parser.varint()  # its size; the link's count is what readers use
-            continue
-        if frame == TUPLE_AVAILABLE:
-            if pending is not None:
-                raise ImageFormatError("a new record starts before the previous one ended")
-            total = parser.varint()
-            seg = parser.varint()
-            if seg > total or seg > len(parser.data) - parser.pos:
-                raise ImageFormatError("a log record is longer than its extension")
-            if seg == total:
-                end = parser.pos + seg
-                decoder.decode(parser.data, parser.pos, end)
-                if decoder.position != end:
-                    raise ImageFormatError("a log record's length does not match its contents")
-                parser.pos = end
-                records += 1
-            else:
-                pending = bytearray(parser.take(seg))
-                pending_total = total
-            continue
-        if frame == TUPLE_EXTENDED:
-            if pending is None:
-                raise ImageFormatError("a record continuation has no record to continue")
-            seg = parser.varint()
-            if seg > pending_total - len(pending):
-                raise ImageFormatError("a record continuation is longer than its record")
-            pending += parser.take(seg)
-            if len(pending) == pending_total:
-                decoder.decode(pending)
-                if decoder.position != pending_total:
-                    raise ImageFormatError("a log record's length does not match its contents")
-                pending = None
-                records += 1
-            continue
-        raise ImageFormatError(f"unknown log frame type 0x{frame:02x}")
-
-    if pending is not None:
-        raise ImageFormatError("the log ends in the middle of a record")
+    log = _LogReader(f, offset, length)
+    uuid, label = log.header()
+    log.read_frames()
+    decoder = log.decoder
     if len(decoder.dictionary) < 2 or not isinstance(decoder.dictionary[1], DecodedTuple):
         raise ImageFormatError("the volume's log has no root tuple")
     root = decoder.dictionary[1]
@@ -740,8 +643,130 @@ def read_volume(f: BinaryIO, offset: int = 0, length: int | None = None) -> Volu
     if decoder.shared:
         check_structure(root, "the volume's metadata")
     data_start, data_end, nfiles = _data_range(root)
-    info = VolumeInfo(uuid, label, length, tuple(extensions), data_start, data_end, nfiles)
-    return Volume(info, version, root, offset, records)
+    info = VolumeInfo(uuid, label, length, tuple(log.extensions), data_start, data_end, nfiles)
+    return Volume(info, VERSION, root, offset, log.records)
+
+
+class _LogReader:
+    """Walks a volume's log: its header, then frame after frame across its extensions."""
+
+    def __init__(self, f: BinaryIO, offset: int, length: int) -> None:
+        self.f, self.offset, self.length = f, offset, length
+        self.decoder = Decoder()
+        self.parser = _LogParser(b"", 0)
+        self.pending: bytearray | None = None  # a record split across extensions
+        self.pending_total = 0
+        self.records = 0
+        self.extensions: list[tuple[int, int]] = []
+        self.visited: set[int] = {0}
+
+    def sectors(self, sector: int, count: int) -> bytes:
+        start = sector * SECTOR
+        if count <= 0 or start + count * SECTOR > self.length:
+            raise ImageFormatError(
+                f"a log extension at sector {sector} ({count} sectors) lies outside the "
+                f"volume of {self.length // SECTOR} sectors"
+            )
+        self.f.seek(self.offset + start)
+        data = self.f.read(count * SECTOR)
+        if len(data) != count * SECTOR:
+            raise ImageFormatError(f"cannot read the log extension at sector {sector}")
+        return data
+
+    def header(self) -> tuple[bytes, str]:
+        """Check the first sector's magic and version; the volume's UUID and label."""
+        first = self.sectors(0, 1)
+        if first[:6] != MAGIC:
+            raise ImageFormatError("not a TFS volume (no NVMTFS magic)")
+        parser = self.parser = _LogParser(first, 6)
+        version = parser.varint()
+        if version != VERSION:
+            raise ImageFormatError(
+                f"TFS version {version} is not supported (pyops reads version {VERSION})"
+            )
+        parser.varint()  # size of the initial extension; readers ignore it
+        uuid = parser.take(16)
+        label_end = first.find(b"\0", parser.pos, parser.pos + LABEL_MAX + 1)
+        if label_end < 0:
+            raise ImageFormatError("the volume label has no terminating NUL within 32 bytes")
+        try:
+            label = first[parser.pos : label_end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImageFormatError("the volume label is not UTF-8") from exc
+        parser.pos = label_end + 1
+        return uuid, label
+
+    def read_frames(self) -> None:
+        while True:
+            frame = self.parser.byte()
+            if frame == END_OF_LOG:
+                break
+            if frame == END_OF_SEGMENT:
+                continue
+            if frame == LOG_EXTENSION_LINK:
+                self.follow_link()
+            elif frame == TUPLE_AVAILABLE:
+                self.record()
+            elif frame == TUPLE_EXTENDED:
+                self.continuation()
+            else:
+                raise ImageFormatError(f"unknown log frame type 0x{frame:02x}")
+        if self.pending is not None:
+            raise ImageFormatError("the log ends in the middle of a record")
+
+    def follow_link(self) -> None:
+        parser = self.parser
+        sector = parser.varint()
+        count = parser.varint()
+        if count == 0:
+            raise ImageFormatError("a log extension link has zero length")
+        if sector in self.visited:
+            raise ImageFormatError(f"the log links back to sector {sector}")
+        self.visited.add(sector)
+        if len(self.visited) > self.length // SECTOR:
+            raise ImageFormatError("the log has more extensions than the volume has room for")
+        data = self.sectors(sector, count)
+        self.extensions.append((sector, count))
+        if data[:6] != MAGIC:
+            raise ImageFormatError(f"the log extension at sector {sector} has no magic")
+        parser = self.parser = _LogParser(data, 6)
+        if parser.varint() != VERSION:
+            raise ImageFormatError(f"the log extension at sector {sector} is not version 5")
+        parser.varint()  # its size; the link's count is what readers use
+
+    def record(self) -> None:
+        parser = self.parser
+        if self.pending is not None:
+            raise ImageFormatError("a new record starts before the previous one ended")
+        total = parser.varint()
+        seg = parser.varint()
+        if seg > total or seg > len(parser.data) - parser.pos:
+            raise ImageFormatError("a log record is longer than its extension")
+        if seg == total:
+            end = parser.pos + seg
+            self.decoder.decode(parser.data, parser.pos, end)
+            if self.decoder.position != end:
+                raise ImageFormatError("a log record's length does not match its contents")
+            parser.pos = end
+            self.records += 1
+        else:
+            self.pending = bytearray(parser.take(seg))
+            self.pending_total = total
+
+    def continuation(self) -> None:
+        pending = self.pending
+        if pending is None:
+            raise ImageFormatError("a record continuation has no record to continue")
+        seg = self.parser.varint()
+        if seg > self.pending_total - len(pending):
+            raise ImageFormatError("a record continuation is longer than its record")
+        pending += self.parser.take(seg)
+        if len(pending) == self.pending_total:
+            self.decoder.decode(pending)
+            if self.decoder.position != self.pending_total:
+                raise ImageFormatError("a log record's length does not match its contents")
+            self.pending = None
+            self.records += 1
 
 
 class _LogParser:
