@@ -188,44 +188,15 @@ class RegistryClient:
                 f"registry {self.host} sent a bearer challenge without a usable realm."
             )
         scopes = sorted({scope, *challenge.params.get("scope", "").split()} - {""})
-        query: dict[str, str | list[str]] = {"scope": scopes}
-        if "service" in challenge.params:
-            query["service"] = challenge.params["service"]
-        headers: dict[str, str] = {}
         creds = self.credentials
         has_secret = creds is not None and (creds.basic is not None or bool(creds.identity_token))
         if has_secret:
-            realm_host = urlsplit(realm).netloc
-            if urlsplit(realm).scheme != "https" and not (
-                is_loopback_host(realm_host) or self.insecure
-            ):
-                raise AuthError(
-                    f"registry {self.host} wants credentials sent to {realm} over plain HTTP; "
-                    "refused.",
-                    hint="Use --insecure only if you trust that network.",
-                )
+            self._check_realm_transport(realm)
         status, body = 404, b""
         if creds is not None and creds.identity_token:
-            # OAuth2 refresh-token grant (distribution docs/spec/auth/oauth.md); a 404 means
-            # the token server only speaks the GET flow.
-            form = {
-                "grant_type": "refresh_token",
-                "refresh_token": creds.identity_token,
-                "service": challenge.params.get("service", ""),
-                "scope": " ".join(scopes),
-                "client_id": "pyops",
-            }
-            with self.http.request("POST", realm, data=form) as response:
-                status = response.status
-                body = _read_token_answer(response, image)
-        if status == 404:
-            if creds is not None and creds.basic is not None:
-                query["account"] = creds.username
-                raw = f"{creds.username}:{creds.password}".encode()
-                headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-            with self.http.request("GET", realm, headers=headers, params=query) as response:
-                status = response.status
-                body = _read_token_answer(response, image)
+            status, body = self._refresh_token_grant(realm, challenge, scopes, creds, image)
+        if status == 404:  # no identity token, or a token server without the OAuth2 flow
+            status, body = self._get_token(realm, challenge, scopes, creds, image)
         with self._lock:
             self.token_requests += 1
         if status in (400, 401, 403):
@@ -252,6 +223,58 @@ class RegistryClient:
         with self._lock:
             self._tokens[key] = _Token(value, time.monotonic() + lifetime - margin)
         return value
+
+    def _check_realm_transport(self, realm: str) -> None:
+        """Credentials never travel to a token server over plain HTTP off this machine."""
+        realm_host = urlsplit(realm).netloc
+        if urlsplit(realm).scheme != "https" and not (
+            is_loopback_host(realm_host) or self.insecure
+        ):
+            raise AuthError(
+                f"registry {self.host} wants credentials sent to {realm} over plain HTTP; refused.",
+                hint="Use --insecure only if you trust that network.",
+            )
+
+    def _refresh_token_grant(
+        self,
+        realm: str,
+        challenge: Challenge,
+        scopes: list[str],
+        creds: Credentials,
+        image: str,
+    ) -> tuple[int, bytes]:
+        """The OAuth2 refresh-token grant (distribution docs/spec/auth/oauth.md); a 404 means
+        the token server only speaks the GET flow."""
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": creds.identity_token or "",
+            "service": challenge.params.get("service", ""),
+            "scope": " ".join(scopes),
+            "client_id": "pyops",
+        }
+        with self.http.request("POST", realm, data=form) as response:
+            return response.status, _read_token_answer(response, image)
+
+    def _get_token(
+        self,
+        realm: str,
+        challenge: Challenge,
+        scopes: list[str],
+        creds: Credentials | None,
+        image: str,
+    ) -> tuple[int, bytes]:
+        """The GET flow (distribution docs/spec/auth/token.md), with Basic credentials when
+        there are some, anonymous otherwise."""
+        query: dict[str, str | list[str]] = {"scope": scopes}
+        if "service" in challenge.params:
+            query["service"] = challenge.params["service"]
+        headers: dict[str, str] = {}
+        if creds is not None and creds.basic is not None:
+            query["account"] = creds.username
+            raw = f"{creds.username}:{creds.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        with self.http.request("GET", realm, headers=headers, params=query) as response:
+            return response.status, _read_token_answer(response, image)
 
     def _request(
         self,
