@@ -220,7 +220,7 @@ def _version(image: ImageRef) -> str:
 
 
 def from_docker(
-    ref: ImageRef | str,
+    ref: PulledImage | ImageRef | str,
     program: str,
     *,
     name: str | None = None,
@@ -234,6 +234,9 @@ def from_docker(
 ) -> Package:
     """Make the local package ``name`` from image ``ref``, running ``program``.
 
+    ``ref`` is an image reference, pulled first (with ``platform``, ``credentials``,
+    ``insecure`` and ``http``), or an image :func:`pyops.pull` already pulled into ``store``.
+
     ``program`` is a name looked up on the image's ``PATH`` (from its config's ``Env``, else
     Docker's default) or a path inside the image (relative paths start at the image's
     ``WorkingDir``); symlinks are followed inside the image. The package goes to
@@ -246,20 +249,28 @@ def from_docker(
     in the image or is a script, :class:`LibraryNotFound` when a library is missing. Nothing
     is left in the package store when it fails.
     """
-    image = ImageRef.parse(ref) if isinstance(ref, str) else ref
-    wanted = Platform.parse(platform) if isinstance(platform, str) else platform
     store = store or Store.default()
+    pulled: PulledImage | None = None
+    if isinstance(ref, PulledImage):
+        pulled, image = ref, ref.ref  # already pulled: the pull options do not apply
+    elif isinstance(ref, str):
+        image = ImageRef.parse(ref)
+    else:
+        image = ref
+    # The name is checked before anything is downloaded.
     package_name = check_package_name(name or default_package_name(image))
-    with step(progress, f"pull {image}"):
-        pulled = pull(
-            image,
-            store=store,
-            platform=wanted,
-            credentials=credentials,
-            insecure=insecure,
-            progress=progress,
-            http=http,
-        )
+    if pulled is None:
+        wanted = Platform.parse(platform) if isinstance(platform, str) else platform
+        with step(progress, f"pull {image}"):
+            pulled = pull(
+                image,
+                store=store,
+                platform=wanted,
+                credentials=credentials,
+                insecure=insecure,
+                progress=progress,
+                http=http,
+            )
     label = str(image)
     target = packages_dir(store.root)
     target.mkdir(parents=True, exist_ok=True)

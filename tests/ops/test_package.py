@@ -24,6 +24,7 @@ from pyops import atomic
 from pyops.cli import cli
 from pyops.errors import LibraryNotFound, ManifestNotFound, PackageError, PlatformNotFound
 from pyops.oci.net import HttpClient, HttpResponse
+from pyops.oci.pull import pull
 from pyops.oci.store import Store
 from pyops.ops.package import (
     MANIFEST_FILE,
@@ -383,6 +384,17 @@ def test_copy_keeps_the_whole_root(pkg_image: PkgImage, store: Store) -> None:
     assert (sysroot / "usr/bin/dir").stat().st_ino == (sysroot / "usr/bin/ls").stat().st_ino
     assert links["/lib64"] == "usr/lib64"
     assert _store_entries(store) == ["whole"]
+
+
+def test_a_pulled_image_is_a_source(pkg_image: PkgImage, store: Store) -> None:
+    """Pull once, package twice: from_docker takes what pull returned, as is."""
+    pulled = pull(pkg_image.ref, store=store)
+    requests = len(list((store.root / "blobs").rglob("*")))
+    one = from_docker(pulled, "greet", name="one", store=store)
+    two = from_docker(pulled, "ls", name="two", store=store)
+    assert (one.program, two.program) == ("/usr/bin/greet", "/usr/bin/ls")
+    assert one.image == two.image == str(pulled.ref)
+    assert len(list((store.root / "blobs").rglob("*"))) == requests  # nothing fetched again
 
 
 def test_bad_input_leaves_nothing(pkg_image: PkgImage, store: Store) -> None:
