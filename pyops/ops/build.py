@@ -143,17 +143,15 @@ def check_image_name(name: str) -> str:
     return name
 
 
-def program_path(program: str, target_root: str | None) -> tuple[str, str]:
-    """The program's path inside the image and on the host.
+def program_path(program: str, target_root: str | None) -> str:
+    """The program's path inside the image.
 
     Without a target root the image uses the program's absolute host path (Ops does too);
     with one, the program is a path inside that root.
     """
     if target_root:
-        inside = "/" + program.lstrip("/")
-        return inside, os.path.join(target_root, inside.lstrip("/"))
-    host = os.path.abspath(program)
-    return host, host
+        return "/" + program.lstrip("/")
+    return os.path.abspath(program)
 
 
 def closure_tree(resolution: Resolution, tree: Tree | None = None, *, data: bool = True) -> Tree:
@@ -311,13 +309,10 @@ def build_image(
     from pyops.elf.ldd import resolve
 
     name = config.name or image_name(config.program)
-    program_in_image, program_host = program_path(config.program, config.target_root)
+    program_in_image = program_path(config.program, config.target_root)
     with step(progress, "resolve the program's libraries"):
         resolution = resolve(
-            program_host if not config.target_root else program_in_image,
-            config.target_root,
-            env=config.env,
-            include_runtime_extras=True,
+            program_in_image, config.target_root, env=config.env, include_runtime_extras=True
         )
     # In a target root its /etc files are the image's own; on the host they are the host's.
     tree = closure_tree(resolution, data=config.target_root is not None)
