@@ -457,7 +457,13 @@ class HttpClient:
                     hint="Check the registry's certificate; --insecure uses plain HTTP instead.",
                 ) from exc
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-                raise _Transient(NetworkError(f"cannot reach {redact(url)}: {exc}")) from exc
+                error = NetworkError(f"cannot reach {redact(url)}: {exc}")
+                if _unresolvable(exc):
+                    # A name that does not resolve (offline, a typo) does not come back in
+                    # seconds: say so at once instead of retrying.
+                    error.hint = "check the host name, and that this machine is online"
+                    raise error from exc
+                raise _Transient(error) from exc
             location = response.headers.get("Location")
             if response.status_code not in _REDIRECTS or not location:
                 return HttpResponse(response, started=started, read_timeout=timeout[1])
@@ -485,6 +491,24 @@ class HttpClient:
                 method, data = "GET", None
             url, current_params = target, None
         raise NetworkError(f"too many redirects from {redact(url)}.")
+
+
+def _unresolvable(exc: BaseException) -> bool:
+    """Whether a connection failed because the host name did not resolve."""
+    current: BaseException | None = exc
+    for _ in range(10):  # requests wraps urllib3's error, which wraps the socket's
+        if current is None:
+            return False
+        if isinstance(current, urllib3.exceptions.NameResolutionError | socket.gaierror):
+            return True
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            current = reason
+        elif current.args and isinstance(current.args[0], BaseException):
+            current = current.args[0]
+        else:
+            current = current.__cause__ or current.__context__
+    return False
 
 
 class _Transient(Exception):

@@ -290,3 +290,22 @@ def test_challenge_parser_takes_hostile_headers() -> None:
     assert Challenge.parse('Bearer realm="a\\"b",x=').params == {"realm": 'a"b', "x": ""}
     assert Challenge.parse("Bearer " + "a=" * 10_000).scheme == "bearer"
     assert Challenge.parse("").scheme == ""
+
+
+def test_a_name_that_does_not_resolve_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from pyops.errors import NetworkError
+    from pyops.oci.net import HttpClient
+
+    calls: list[str] = []
+
+    def no_such_name(host: object, *args: object, **kwargs: object) -> object:
+        calls.append(str(host))
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    with pytest.raises(NetworkError, match="cannot reach") as caught:
+        HttpClient().request("GET", "https://registry.example.invalid/v2/")
+    assert caught.value.hint is not None and "host name" in caught.value.hint
+    assert calls == ["registry.example.invalid"]  # asked once, not five times
