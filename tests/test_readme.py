@@ -8,6 +8,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -20,6 +22,7 @@ def offline_example() -> str:
     return match.group(1).strip()
 
 
+@pytest.mark.boot
 def test_readme_example_runs_for_a_new_user(tmp_path: Path, nanos_release: Path) -> None:
     """Everything after ``pip install`` (which CI itself runs first) from the README line,
     with HOME pointing at an empty folder and the release as a tarball copied over."""
