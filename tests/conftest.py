@@ -232,6 +232,17 @@ _NANOS_NODEIDS: set[str] = set()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Only boot tests may need a real Nanos release; the others use the synthetic one.
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "nanos_release" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("boot") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that need a real Nanos release must be marked boot: " + ", ".join(unmarked)
+        )
     _NANOS_NODEIDS.update(item.nodeid for item in items if _needs_nanos(item))
 
 
