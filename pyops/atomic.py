@@ -45,7 +45,9 @@ def is_temp(name: str) -> bool:
     return _TEMP_NAME.fullmatch(name) is not None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process ``pid`` (this one included) is running, as far as this user can
+    tell (a process of another user counts as running)."""
     if pid == os.getpid():
         return True
     try:
@@ -54,7 +56,7 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # a process of another user
-    except OverflowError:
+    except (OverflowError, ValueError):
         return False
     return True
 
@@ -115,7 +117,7 @@ def sweep(folder: str | os.PathLike[str]) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_NAME.fullmatch(entry.name)
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             remove(entry.path)

@@ -279,6 +279,7 @@ class RangedStream:
         return self._offset
 
     def chunks(self) -> Iterator[bytes]:
+        """The raw bytes from :attr:`offset` on, in chunks of 64 KiB."""
         return self._response.iter_raw(1 << 16, expected=self._expected, cancel=self._cancel)
 
     def close(self) -> None:

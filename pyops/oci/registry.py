@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -28,10 +28,10 @@ from pyops.errors import (
     RegistryError,
 )
 from pyops.oci.auth import Credentials
-from pyops.oci.net import HttpClient, HttpResponse, origin, redact, retry_after
+from pyops.oci.net import HttpClient, HttpResponse, RangedStream, origin, redact, retry_after
 from pyops.oci.reference import is_loopback_host
 from pyops.oci.schema import MANIFEST_ACCEPT
-from pyops.oci.store import DOWNLOAD_CHUNK, Cancel
+from pyops.oci.store import Cancel
 
 log = logging.getLogger(__name__)
 
@@ -87,38 +87,8 @@ class _Token:
     expires_at: float  # time.monotonic() value
 
 
-class RegistryBlobStream:
-    """A blob download; implements :class:`pyops.oci.store.BlobStream`.
-
-    ``expected`` (the bytes still to come, when the descriptor says) sets the download's
-    deadline; ``cancel`` wakes and stops it.
-    """
-
-    def __init__(
-        self,
-        response: HttpResponse,
-        offset: int,
-        *,
-        expected: int | None = None,
-        cancel: Cancel | None = None,
-    ) -> None:
-        self._response = response
-        self._offset = offset
-        self._expected = expected
-        self._cancel = cancel
-
-    @property
-    def offset(self) -> int:
-        """Offset of the first byte the server sends."""
-        return self._offset
-
-    def chunks(self) -> Iterator[bytes]:
-        """The raw bytes of the blob from :attr:`offset` on, in chunks of ``DOWNLOAD_CHUNK``."""
-        return self._response.iter_raw(DOWNLOAD_CHUNK, expected=self._expected, cancel=self._cancel)
-
-    def close(self) -> None:
-        """Release the connection."""
-        self._response.close()
+# A blob download is a ranged download of the blob's URL (pyops.oci.store.BlobStream).
+RegistryBlobStream = RangedStream
 
 
 class RegistryClient:
@@ -479,12 +449,12 @@ class RegistryClient:
             cancel=cancel,
         )
         if response.status == 200:
-            return RegistryBlobStream(response, 0, expected=size, cancel=cancel)
+            return RangedStream(response, 0, size, cancel)
         if response.status == 206 and offset:
             start = _content_range_start(response.headers.get("Content-Range", ""))
             if start == offset:
                 rest = None if size is None else max(0, size - offset)
-                return RegistryBlobStream(response, offset, expected=rest, cancel=cancel)
+                return RangedStream(response, offset, rest, cancel)
             response.close()
             raise RegistryError(
                 f"{label}: the registry answered a range request for {digest} with the wrong range."

@@ -130,22 +130,10 @@ def _sweep_legacy(folder: Path) -> None:
         return
     for entry in entries:
         match = _LEGACY_NEW.fullmatch(entry.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or atomic.pid_alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0
-    return True
 
 
 class BlobStream(Protocol):
