@@ -284,13 +284,22 @@ def _identify(reader: _Reader, name: str) -> tuple[bool, int]:
     return head[5] == 1, 32 if head[4] == 1 else 64
 
 
-def _parse(reader: _Reader, name: str) -> ElfInfo:
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The ELF header and the segments a loader looks at."""
+
+    little_endian: bool
+    elf_class: int
+    header: Any
+    loads: list[tuple[int, int, int]]  # (p_vaddr, p_filesz, p_offset) of each PT_LOAD
+    interp: tuple[int, int] | None  # (offset, size) of PT_INTERP
+    dynamic: tuple[int, int] | None  # (offset, size) of PT_DYNAMIC
+
+
+def _layout(reader: _Reader, name: str) -> _Layout:
     little_endian, elf_class = _identify(reader, name)
     basic = _basic_structs(little_endian, elf_class)
     header = basic.Elf_Ehdr.parse(reader.read(0, basic.Elf_Ehdr.sizeof(), "the ELF header"))
-    e_type = header["e_type"]
-    machine = _name(header["e_machine"])
-    osabi = header["e_ident"]["EI_OSABI"]
     loads: list[tuple[int, int, int]] = []
     interp: tuple[int, int] | None = None
     dynamic: tuple[int, int] | None = None
@@ -303,6 +312,16 @@ def _parse(reader: _Reader, name: str) -> ElfInfo:
             interp = (p_offset, p_filesz)
         elif p_type == _PT_DYNAMIC:
             dynamic = (p_offset, p_filesz)
+    return _Layout(little_endian, elf_class, header, loads, interp, dynamic)
+
+
+def _parse(reader: _Reader, name: str) -> ElfInfo:
+    layout = _layout(reader, name)
+    little_endian, elf_class, header = layout.little_endian, layout.elf_class, layout.header
+    loads, interp, dynamic = layout.loads, layout.interp, layout.dynamic
+    e_type = header["e_type"]
+    machine = _name(header["e_machine"])
+    osabi = header["e_ident"]["EI_OSABI"]
 
     interpreter = None
     if interp is not None:
@@ -429,18 +448,9 @@ def read_version_definitions(
 
 
 def _version_definitions(reader: _Reader, name: str) -> tuple[str, ...]:
-    little_endian, elf_class = _identify(reader, name)
-    basic = _basic_structs(little_endian, elf_class)
-    header = basic.Elf_Ehdr.parse(reader.read(0, basic.Elf_Ehdr.sizeof(), "the ELF header"))
-    loads: list[tuple[int, int, int]] = []
-    dynamic = None
-    for p_type, p_offset, p_vaddr, p_filesz in _program_headers(
-        reader, header, little_endian, elf_class
-    ):
-        if p_type == _PT_LOAD:
-            loads.append((p_vaddr, p_filesz, p_offset))
-        elif p_type == _PT_DYNAMIC:
-            dynamic = (p_offset, p_filesz)
+    layout = _layout(reader, name)
+    little_endian, elf_class = layout.little_endian, layout.elf_class
+    loads, dynamic = layout.loads, layout.dynamic
     if dynamic is None:
         return ()
     tags = _dynamic_tags(reader, little_endian, elf_class, dynamic)
