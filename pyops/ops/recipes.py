@@ -21,7 +21,7 @@ from pyops.progress import NULL_PROGRESS, Progress, step
 
 if TYPE_CHECKING:
     from pyops.nanos.release import NanosRelease
-    from pyops.vm.qemu import VmConfig
+    from pyops.vm.qemu import Host, VmConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +76,10 @@ def choose_release(
     return release
 
 
-def vm_config(ops: OpsConfig, flags: RunFlags) -> VmConfig:
+def vm_config(ops: OpsConfig, flags: RunFlags, host: Host | None = None) -> VmConfig:
     """qemu settings: the flags, then config.json's RunConfig, then the defaults. An
-    accelerator this host cannot use is refused here, before anything is built."""
+    accelerator ``host`` (default: this machine) cannot use is refused here, before
+    anything is built."""
     from pyops.vm.qemu import Accel, Host, PortForward, VmConfig, choose_accel
 
     settings = ops.run
@@ -92,7 +93,7 @@ def vm_config(ops: OpsConfig, flags: RunFlags) -> VmConfig:
         ports=tuple(PortForward.parse(p) for p in (flags.ports or settings.ports))
         + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
     )
-    choose_accel(config.accel, Host.detect())
+    choose_accel(config.accel, host or Host.detect())
     return config
 
 
@@ -136,9 +137,10 @@ def run_program(
 ) -> int:
     """``pyops run``: build (or reuse) the image of a host program and boot a fresh copy of
     it in the foreground; returns the guest program's exit code."""
-    vm = vm_config(ops, run)
+    host = _host()
+    vm = vm_config(ops, run, host)
     built = build_program(ops, flags, progress=progress)
-    return boot(built.path, vm, ops, run, progress=progress, show_command=show_command)
+    return boot(built.path, vm, host, _verbose(ops, run), progress, show_command)
 
 
 def run_package(
@@ -153,10 +155,10 @@ def run_package(
 ) -> int:
     """``pyops pkg load``: build (or reuse) the image of local package ``package_name`` and
     boot a fresh copy of it; returns the guest program's exit code."""
+    host = _host()
+    vm = vm_config(ops, run, host)
     built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
-    return boot(
-        built.path, vm_config(ops, run), ops, run, progress=progress, show_command=show_command
-    )
+    return boot(built.path, vm, host, _verbose(ops, run), progress, show_command)
 
 
 def build_package(
@@ -183,24 +185,32 @@ def build_package(
     )
 
 
+def _host() -> Host:
+    from pyops.vm.qemu import Host
+
+    return Host.detect()
+
+
+def _verbose(ops: OpsConfig, run: RunFlags) -> bool:
+    return bool(run.verbose if run.verbose is not None else ops.run.verbose)
+
+
 def boot(
     image: Path,
     vm: VmConfig,
-    ops: OpsConfig,
-    run: RunFlags,
-    *,
+    host: Host,
+    verbose: bool = False,
     progress: Progress = NULL_PROGRESS,
     show_command: CommandHook | None = None,
 ) -> int:
     """Boot a fresh copy of ``image`` (the built image itself stays as built) in the
-    foreground, and return the guest program's exit code."""
+    foreground on ``host``, and return the guest program's exit code; with ``verbose``,
+    ``show_command`` is given the qemu command line first."""
     from pyops.ops.images import fresh_run_copy
-    from pyops.vm.qemu import Host, qemu_command, run_vm
+    from pyops.vm.qemu import qemu_command, run_vm
 
-    host = Host.detect()
     with step(progress, "copy the image for this run"):
         disk = fresh_run_copy(image)
-    verbose = run.verbose if run.verbose is not None else ops.run.verbose
     if verbose and show_command is not None:
         show_command(qemu_command(disk, vm, host))
     with step(progress, "boot"):
