@@ -292,7 +292,7 @@ def from_docker(
                 # The path the program was found at stays valid too (it is argv[0]).
                 paths = _closure_paths(resolution) | set(found.chain) | _data_paths(root)
                 _copy_paths(root, sysroot, sorted(paths))
-                _remove_tree(root)
+                atomic.remove(root)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         final = _install(staging, target / package_name)
     log.info("%s: package %s at %s", label, package_name, final)
@@ -545,10 +545,6 @@ def _install(staging: Path, final: Path) -> Path:
         raise
     atomic.remove(old)
     return final
-
-
-def _remove_tree(path: Path) -> None:
-    atomic.remove(path)
 
 
 def _sweep_stale(target: Path) -> None:
