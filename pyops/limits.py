@@ -94,6 +94,9 @@ PATH_ELEMENTS = Limit(
 # Disk images.
 TUPLE_DEPTH = Limit("TUPLE_DEPTH", 1100, "levels of nesting in an image's metadata")
 FILE_BYTES = Limit("FILE_BYTES", 1 << 44, "bytes in one file of an image")
+PACKAGE_DB_BYTES = Limit(
+    "PACKAGE_DB_BYTES", 256 * MiB, "bytes in one file of an image's dpkg or apk database"
+)
 
 ALL: tuple[Limit, ...] = (
     UNPACKED_BYTES,
@@ -113,6 +116,7 @@ ALL: tuple[Limit, ...] = (
     PATH_ELEMENTS,
     TUPLE_DEPTH,
     FILE_BYTES,
+    PACKAGE_DB_BYTES,
 )
 
 

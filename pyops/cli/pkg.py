@@ -20,7 +20,13 @@ def pkg() -> None:
 @click.argument("image")
 @click.option("-f", "--file", "program", required=True, help="Program name on PATH, or its path.")
 @click.option("-n", "--name", help="Package name (default: <repository>_<tag>).")
-@click.option("--copy", is_flag=True, help="Keep the whole root filesystem, not the closure.")
+@click.option("--copy", is_flag=True, help="Keep the whole root filesystem.")
+@click.option(
+    "--closure-only",
+    is_flag=True,
+    help="Keep only the program's ELF closure and data files (no working directory, "
+    "interpreter runtime or system package files).",
+)
 @click.option("--platform", default="linux/amd64", show_default=True, help="os/arch[/variant].")
 @click.option("--insecure", is_flag=True, help="Use plain HTTP for a non-loopback registry.")
 @click.option("--username", help="Registry user name (the password is read from stdin).")
@@ -31,6 +37,7 @@ def pkg_from_docker(
     program: str,
     name: str | None,
     copy: bool,
+    closure_only: bool,
     platform: str,
     insecure: bool,
     username: str | None,
@@ -43,12 +50,15 @@ def pkg_from_docker(
     """
     from pyops.ops.package import from_docker
 
+    if copy and closure_only:
+        raise click.UsageError("--copy and --closure-only do not go together.")
     credentials = _credentials(username, password_stdin)
     made = from_docker(
         image,
         program,
         name=name,
         copy=copy,
+        closure_only=closure_only,
         platform=platform,
         credentials=credentials,
         insecure=insecure,
@@ -79,30 +89,84 @@ def pkg_list(as_json: bool) -> None:
 
 @pkg.command("contents")
 @click.argument("name")
-def pkg_contents(name: str) -> None:
-    """Show the sysroot of package NAME as a tree."""
-    from pyops.ops.package import load_package
+@click.option("--files", is_flag=True, help="List every path under its reason.")
+@click.option("--tree", "as_tree", is_flag=True, help="Show the sysroot as a tree.")
+def pkg_contents(name: str, files: bool, as_tree: bool) -> None:
+    """Show what package NAME keeps and why: one line per reason, with counts and sizes."""
+    from pyops.ops.package import load_package, package_contents
 
-    sysroot = load_package(name).sysroot
+    package = load_package(name)
+    sysroot = package.sysroot
+    contents = None if as_tree else package_contents(package)
+    if contents is None:
+        if not as_tree:
+            click.echo("(no record of why: a package made by Ops or an older pyops)", err=True)
+        click.echo("/")
+        if sysroot.is_dir():
+            _show_tree(os.fspath(sysroot), "")
+        return
+    for part in contents.parts:
+        if part.kind == "copy":
+            count, size = _measure(sysroot)
+        else:
+            count, size = _measure_paths(sysroot, part.paths)
+        click.echo(f"{part.reason}: {count:,} file{'' if count == 1 else 's'}, {_size(size)}")
+        if files:
+            for path in part.paths:
+                click.echo(f"    {path}")
 
-    def show(directory: str, prefix: str) -> None:
-        with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: os.fsencode(e.name))
-        for i, entry in enumerate(entries):
-            last = i == len(entries) - 1
-            if entry.is_symlink():
-                extra = f" -> {os.readlink(entry.path)}"
-            elif entry.is_dir():
-                extra = ""
-            else:
-                extra = f" ({entry.stat(follow_symlinks=False).st_size} bytes)"
-            click.echo(f"{prefix}{'└── ' if last else '├── '}{entry.name}{extra}")
-            if entry.is_dir(follow_symlinks=False):
-                show(entry.path, prefix + ("    " if last else "│   "))
 
-    click.echo("/")
-    if sysroot.is_dir():
-        show(os.fspath(sysroot), "")
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size:,} bytes"
+    value = float(size)
+    for unit in ("KiB", "MiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} GiB"
+
+
+def _measure_paths(sysroot: os.PathLike[str], paths: tuple[str, ...]) -> tuple[int, int]:
+    import stat
+
+    count = size = 0
+    for path in paths:
+        try:
+            st = os.lstat(os.path.join(sysroot, path.lstrip("/")))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            count += 1
+            size += st.st_size
+    return count, size
+
+
+def _measure(top: os.PathLike[str]) -> tuple[int, int]:
+    count = size = 0
+    for dirpath, _dirs, names in os.walk(top):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            if not os.path.islink(os.path.join(dirpath, name)):
+                count += 1
+                size += st.st_size
+    return count, size
+
+
+def _show_tree(directory: str, prefix: str) -> None:
+    with os.scandir(directory) as it:
+        entries = sorted(it, key=lambda e: os.fsencode(e.name))
+    for i, entry in enumerate(entries):
+        last = i == len(entries) - 1
+        if entry.is_symlink():
+            extra = f" -> {os.readlink(entry.path)}"
+        elif entry.is_dir():
+            extra = ""
+        else:
+            extra = f" ({entry.stat(follow_symlinks=False).st_size} bytes)"
+        click.echo(f"{prefix}{'└── ' if last else '├── '}{entry.name}{extra}")
+        if entry.is_dir(follow_symlinks=False):
+            _show_tree(entry.path, prefix + ("    " if last else "│   "))
 
 
 @pkg.command("rm")

@@ -80,7 +80,7 @@ from typing import Any
 
 from pyops import arch, atomic, rootfs
 from pyops import home as _home
-from pyops.elf.ldd import LoadedFile, Resolution, resolve
+from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
 from pyops.errors import LibraryNotFound, PackageError, PyopsError, UnsafeLayerPath
 from pyops.oci.auth import Credentials
@@ -91,6 +91,7 @@ from pyops.oci.reference import ImageRef
 from pyops.oci.schema import DEFAULT_PLATFORM, ImageConfig, Platform
 from pyops.oci.store import Store
 from pyops.ops.build import CA_BUNDLES
+from pyops.ops.contents import CONTENTS_FILE, Contents, Part, read_contents, select
 from pyops.progress import NULL_PROGRESS, Progress, step
 
 __all__ = [
@@ -100,6 +101,7 @@ __all__ = [
     "default_package_name",
     "from_docker",
     "list_packages",
+    "package_contents",
     "load_package",
     "packages_dir",
     "remove_package",
@@ -225,6 +227,7 @@ def from_docker(
     *,
     name: str | None = None,
     copy: bool = False,
+    closure_only: bool = False,
     store: Store | None = None,
     platform: Platform | str = DEFAULT_PLATFORM,
     credentials: Credentials | None = None,
@@ -241,8 +244,10 @@ def from_docker(
     Docker's default) or a path inside the image (relative paths start at the image's
     ``WorkingDir``); symlinks are followed inside the image. The package goes to
     ``<store root>/local_packages/<name>`` (default name: :func:`default_package_name`),
-    replacing a package of that name once the new one is complete. ``copy`` keeps the whole
-    root filesystem instead of the program's closure.
+    replacing a package of that name once the new one is complete. What it keeps, and why,
+    is :func:`pyops.ops.contents.select`'s policy (recorded in ``contents.json``, read back
+    with :func:`package_contents`); ``closure_only`` keeps only the program's closure and
+    the data files, ``copy`` the whole root filesystem.
 
     Errors name the image: those of :func:`pyops.oci.pull.pull` (unknown image or tag, no
     manifest for ``platform``, authentication), :class:`PackageError` when the program is not
@@ -285,14 +290,27 @@ def from_docker(
             unpack_layers(pulled.layers, root, diff_ids=diff_ids, progress=progress)
         with step(progress, "resolve the program's libraries"):
             found = _find_program(root, program, pulled.config, label)
-            resolution = _resolve(root, found, pulled)
+            resolver = _resolver(root, pulled)
+            resolution = resolver.resolve(found.chain[-1], include_runtime_extras=True)
         manifest = _manifest(pulled, found, resolution.program.real_path, root)
-        if not copy:
+        if copy:
+            kept = Contents((Part("copy", "the whole root filesystem (--copy)", ()),))
+        else:
             with step(progress, "keep what the program needs"):
-                # The path the program was found at stays valid too (it is argv[0]).
-                paths = _closure_paths(resolution) | set(found.chain) | _data_paths(root)
-                _copy_paths(root, sysroot, sorted(paths))
+                kept = select(
+                    root,
+                    resolver,
+                    resolution,
+                    found.chain,
+                    env=_image_env(pulled.config),
+                    working_dir=_working_dir(pulled.config),
+                    data_files=DATA_FILES,
+                    excluded_extras=_EXCLUDED_EXTRAS,
+                    closure_only=closure_only,
+                )
+                _copy_paths(root, sysroot, kept.paths())
                 atomic.remove(root)
+        (staging / CONTENTS_FILE).write_text(kept.to_json() + "\n")
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         final = _install(staging, target / package_name)
     log.info("%s: package %s at %s", label, package_name, final)
@@ -392,15 +410,13 @@ def _machine(platform: Platform) -> str | None:
     return found.elf_machine if found is not None else None
 
 
-def _resolve(root: Path, found: _Found, pulled: PulledImage) -> Resolution:
-    """The closure inside ``root``, with the image's env (never the host's)."""
-    return resolve(
-        found.chain[-1],
+def _resolver(root: Path, pulled: PulledImage) -> Resolver:
+    """A resolver inside ``root`` with the image's env (never the host's)."""
+    return Resolver(
         root,
         env=_image_env(pulled.config),
         machine=_machine(pulled.platform),
         cwd=_working_dir(pulled.config),
-        include_runtime_extras=True,
     )
 
 
@@ -424,30 +440,6 @@ def _naming(label: str) -> Iterator[None]:
         if exc.message.startswith(prefix):
             raise
         raise type(exc)(prefix + exc.message, hint=exc.hint) from exc
-
-
-def _closure_paths(resolution: Resolution) -> set[str]:
-    """Every in-root path of the closure and its extras, minus the extras left out."""
-    files: list[LoadedFile] = [resolution.program]
-    if resolution.interpreter is not None:
-        files.append(resolution.interpreter)
-    files.extend(resolution.libraries)
-    files.extend(
-        extra.file
-        for extra in resolution.runtime_extras
-        if extra.file is not None and extra.name not in _EXCLUDED_EXTRAS
-    )
-    return {entry for item in files for entry in item.chain}
-
-
-def _data_paths(root: Path) -> set[str]:
-    """The :data:`DATA_FILES` that are regular files in ``root``, with the links to them."""
-    paths: set[str] = set()
-    for candidate in DATA_FILES:
-        chain = _chain(root, candidate)
-        if chain is not None and os.path.isfile(os.path.join(root, chain[-1].lstrip("/"))):
-            paths.update(chain)
-    return paths
 
 
 def _copy_paths(root: Path, sysroot: Path, paths: Sequence[str]) -> None:
@@ -608,6 +600,12 @@ def load_package(name: str, home: Path | str | None = None) -> Package:
             hint="pyops pkg list shows the packages there are.",
         )
     return _package_from_manifest(name, path, _read_manifest(path, name))
+
+
+def package_contents(package: Package) -> Contents | None:
+    """What ``package``'s sysroot holds and why (:mod:`pyops.ops.contents`); None for a
+    package without the record (one made by Ops or by an older pyops)."""
+    return read_contents(package.path / CONTENTS_FILE)
 
 
 def list_packages(home: Path | str | None = None) -> list[Package]:

@@ -26,10 +26,10 @@ from pyops.errors import LibraryNotFound, ManifestNotFound, PackageError, Platfo
 from pyops.oci.net import HttpClient, HttpResponse
 from pyops.oci.pull import pull
 from pyops.oci.store import Store
+from pyops.ops.contents import CONTENTS_FILE
 from pyops.ops.package import (
     MANIFEST_FILE,
     Package,
-    _data_paths,
     check_package_name,
     default_package_name,
     from_docker,
@@ -313,7 +313,7 @@ def test_from_docker_packages_exactly_the_closure(
     # The temporary root was inside the package store, and is gone.
     assert unpacked_into and unpacked_into[0].is_relative_to(packages_dir(store.root))
     assert _store_entries(store) == ["pkgroot_pkg"]
-    assert sorted(os.listdir(package.path)) == [MANIFEST_FILE, "sysroot"]
+    assert sorted(os.listdir(package.path)) == [CONTENTS_FILE, MANIFEST_FILE, "sysroot"]
 
     files, links, _ = _tree(package.sysroot)
     assert files == pkg_image.greet_files
@@ -475,24 +475,6 @@ def test_ops_packages_and_stale_folders(tmp_path: Path) -> None:
     assert sorted(os.listdir(base)) == [mine.name, "lua_5.2.4"]
 
 
-def test_data_files_with_their_links(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "etc/ssl/certs").mkdir(parents=True)
-    (root / "etc/ssl/certs/ca-certificates.crt").write_text(FAKE_CA)
-    os.symlink("certs/ca-certificates.crt", root / "etc/ssl/cert.pem")  # Alpine
-    (root / "var").mkdir()
-    (root / "var/ld.so.cache").write_bytes(b"glibc-ld.so.cache1.1")
-    os.symlink("/var/ld.so.cache", root / "etc/ld.so.cache")
-    (root / "etc/pki/tls/certs/ca-bundle.crt").mkdir(parents=True)  # not a file: skipped
-    os.symlink("/nowhere", root / "etc/ssl/ca-bundle.pem")  # dangling: skipped
-    assert _data_paths(root) == {
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/ssl/cert.pem",
-        "/etc/ld.so.cache",
-        "/var/ld.so.cache",
-    }
-
-
 # -- the CLI ---------------------------------------------------------------------------------
 
 
@@ -535,6 +517,15 @@ def test_cli_pkg_commands(
     assert listed[1]["working_dir"] == "/srv"
 
     result = runner.invoke(cli, ["pkg", "contents", "pkgroot_pkg"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"the program and its libraries: 4 files, \d+\.\d KiB", lines[0])
+    assert lines[1].startswith("loaded or read by the C library at run time: ")
+    assert lines[2] == "CA certificates and the loader cache: 1 file, 63 bytes"
+    result = runner.invoke(cli, ["pkg", "contents", "pkgroot_pkg", "--files"])
+    assert "    /usr/bin/greet" in result.stdout.splitlines()
+
+    result = runner.invoke(cli, ["pkg", "contents", "pkgroot_pkg", "--tree"])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert out.startswith("/\n")
