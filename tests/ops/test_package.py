@@ -519,7 +519,7 @@ def test_cli_pkg_commands(
     result = runner.invoke(cli, ["pkg", "contents", "pkgroot_pkg"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert re.fullmatch(r"the program and its libraries: 4 files, \d+\.\d KiB", lines[0])
+    assert re.fullmatch(r"the program and its libraries: 4 files, \d+\.\d MiB", lines[0])
     assert lines[1].startswith("loaded or read by the C library at run time: ")
     assert lines[2] == "CA certificates and the loader cache: 1 file, 63 bytes"
     result = runner.invoke(cli, ["pkg", "contents", "pkgroot_pkg", "--files"])
