@@ -140,6 +140,16 @@ def _show_command(argv: Sequence[str]) -> None:
     click.echo(shlex.join(argv), err=True)
 
 
+def _show_note(note: Any) -> None:
+    """A :class:`pyops.ops.advice.Note` on stderr: what happened, then the fix."""
+    lines = note.text.splitlines() or [""]
+    click.echo(f"pyops: note: {lines[0]}", err=True)
+    for line in lines[1:]:
+        click.echo(f"pyops:   {line}", err=True)
+    if note.fix:
+        click.echo(f"pyops: fix: {note.fix}", err=True)
+
+
 def _load_ops_config(config_file: str | None) -> Any:
     from pyops.ops.config import OpsConfig, load_config
 

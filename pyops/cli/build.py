@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from pyops.cli._app import F, TqdmProgress, _load_ops_config, _show_command, cli
+from pyops.cli._app import F, TqdmProgress, _load_ops_config, _show_command, _show_note, cli
 
 # --- pyops build / run -----------------------------------------------------------------------
 
@@ -40,6 +40,7 @@ def _build_flags(
     size: str | None,
     nanos_version: str | None,
     force: bool,
+    missing_files: bool = False,
 ) -> Any:
     from pyops.ops.build import parse_env
     from pyops.ops.config import parse_size
@@ -56,6 +57,7 @@ def _build_flags(
         size=parse_size(size, "--size") if size else None,
         nanos_version=nanos_version,
         force=force,
+        missing_files=missing_files,
     )
 
 
@@ -83,6 +85,7 @@ def build(verbose: bool, **kw: Any) -> None:
     help="Hypervisor: KVM on Linux, HVF on Intel Macs, TCG (emulation) otherwise. [auto]",
 )
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Print the qemu command line.")
+@click.option("--missing-files", is_flag=True, help="List the files the program failed to open.")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -103,5 +106,6 @@ def run(
         RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
         progress=TqdmProgress(verbose=bool(verbose)),
         show_command=_show_command,
+        notes=_show_note,
     )
     ctx.exit(code)

@@ -6,7 +6,14 @@ import os
 
 import click
 
-from pyops.cli._app import TqdmProgress, _credentials, _load_ops_config, _show_command, cli
+from pyops.cli._app import (
+    TqdmProgress,
+    _credentials,
+    _load_ops_config,
+    _show_command,
+    _show_note,
+    cli,
+)
 
 # --- pyops pkg: local packages (Ops's format) made from images ------------------------------
 
@@ -64,6 +71,8 @@ def pkg_from_docker(
         insecure=insecure,
         progress=TqdmProgress(verbose=verbose),
     )
+    for note in made.notes:
+        _show_note(note)
     click.echo(made.name)
 
 
@@ -194,6 +203,7 @@ def pkg_rm(name: str) -> None:
 @click.option("-l", "--local", is_flag=True, help="Accepted for Ops compatibility.")
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Print the qemu command line.")
 @click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date.")
+@click.option("--missing-files", is_flag=True, help="List the files the program failed to open.")
 @click.pass_context
 def pkg_load(
     ctx: click.Context,
@@ -211,6 +221,7 @@ def pkg_load(
     local: bool,
     verbose: bool | None,
     force: bool,
+    missing_files: bool,
 ) -> None:
     """Build an image from local package NAME and boot it; exit with its exit code.
 
@@ -226,10 +237,16 @@ def pkg_load(
         _load_ops_config(config_file),
         name,
         BuildFlags(
-            args=args, env=parse_env(env), name=image_name, nanos_version=nanos_version, force=force
+            args=args,
+            env=parse_env(env),
+            name=image_name,
+            nanos_version=nanos_version,
+            force=force,
+            missing_files=missing_files,
         ),
         RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
         progress=TqdmProgress(verbose=bool(verbose)),
         show_command=_show_command,
+        notes=_show_note,
     )
     ctx.exit(code)

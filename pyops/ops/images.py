@@ -6,10 +6,15 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyops import atomic
 from pyops import home as _home
 from pyops.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from pyops.nanos.disk import DiskImage
+    from pyops.nanos.tree import Tree
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +129,75 @@ def remove_image(name: str, home: str | os.PathLike[str] | None = None) -> Path:
     path.with_name(path.name + ".key").unlink(missing_ok=True)
     (runs_dir(home) / path.name).unlink(missing_ok=True)
     return path
+
+
+LOG_DIRS = ("/var/log",)
+"""Where programs write their log files, read after a run that needs explaining."""
+
+_READ_BYTES = 1 << 20  # a configuration or log file larger than this is not read for advice
+
+
+class ImageFiles:
+    """Small files of a built image (its configuration, its logs), opened when first asked."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._disk: DiskImage | None = None
+        self._tree: Tree | None = None
+
+    @property
+    def disk(self) -> DiskImage:
+        if self._disk is None:
+            from pyops.nanos.disk import open_image
+
+            self._disk = open_image(self.path)
+        return self._disk
+
+    @property
+    def tree(self) -> Tree:
+        if self._tree is None:
+            self._tree = self.disk.tree()
+        return self._tree
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The program's command line, as the image's root tuple gives it."""
+        return tuple(self.disk.manifest.arguments)
+
+    def read(self, path: str) -> bytes | None:
+        """The file at ``path`` (links followed inside the image), None if there is none or
+        it is large."""
+        from pyops.errors import InvalidInput
+        from pyops.nanos.tfs import iter_file_contents
+        from pyops.nanos.tree import Contents, File, ImageData
+
+        try:
+            _real, node = self.tree.lookup(path)
+        except InvalidInput:
+            return None
+        if not isinstance(node, File) or node.size > _READ_BYTES:
+            return None
+        if isinstance(node.source, Contents):
+            return node.source.data
+        if isinstance(node.source, ImageData):
+            return b"".join(iter_file_contents(node.source))
+        with open(node.source.path, "rb") as f:
+            return f.read(_READ_BYTES)
+
+    def logs(self, before: ImageFiles, lines: int = 10) -> dict[str, str]:
+        """The last ``lines`` lines of each log file that differs from ``before``'s (the
+        image as built): what this run wrote."""
+        from pyops.nanos.tree import File
+
+        found: dict[str, str] = {}
+        for path, node in self.tree.walk():
+            if not path.startswith(tuple(d + "/" for d in LOG_DIRS)) or not isinstance(node, File):
+                continue
+            if node.size == 0:
+                continue
+            data = self.read(path)
+            if data is None or data == before.read(path):
+                continue
+            text = data.decode("utf-8", "replace").rstrip("\n").splitlines()[-lines:]
+            found[path] = "\n".join(text)
+        return found

@@ -66,6 +66,7 @@ that died are removed by the next :func:`from_docker` or :func:`remove_package`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -90,6 +91,7 @@ from pyops.oci.pull import PulledImage, pull
 from pyops.oci.reference import ImageRef
 from pyops.oci.schema import DEFAULT_PLATFORM, ImageConfig, Platform
 from pyops.oci.store import Store
+from pyops.ops.advice import Note, wrapper_note
 from pyops.ops.build import CA_BUNDLES
 from pyops.ops.contents import CONTENTS_FILE, Contents, Part, read_contents, select
 from pyops.progress import NULL_PROGRESS, Progress, step
@@ -155,6 +157,8 @@ class Package:
     user: str = ""
     manifest: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """The whole ``package.manifest``, as read."""
+    notes: tuple[Note, ...] = field(default=(), hash=False, compare=False)
+    """What the user should know about the package just made (:mod:`pyops.ops.advice`)."""
 
     @property
     def sysroot(self) -> Path:
@@ -293,6 +297,7 @@ def from_docker(
             resolver = _resolver(root, pulled)
             resolution = resolver.resolve(found.chain[-1], include_runtime_extras=True)
         manifest = _manifest(pulled, found, resolution.program.real_path, root)
+        notes = _wrapper_notes(root, found, pulled.config)
         if copy:
             kept = Contents((Part("copy", "the whole root filesystem (--copy)", ()),))
         else:
@@ -314,7 +319,21 @@ def from_docker(
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         final = _install(staging, target / package_name)
     log.info("%s: package %s at %s", label, package_name, final)
-    return _package_from_manifest(package_name, final, manifest)
+    made = _package_from_manifest(package_name, final, manifest)
+    return dataclasses.replace(made, notes=notes)
+
+
+def _wrapper_notes(root: Path, found: _Found, config: ImageConfig) -> tuple[Note, ...]:
+    """A note when the image's entrypoint is a script that the package skips."""
+    if not config.entrypoint:
+        return ()
+    entry, _ = _lookup(root, config.entrypoint[0], config)
+    if entry is None or entry.chain[-1] == found.chain[-1]:
+        return ()
+    with open(os.path.join(root, entry.chain[-1].lstrip("/")), "rb") as f:
+        if f.read(2) != b"#!":
+            return ()
+    return (wrapper_note(config.entrypoint, found.given),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from pyops.progress import NULL_PROGRESS, Progress, step
 
 if TYPE_CHECKING:
     from pyops.nanos.release import NanosRelease
+    from pyops.ops.advice import Note
     from pyops.vm.qemu import Host, VmConfig
 
 
@@ -37,6 +38,9 @@ class BuildFlags:
     size: int | None = None
     nanos_version: str | None = None
     force: bool = False
+    missing_files: bool = False
+    """Have Nanos list, at shutdown, the files the program failed to open (Ops:
+    ``--missing-files``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,9 @@ class RunFlags:
 CommandHook = Callable[[Sequence[str]], None]
 """Called with the qemu command line before it runs, when ``-v`` (or RunConfig Verbose)
 asks for it to be shown."""
+
+NoteHook = Callable[["Note"], None]
+"""Called with each note on what will go or went wrong (:mod:`pyops.ops.advice`)."""
 
 
 def choose_release(
@@ -124,6 +131,7 @@ def build_program(
     release = choose_release(flags.nanos_version, ops, progress=progress)
     name = config.name or image_name(config.program)
     config = dataclasses.replace(config, name=check_image_name(name))
+    config = _with_missing_files(config, flags)
     return build_image(config, release, image_path(name), progress=progress, force=flags.force)
 
 
@@ -134,13 +142,14 @@ def run_program(
     *,
     progress: Progress = NULL_PROGRESS,
     show_command: CommandHook | None = None,
+    notes: NoteHook | None = None,
 ) -> int:
     """``pyops run``: build (or reuse) the image of a host program and boot a fresh copy of
     it in the foreground; returns the guest program's exit code."""
     host = _host()
     vm = vm_config(ops, run, host)
     built = build_program(ops, flags, progress=progress)
-    return boot(built.path, vm, host, _verbose(ops, run), progress, show_command)
+    return boot(built.path, vm, host, _verbose(ops, run), progress, show_command, notes)
 
 
 def run_package(
@@ -152,13 +161,17 @@ def run_package(
     cwd: str | None = None,
     progress: Progress = NULL_PROGRESS,
     show_command: CommandHook | None = None,
+    notes: NoteHook | None = None,
 ) -> int:
     """``pyops pkg load``: build (or reuse) the image of local package ``package_name`` and
     boot a fresh copy of it; returns the guest program's exit code."""
+    from pyops.ops.package import load_package
+
     host = _host()
     vm = vm_config(ops, run, host)
     built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
-    return boot(built.path, vm, host, _verbose(ops, run), progress, show_command)
+    entrypoint = load_package(package_name).entrypoint
+    return boot(built.path, vm, host, _verbose(ops, run), progress, show_command, notes, entrypoint)
 
 
 def build_package(
@@ -178,10 +191,18 @@ def build_package(
         ops, package.program, args=flags.args, env=flags.env, name=flags.name
     )
     name = check_image_name(config.name or package.name)
-    config = dataclasses.replace(config, name=name)
+    config = _with_missing_files(dataclasses.replace(config, name=name), flags)
     release = choose_release(flags.nanos_version, ops, progress=progress)
     return build_package_image(
         package, config, release, image_path(name), cwd=cwd, progress=progress, force=flags.force
+    )
+
+
+def _with_missing_files(config: BuildConfig, flags: BuildFlags) -> BuildConfig:
+    if not flags.missing_files:
+        return config
+    return dataclasses.replace(
+        config, extra_manifest={**config.extra_manifest, "missing_files": "t"}
     )
 
 
@@ -202,16 +223,47 @@ def boot(
     verbose: bool = False,
     progress: Progress = NULL_PROGRESS,
     show_command: CommandHook | None = None,
+    notes: NoteHook | None = None,
+    entrypoint: Sequence[str] = (),
 ) -> int:
     """Boot a fresh copy of ``image`` (the built image itself stays as built) in the
     foreground on ``host``, and return the guest program's exit code; with ``verbose``,
-    ``show_command`` is given the qemu command line first."""
-    from pyops.ops.images import fresh_run_copy
-    from pyops.vm.qemu import qemu_command, run_vm
+    ``show_command`` is given the qemu command line first.
+
+    With ``notes``, what :mod:`pyops.ops.advice` foresees from the program's command line
+    and configuration is given before the boot, and what the run's exit, console and log
+    files explain after it (also when it is interrupted). ``entrypoint`` is the image's,
+    for a package."""
+    import time
+
+    from pyops.ops.advice import Run, after_run, before_boot
+    from pyops.ops.images import ImageFiles, fresh_run_copy
+    from pyops.vm.qemu import Console, qemu_command, run_vm
 
     with step(progress, "copy the image for this run"):
         disk = fresh_run_copy(image)
+    built = ImageFiles(image) if notes is not None else None
+    if built is not None and notes is not None:
+        for note in before_boot(built.argv, built.read, entrypoint):
+            notes(note)
     if verbose and show_command is not None:
         show_command(qemu_command(disk, vm, host))
-    with step(progress, "boot"):
-        return run_vm(disk, vm, host=host, stdin=None)
+    console = Console() if notes is not None else None
+    began = time.monotonic()
+
+    def explain(code: int | None) -> None:
+        if built is None or console is None or notes is None:
+            return
+        seconds = time.monotonic() - began
+        run = Run(built.argv, code, seconds, console.text(), ImageFiles(disk).logs(built))
+        for note in after_run(run, built.read):
+            notes(note)
+
+    try:
+        with step(progress, "boot"):
+            code = run_vm(disk, vm, host=host, stdin=None, console=console)
+    except KeyboardInterrupt:
+        explain(None)
+        raise
+    explain(code)
+    return code

@@ -24,8 +24,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,8 +200,11 @@ def choose_accel(requested: Accel, host: Host) -> Accel:
     return requested
 
 
-def qemu_command(disk: str | os.PathLike[str], config: VmConfig, host: Host) -> list[str]:
-    """The full qemu argv for booting ``disk``; nothing is run."""
+def qemu_command(
+    disk: str | os.PathLike[str], config: VmConfig, host: Host, *, monitor: str | None = None
+) -> list[str]:
+    """The full qemu argv for booting ``disk``; nothing is run. ``monitor``: a Unix socket
+    path for qemu's monitor (none by default)."""
     accel = choose_accel(config.accel, host)
     binary = config.qemu or QEMU_X86_64
     argv = [
@@ -235,7 +239,7 @@ def qemu_command(disk: str | os.PathLike[str], config: VmConfig, host: Host) -> 
         "-netdev", netdev,
         "-display", "none",
         "-serial", "stdio",
-        "-monitor", "none",
+        "-monitor", f"unix:{monitor},server=on,wait=off" if monitor else "none",
         "-no-reboot",
     ]  # fmt: skip
     return argv
@@ -277,6 +281,86 @@ def check_ports_free(ports: Sequence[PortForward]) -> None:
                 ) from None
 
 
+class Console:
+    """The guest's console on its way to the terminal: the last ``keep`` bytes are kept,
+    for explaining a run afterwards."""
+
+    def __init__(self, keep: int = 256 * 1024) -> None:
+        self.keep = keep
+        self._data = bytearray()
+        self.total = 0
+        """Bytes seen in all."""
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self._data += chunk
+        if len(self._data) > 2 * self.keep:
+            del self._data[: -self.keep]
+
+    def text(self) -> str:
+        """The kept tail, decoded (bad bytes replaced), carriage returns dropped."""
+        return bytes(self._data[-self.keep :]).decode("utf-8", "replace").replace("\r", "")
+
+
+def _tee(source: int, dest: int | None, console: Console) -> None:
+    """Copy the console from ``source`` to ``dest`` (None: this process's stdout) as it
+    comes, keeping it in ``console``."""
+    write = _writer(dest)
+    while True:
+        try:
+            chunk = os.read(source, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        console.feed(chunk)
+        if write is not None:
+            try:
+                write(chunk)
+            except (BrokenPipeError, ValueError):
+                write = None  # the reader went away: keep collecting
+    os.close(source)
+
+
+def _writer(dest: int | None) -> Callable[[bytes], object] | None:
+    if dest is None:
+        try:
+            dest = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):
+            # Not a real file (a test harness): write through its buffer.
+            buffer = getattr(sys.stdout, "buffer", None)
+            if buffer is None:
+                return None
+
+            def to_buffer(chunk: bytes) -> None:
+                buffer.write(chunk)
+                buffer.flush()
+
+            return to_buffer
+        sys.stdout.flush()
+    fd = dest
+
+    def to_fd(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return to_fd
+
+
+def power_off(monitor: str) -> bool:
+    """Ask the guest to power off, as its power button would (ACPI): Nanos then runs its
+    shutdown handlers. False if qemu's monitor could not be reached."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(monitor)
+            sock.sendall(b"system_powerdown\n")
+            return True
+    except OSError:
+        return False
+
+
 def run_vm(
     disk: str | os.PathLike[str],
     config: VmConfig = VmConfig(),
@@ -285,27 +369,73 @@ def run_vm(
     stdout: int | None = None,
     stdin: int | None = subprocess.DEVNULL,
     timeout: float | None = None,
+    console: Console | None = None,
+    power_off_after: float | None = None,
 ) -> int:
     """Boot ``disk`` in the foreground and return the guest program's exit code.
 
-    The console goes to ``stdout`` (default: this process's).  ``timeout`` kills qemu after
-    that many seconds and raises :class:`QemuError`, as does a qemu that fails to start.
+    The console goes to ``stdout`` (default: this process's), and is kept in ``console``
+    when one is given. ``power_off_after`` presses the guest's power button after that many
+    seconds (the program is stopped as at a shutdown, and the exit code is 0 unless it
+    exited first). ``timeout`` kills qemu after that many seconds and raises
+    :class:`QemuError`, as does a qemu that fails to start.
     """
     if not Path(disk).is_file():
         raise QemuError(f"{os.fspath(disk)}: no such disk image")
-    argv = qemu_command(disk, config, host or Host.detect())
-    argv[0] = find_qemu(argv[0])
-    check_ports_free(config.ports)
-    log.debug("running %s", shlex.join(argv))
-    try:
-        # qemu's stderr is read so that its own failures (exit status 1) are not mistaken
-        # for a guest that exited with 0 through isa-debug-exit.
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise QemuError(f"cannot start {argv[0]}: {exc.strerror}") from exc
+    with contextlib.ExitStack() as stack:
+        monitor: str | None = None
+        if power_off_after is not None:
+            import tempfile
+
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="pyops-qemu-"))
+            monitor = os.path.join(folder, "monitor")
+        argv = qemu_command(disk, config, host or Host.detect(), monitor=monitor)
+        argv[0] = find_qemu(argv[0])
+        check_ports_free(config.ports)
+        log.debug("running %s", shlex.join(argv))
+        out: int | None = stdout
+        tee: threading.Thread | None = None
+        if console is not None:
+            read_end, out = os.pipe()
+            tee = threading.Thread(target=_tee, args=(read_end, stdout, console), daemon=True)
+        try:
+            # qemu's stderr is read so that its own failures (exit status 1) are not
+            # mistaken for a guest that exited with 0 through isa-debug-exit.
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise QemuError(f"cannot start {argv[0]}: {exc.strerror}") from exc
+        finally:
+            if tee is not None and out is not None:
+                os.close(out)  # qemu holds its own copy
+                tee.start()
+        try:
+            err = _wait(proc, timeout, monitor, power_off_after)
+        finally:
+            if tee is not None:
+                tee.join(timeout=5)
+    return interpret_exit(proc.returncode, err.decode("utf-8", "replace"), argv)
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    timeout: float | None,
+    monitor: str | None,
+    power_off_after: float | None,
+) -> bytes:
+    """Wait for qemu, pressing the power button after ``power_off_after`` seconds."""
     try:
         with _signals_stop_the_vm():
+            if monitor is not None and power_off_after is not None:
+                try:
+                    _out, err = proc.communicate(timeout=power_off_after)
+                    return err
+                except subprocess.TimeoutExpired:
+                    if timeout is not None:
+                        timeout = max(timeout - power_off_after, 1.0)
+                    if not power_off(monitor):
+                        proc.kill()
             _out, err = proc.communicate(timeout=timeout)
+            return err
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
@@ -322,7 +452,6 @@ def run_vm(
             signal.signal(stop.signum, signal.SIG_DFL)
             os.kill(os.getpid(), stop.signum)
         raise
-    return interpret_exit(proc.returncode, err.decode("utf-8", "replace"), argv)
 
 
 class _Signalled(BaseException):
