@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -38,6 +39,9 @@ def pkg() -> None:
 @click.option("--insecure", is_flag=True, help="Use plain HTTP for a non-loopback registry.")
 @click.option("--username", help="Registry user name (the password is read from stdin).")
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
+@click.option(
+    "--probe", is_flag=True, help="Boot the package to find the files it misses, and add them."
+)
 @click.option("-v", "--verbose", is_flag=True, help="Print each step with its time.")
 def pkg_from_docker(
     image: str,
@@ -49,9 +53,10 @@ def pkg_from_docker(
     insecure: bool,
     username: str | None,
     password_stdin: bool,
+    probe: bool,
     verbose: bool,
 ) -> None:
-    """Make a package of PROGRAM and its libraries from IMAGE, with no Docker daemon.
+    """Make a package of PROGRAM and what it needs from IMAGE, with no Docker daemon.
 
     Prints the package name.
     """
@@ -60,6 +65,7 @@ def pkg_from_docker(
     if copy and closure_only:
         raise click.UsageError("--copy and --closure-only do not go together.")
     credentials = _credentials(username, password_stdin)
+    progress = TqdmProgress(verbose=verbose)
     made = from_docker(
         image,
         program,
@@ -69,11 +75,41 @@ def pkg_from_docker(
         platform=platform,
         credentials=credentials,
         insecure=insecure,
-        progress=TqdmProgress(verbose=verbose),
+        progress=progress,
     )
     for note in made.notes:
         _show_note(note)
+    if probe:
+        _probe(made.name, (), None, progress)
     click.echo(made.name)
+
+
+def _probe(name: str, args: tuple[str, ...], config_file: str | None, progress: Any) -> None:
+    from pyops.ops.probe import probe_package
+
+    result = probe_package(_load_ops_config(config_file), name, args, progress=progress)
+    state = "nothing more missing" if result.settled else "stopped: the rounds ran out"
+    click.echo(
+        f"pyops: probe: {len(result.added)} paths added in {result.rounds} boots ({state})",
+        err=True,
+    )
+    for path in result.added:
+        click.echo(f"pyops:   + {path}", err=True)
+    if result.unresolved:
+        names = ", ".join(result.unresolved)
+        click.echo(f"pyops: probe: not in the image (or too vague): {names}", err=True)
+
+
+@pkg.command("probe")
+@click.argument("name")
+@click.option("-a", "--args", "args", multiple=True, help="Program arguments (repeat).")
+@click.option("-c", "--config", "config_file", help="An Ops config.json.")
+@click.option("-v", "--verbose", is_flag=True, help="Print each step with its time.")
+def pkg_probe(name: str, args: tuple[str, ...], config_file: str | None, verbose: bool) -> None:
+    """Boot package NAME to find the files of its image it misses, and add them.
+
+    Repeats until a boot finds nothing new. Prints what was added."""
+    _probe(name, args, config_file, TqdmProgress(verbose=verbose))
 
 
 @pkg.command("list")

@@ -362,7 +362,7 @@ class RuntimeTree:
         return f"{self.name}'s runtime ({', '.join(self.trees)})"
 
 
-_PYTHON = re.compile(r"python(\d+)(?:\.(\d+))?[a-z]*")
+_PYTHON = re.compile(r"python(\d+)?(?:\.(\d+))?[a-z]*")
 _RUBY = re.compile(r"ruby(\d+\.\d+)?")
 _PERL = re.compile(r"perl(5[.\d]*)?")
 
@@ -471,10 +471,11 @@ def _python(
             d = d.rsplit("/", 1)[0] or "/"
     for prefix in candidates:
         if not versions:
+            major = match.group(1) or r"\d+"
             versions = [
                 n[len("python") :]
                 for n in image.listdir(f"{prefix.rstrip('/')}/lib")
-                if re.fullmatch(r"python\d+\.\d+", n)
+                if re.fullmatch(rf"python{major}\.\d+", n)
             ]
         for version in versions:
             base = prefix.rstrip("/")
