@@ -37,7 +37,8 @@ Reader = Callable[[str], "bytes | None"]
 QUICK_EXIT_SECONDS = 5.0
 """A program that ends this soon, printing nothing, gets explained."""
 
-_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]\s")  # Nanos's own messages carry a timestamp
+# Nanos's own messages carry a timestamp, but for the fate of a signal (src/unix/signal.c).
+_KERNEL_LINE = re.compile(r"^(\[\s*\d+\.\d+\]\s|   (terminate|core dump|stop)$)")
 _MISSING_BEGIN = "missing_files_begin"
 _MISSING_END = "missing_files_end"
 

@@ -349,16 +349,29 @@ def _writer(dest: int | None) -> Callable[[bytes], object] | None:
 
 
 def power_off(monitor: str) -> bool:
-    """Ask the guest to power off, as its power button would (ACPI): Nanos then runs its
-    shutdown handlers. False if qemu's monitor could not be reached."""
+    """Ask the guest to power off, as its power button would (ACPI): Nanos sends the program
+    SIGTERM and runs its shutdown handlers. False if qemu's monitor could not be reached."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(2)
+            sock.settimeout(5)
             sock.connect(monitor)
+            # The monitor takes commands once it has shown its prompt, and drops one that
+            # is still unread when the connection closes: wait for the prompt both times.
+            _read_prompt(sock)
             sock.sendall(b"system_powerdown\n")
+            _read_prompt(sock)
             return True
     except OSError:
         return False
+
+
+def _read_prompt(sock: socket.socket) -> None:
+    seen = b""
+    while b"(qemu)" not in seen:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the monitor closed")
+        seen = (seen + chunk)[-256:]
 
 
 def run_vm(
