@@ -62,6 +62,8 @@ class Run:
     console: str
     logs: Mapping[str, str] = field(default_factory=dict)
     """Log files the run wrote in the image (path: their last lines)."""
+    entrypoint: tuple[str, ...] = ()
+    """The image's entrypoint, for a package."""
 
 
 def program_output(console: str) -> str:
@@ -164,8 +166,8 @@ def _redis(argv: Sequence[str], read: Reader, entrypoint: Sequence[str]) -> list
         wrapper = ""
         if entrypoint and _name(entrypoint) != _name(argv):
             wrapper = (
-                f" The image's entrypoint ({shlex.join(entrypoint)}) is a script that "
-                "passes --protected-mode no; it does not run on Nanos."
+                f" The image's entrypoint ({shlex.join(entrypoint)}) does not run on Nanos; "
+                "the official redis image's passes --protected-mode no."
             )
         notes.append(
             Note(
@@ -261,7 +263,7 @@ def after_run(run: Run, read: Reader) -> list[Note]:
                 "add them (pyops pkg probe NAME)",
             )
         )
-        notes += before_boot(run.argv, read)
+        notes += before_boot(run.argv, read, run.entrypoint)
     for path, tail in run.logs.items():
         if quiet or run.code:
             notes.append(Note(f"{path} in the image says:\n{tail}"))

@@ -22,7 +22,10 @@ the first part that names it):
    program (dpkg's ``/var/lib/dpkg/info/*.list``, apk's ``/lib/apk/db/installed``), with
    the packages built from the same source that it depends on (``nginx`` and
    ``nginx-common``, ``redis-server`` and ``redis-tools``), minus documentation;
-7. ``probe``: files added by booting the package and watching what it failed to open
+7. ``config``: what those packages' configuration files under ``/etc`` name and the image
+   has: the site's folder (``root /var/www/html;``), the data folder (``dir /var/lib/redis``),
+   the folder of a pid or log file the program will create (:func:`config_part`);
+8. ``probe``: files added by booting the package and watching what it failed to open
    (:mod:`pyops.ops.probe`).
 
 Every path is resolved inside the image root (:mod:`pyops.rootfs`): a package database or a
@@ -52,6 +55,7 @@ __all__ = [
     "ImageRoot",
     "Part",
     "RuntimeTree",
+    "config_part",
     "data_part",
     "extras_part",
     "owner_parts",
@@ -97,8 +101,8 @@ class Part:
     """Paths kept for one reason."""
 
     kind: str
-    """``program``, ``extras``, ``data``, ``workdir``, ``runtime``, ``owner``, ``probe``
-    or ``copy``."""
+    """``program``, ``extras``, ``data``, ``workdir``, ``runtime``, ``owner``, ``config``,
+    ``probe`` or ``copy``."""
     reason: str
     """What they are, for people (``dpkg packages nginx, nginx-common``)."""
     paths: tuple[str, ...]
@@ -261,7 +265,9 @@ def select(
     if not closure_only:
         parts += workdir_parts(image, working_dir)
         parts += runtime_parts(image, resolver, resolution.program.real_path, env)
-        parts += owner_parts(image, program_chain)
+        owners = owner_parts(image, program_chain)
+        parts += owners
+        parts += [config_part(image, owner) for owner in owners]
     contents = Contents(())
     for part in parts:
         contents = contents.adding(part)
@@ -639,6 +645,62 @@ def _apk(image: ImageRoot, program_chain: Sequence[str]) -> Part | None:
                 queue.append(dep)
     paths = _kept(image, (p for name in chosen for p in by_name[name]["files"]))
     return Part("owner", f"apk packages {', '.join(sorted(chosen))}", paths)
+
+
+_CONFIG_PATH = re.compile(r"(?<![\w.:/])(/[\w.+@-]+(?:/[\w.+@-]+)*)")
+_CONFIG_BYTES = 1 << 20  # a configuration file larger than this is not read
+# Files for service managers and cron, not for the program: what they name is not read.
+_NOT_CONFIG = tuple(
+    f"/etc/{d}/"
+    for d in ("init.d", "default", "logrotate.d", "systemd", "cron.d", "cron.daily", "sv",
+              "rc0.d", "rc1.d", "rc2.d", "rc3.d", "rc4.d", "rc5.d", "rc6.d", "rcS.d",
+              "bash_completion.d", "apparmor.d", "ufw", "sysctl.d", "tmpfiles.d")
+)  # fmt: skip
+_TREE_ENTRIES = 10_000  # a folder named by a configuration is kept whole up to this size
+
+
+def config_part(image: ImageRoot, owner: Part) -> Part:
+    """What the configuration files of the ``owner`` packages name (``root /var/www/html``,
+    ``dir /var/lib/redis``, ``pid /run/nginx.pid``): each path the image has (a folder with
+    what is in it, unless it is a system folder or large), and for a file the program will
+    create, the folder it goes in."""
+    named: list[str] = []
+    for path in owner.paths:
+        if not path.startswith("/etc/") or path.startswith(_NOT_CONFIG):
+            continue
+        if not image.is_file(path):
+            continue
+        chain = image.chain(path)
+        assert chain is not None
+        if os.path.getsize(image.host(chain[-1])) > _CONFIG_BYTES:
+            continue
+        with open(image.host(chain[-1]), "rb") as f:
+            text = f.read(_CONFIG_BYTES).decode("utf-8", "replace")
+        for line in text.splitlines():
+            if line.lstrip().startswith(("#", ";", "//")):
+                continue
+            named += [m.group(1) for m in _CONFIG_PATH.finditer(line)]
+    paths: list[str] = []
+    for path in dict.fromkeys(named):
+        if path.startswith(("/proc/", "/sys/", "/dev/")) or _excluded(path + "/"):
+            continue
+        chain = image.chain(path)
+        if chain is None:
+            parent = path.rsplit("/", 1)[0]
+            chain = image.chain(parent) if parent else None
+            if chain is not None and stat.S_ISDIR(image.mode(chain[-1])):
+                paths += chain
+            continue
+        if stat.S_ISDIR(image.mode(chain[-1])) and path not in _SYSTEM_DIRS:
+            tree = []
+            for entry in image.tree(path):
+                tree.append(entry)
+                if len(tree) > _TREE_ENTRIES:
+                    break
+            paths += tree if len(tree) <= _TREE_ENTRIES else chain
+        else:
+            paths += chain
+    return Part("config", f"paths named in the configuration of {owner.reason}", tuple(paths))
 
 
 def _kept(image: ImageRoot, listed: Iterable[str]) -> tuple[str, ...]:

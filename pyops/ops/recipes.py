@@ -243,8 +243,10 @@ def boot(
     with step(progress, "copy the image for this run"):
         disk = fresh_run_copy(image)
     built = ImageFiles(image) if notes is not None else None
+    shown: list[Note] = []
     if built is not None and notes is not None:
-        for note in before_boot(built.argv, built.read, entrypoint):
+        shown = before_boot(built.argv, built.read, entrypoint)
+        for note in shown:
             notes(note)
     if verbose and show_command is not None:
         show_command(qemu_command(disk, vm, host))
@@ -255,9 +257,11 @@ def boot(
         if built is None or console is None or notes is None:
             return
         seconds = time.monotonic() - began
-        run = Run(built.argv, code, seconds, console.text(), ImageFiles(disk).logs(built))
+        logs = ImageFiles(disk).logs(built)
+        run = Run(built.argv, code, seconds, console.text(), logs, tuple(entrypoint))
         for note in after_run(run, built.read):
-            notes(note)
+            if note not in shown:  # said before the boot already
+                notes(note)
 
     try:
         with step(progress, "boot"):
