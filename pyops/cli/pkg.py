@@ -152,10 +152,13 @@ def pkg_contents(name: str, files: bool, as_tree: bool) -> None:
         return
     for part in contents.parts:
         if part.kind == "copy":
-            count, size = _measure(sysroot)
+            count, folders, size = _measure(sysroot)
         else:
-            count, size = _measure_paths(sysroot, part.paths)
-        click.echo(f"{part.reason}: {count:,} file{'' if count == 1 else 's'}, {_size(size)}")
+            count, folders, size = _measure_paths(sysroot, part.paths)
+        what = f"{count:,} file{'' if count == 1 else 's'}, {_size(size)}"
+        if not count:
+            what = f"{folders:,} folder{'' if folders == 1 else 's'}"
+        click.echo(f"{part.reason}: {what}")
         if files:
             for path in part.paths:
                 click.echo(f"    {path}")
@@ -172,10 +175,11 @@ def _size(size: int) -> str:
     return f"{value / 1024:.1f} GiB"
 
 
-def _measure_paths(sysroot: os.PathLike[str], paths: tuple[str, ...]) -> tuple[int, int]:
+def _measure_paths(sysroot: os.PathLike[str], paths: tuple[str, ...]) -> tuple[int, int, int]:
+    """Regular files, folders and the files' bytes among ``paths`` of ``sysroot``."""
     import stat
 
-    count = size = 0
+    count = folders = size = 0
     for path in paths:
         try:
             st = os.lstat(os.path.join(sysroot, path.lstrip("/")))
@@ -184,18 +188,21 @@ def _measure_paths(sysroot: os.PathLike[str], paths: tuple[str, ...]) -> tuple[i
         if stat.S_ISREG(st.st_mode):
             count += 1
             size += st.st_size
-    return count, size
+        elif stat.S_ISDIR(st.st_mode):
+            folders += 1
+    return count, folders, size
 
 
-def _measure(top: os.PathLike[str]) -> tuple[int, int]:
-    count = size = 0
-    for dirpath, _dirs, names in os.walk(top):
+def _measure(top: os.PathLike[str]) -> tuple[int, int, int]:
+    count = folders = size = 0
+    for dirpath, dirs, names in os.walk(top):
+        folders += len(dirs)
         for name in names:
             st = os.lstat(os.path.join(dirpath, name))
             if not os.path.islink(os.path.join(dirpath, name)):
                 count += 1
                 size += st.st_size
-    return count, size
+    return count, folders, size
 
 
 def _show_tree(directory: str, prefix: str) -> None:
