@@ -28,6 +28,7 @@ __all__ = [
     "before_boot",
     "missing_files",
     "program_output",
+    "wants_logs",
     "wrapper_note",
 ]
 
@@ -232,6 +233,13 @@ _NO_FORK = (
     "fork() failed",
     "ioctl(FIOASYNC) failed (38",
 )
+
+
+def wants_logs(code: int | None, seconds: float, console: str) -> bool:
+    """Whether :func:`after_run` shows the program's logs for such a run (reading them
+    means reading the image, so it is done only then)."""
+    quiet = not program_output(console) and (code is None or seconds < QUICK_EXIT_SECONDS)
+    return quiet or bool(code)
 
 
 def after_run(run: Run, read: Reader) -> list[Note]:

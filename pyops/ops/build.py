@@ -292,6 +292,8 @@ class BuiltImage:
     path: Path
     written: bool
     info: DiskInfo | None
+    argv: tuple[str, ...] = ()
+    """The program's command line in the image."""
 
 
 def build_image(
@@ -353,7 +355,7 @@ def write_image(
     out = Path(output)
     key_file = out.with_name(out.name + ".key")
     if not force and out.is_file() and key_file.is_file() and key_file.read_text() == key:
-        return BuiltImage(out, False, None)
+        return BuiltImage(out, False, None, tuple(manifest.arguments))
     key_file.unlink(missing_ok=True)
     from pyops.nanos.disk import write_disk
 
@@ -371,7 +373,7 @@ def write_image(
     tmp = key_file.with_name(key_file.name + ".tmp")
     tmp.write_text(key)
     os.replace(tmp, key_file)
-    return BuiltImage(out, True, info)
+    return BuiltImage(out, True, info, tuple(manifest.arguments))
 
 
 def _digest(path: str | os.PathLike[str]) -> str:

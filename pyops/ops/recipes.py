@@ -149,7 +149,8 @@ def run_program(
     host = _host()
     vm = vm_config(ops, run, host)
     built = build_program(ops, flags, progress=progress)
-    return boot(built.path, vm, host, _verbose(ops, run), progress, show_command, notes)
+    verbose = _verbose(ops, run)
+    return boot(built.path, vm, host, verbose, progress, show_command, notes, (), built.argv)
 
 
 def run_package(
@@ -225,41 +226,59 @@ def boot(
     show_command: CommandHook | None = None,
     notes: NoteHook | None = None,
     entrypoint: Sequence[str] = (),
+    argv: Sequence[str] = (),
 ) -> int:
     """Boot a fresh copy of ``image`` (the built image itself stays as built) in the
     foreground on ``host``, and return the guest program's exit code; with ``verbose``,
     ``show_command`` is given the qemu command line first.
 
     With ``notes``, what :mod:`pyops.ops.advice` foresees from the program's command line
-    and configuration is given before the boot, and what the run's exit, console and log
-    files explain after it (also when it is interrupted). ``entrypoint`` is the image's,
-    for a package."""
-    import time
-
-    from pyops.ops.advice import Run, after_run, before_boot
-    from pyops.ops.images import ImageFiles, fresh_run_copy
-    from pyops.vm.qemu import Console, qemu_command, run_vm
+    ``argv`` and configuration is given before the boot, and what the run's exit, console
+    and log files explain after it (also when it is interrupted). ``entrypoint`` is the
+    image's, for a package. The image is read only for programs the advice knows, and after
+    runs that need explaining."""
+    from pyops.ops.images import fresh_run_copy
+    from pyops.vm.qemu import qemu_command, run_vm
 
     with step(progress, "copy the image for this run"):
         disk = fresh_run_copy(image)
-    built = ImageFiles(image) if notes is not None else None
-    shown: list[Note] = []
-    if built is not None and notes is not None:
-        shown = before_boot(built.argv, built.read, entrypoint)
-        for note in shown:
-            notes(note)
     if verbose and show_command is not None:
         show_command(qemu_command(disk, vm, host))
-    console = Console() if notes is not None else None
+    if notes is None:
+        with step(progress, "boot"):
+            return run_vm(disk, vm, host=host, stdin=None)
+    return _boot_explained(image, disk, vm, host, progress, notes, tuple(entrypoint), tuple(argv))
+
+
+def _boot_explained(
+    image: Path,
+    disk: Path,
+    vm: VmConfig,
+    host: Host,
+    progress: Progress,
+    notes: NoteHook,
+    entrypoint: tuple[str, ...],
+    argv: tuple[str, ...],
+) -> int:
+    import time
+
+    from pyops.ops.advice import Run, after_run, before_boot, wants_logs
+    from pyops.ops.images import ImageFiles
+    from pyops.vm.qemu import Console, run_vm
+
+    built = ImageFiles(image)  # opened on first read
+    argv = argv or built.argv
+    shown = before_boot(argv, built.read, entrypoint)
+    for note in shown:
+        notes(note)
+    console = Console()
     began = time.monotonic()
 
     def explain(code: int | None) -> None:
-        if built is None or console is None or notes is None:
-            return
         seconds = time.monotonic() - began
-        logs = ImageFiles(disk).logs(built)
-        run = Run(built.argv, code, seconds, console.text(), logs, tuple(entrypoint))
-        for note in after_run(run, built.read):
+        text = console.text()
+        logs = ImageFiles(disk).logs(built) if wants_logs(code, seconds, text) else {}
+        for note in after_run(Run(argv, code, seconds, text, logs, entrypoint), built.read):
             if note not in shown:  # said before the boot already
                 notes(note)
 
