@@ -86,6 +86,11 @@ _LAZY = {
     "OpsConfig": "pyops.ops.config",
     "load_config": "pyops.ops.config",
     "remove_image": "pyops.ops.images",
+    "Contents": "pyops.ops.contents",
+    "package_contents": "pyops.ops.package",
+    "probe_package": "pyops.ops.probe",
+    "ProbeResult": "pyops.ops.probe",
+    "Note": "pyops.ops.advice",
 }
 
 __all__ = [
@@ -96,6 +101,7 @@ __all__ = [
     "BuiltImage",
     "Cancelled",
     "ConfigError",
+    "Contents",
     "DigestMismatch",
     "DiskFull",
     "DiskImage",
@@ -111,11 +117,13 @@ __all__ = [
     "NanosRelease",
     "NetworkError",
     "NotAnElf",
+    "Note",
     "OpsConfig",
     "Package",
     "PackageError",
     "PlatformNotFound",
     "PortForward",
+    "ProbeResult",
     "PulledImage",
     "PyopsError",
     "QemuError",
@@ -139,6 +147,8 @@ __all__ = [
     "load_config",
     "load_package",
     "open_image",
+    "package_contents",
+    "probe_package",
     "pull",
     "remove_image",
     "remove_package",
@@ -178,7 +188,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from pyops.oci.pull import PulledImage, pull
     from pyops.oci.reference import ImageRef
     from pyops.oci.store import Store
+    from pyops.ops.advice import Note
     from pyops.ops.build import BuildConfig, BuiltImage, build_image, build_package_image
+    from pyops.ops.contents import Contents
     from pyops.ops.images import list_images, remove_image
-    from pyops.ops.package import Package, from_docker, list_packages, load_package, remove_package
+    from pyops.ops.package import (
+        Package,
+        from_docker,
+        list_packages,
+        load_package,
+        package_contents,
+        remove_package,
+    )
+    from pyops.ops.probe import ProbeResult, probe_package
     from pyops.vm.qemu import Accel, PortForward, VmConfig, run_vm
