@@ -231,7 +231,7 @@ def wrapper_note(entrypoint: Sequence[str], program: str) -> Note:
 _NO_FORK = (
     "fork: Function not implemented",
     "fork() failed",
-    "ioctl(FIOASYNC) failed (38",
+    "ioctl(FIOASYNC) failed",
 )
 
 
@@ -264,14 +264,15 @@ def after_run(run: Run, read: Reader) -> list[Note]:
             if run.code is None
             else f"exited with status {run.code} after {run.seconds:.1f} s"
         )
-        notes.append(
-            Note(
-                f"{name} {how} and printed nothing.",
-                fix="see which files it could not open with --missing-files, or let pyops "
-                "add them (pyops pkg probe NAME)",
-            )
+        causes = before_boot(run.argv, read, run.entrypoint)
+        fix = (
+            ""
+            if causes or notes
+            else "see which files it could not open with --missing-files, or let pyops "
+            "add them (pyops pkg probe NAME)"
         )
-        notes += before_boot(run.argv, read, run.entrypoint)
+        notes.append(Note(f"{name} {how} and printed nothing.", fix=fix))
+        notes += causes
     for path, tail in run.logs.items():
         if quiet or run.code:
             notes.append(Note(f"{path} in the image says:\n{tail}"))

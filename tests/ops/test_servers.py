@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -372,3 +373,24 @@ def test_static_go_server_and_no_host_file_in_its_image(
     assert files.read("/etc/resolv.conf") == RESOLV_CONF
     assert files.read("/etc/passwd") == PASSWD
     assert files.read("/etc/nsswitch.conf") is None
+
+
+@pytest.mark.boot
+def test_nginx_with_the_image_command_hangs_and_pyops_says_why(
+    home: Home, made: Callable[..., str], release: None
+) -> None:
+    name = made("nginx", "nginx")  # Args: the image's Cmd, -g 'daemon off;'
+    with guest(home, "pkg", "load", name) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "en1: assigned" in line:
+                break
+        time.sleep(8)  # nginx starts, fails to start a worker, and waits
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    # Before the boot, from its command line; after it, from its own log in the image.
+    assert "nginx's master process starts its workers with fork" in err
+    assert "nginx tried to start another process, and Nanos has no fork" in err
+    assert "/var/log/nginx/error.log in the image says:" in err
+    assert "ioctl(FIOASYNC) failed" in err
