@@ -2,26 +2,29 @@
 
 Each image is two layers, as an image built by ``FROM debian`` and ``apt-get install`` is:
 
-1. the base: a Debian bookworm ``minbase`` root filesystem made by ``mmdebstrap``;
+1. the base: a Debian bookworm ``minbase`` root filesystem made by ``mmdebstrap``, the same
+   layer (same digest) in every image;
 2. the app: what installing the app's packages added, changed or removed (umoci computes the
    difference, removals as whiteouts), plus the spec's extra files.
 
 The config carries the spec's Entrypoint, Cmd, WorkingDir, Env and ExposedPorts.
 
-Root filesystems are made with ``mmdebstrap --variant=minbase [--include=...] bookworm`` (one
-to two minutes each) and the finished OCI layout is kept too, both in a cache folder shared
-between runs (:func:`cache_dir`), so that a later run only pushes (seconds). Entries are
-written under a temporary name and renamed (tarballs) or tagged (images) when complete, under a
-file lock, so a killed run or two pytest processes never leave or see a half entry.
+Root filesystems are made with ``mmdebstrap --variant=minbase [--include=...] bookworm`` (about
+a minute each) and the finished OCI layout is kept too, both in a cache folder shared between
+runs (:func:`cache_dir`), so that a later run only pushes (seconds). Entries are written under
+a temporary name and renamed (tarballs) or tagged (images) when complete, under a file lock,
+so a killed run or two pytest processes never leave or see a half entry. With the same apt
+mirror, a rebuild gives the same tarballs and the same image digests (SOURCE_DATE_EPOCH).
 
 ``/dev`` of the mmdebstrap tarball (device nodes, ``/dev/fd`` links) is left out of the
 layers: images on registries have an empty ``/dev``, and the runtime provides it.
 
-When mmdebstrap, umoci, skopeo or root is missing, or mmdebstrap fails (no mirror), the test
-is skipped; with ``CI`` set (to anything but ``0``/``false``) it fails instead.
+When mmdebstrap, umoci or skopeo is missing, the process is not root, or mmdebstrap fails
+(no mirror), the test is skipped; with ``CI`` set (to anything but ``0``/``false``) it fails.
 
 Use: ``from tests.debian_images import debian_image, registries  # noqa: F401`` in a test
-module, then ``ref = debian_image("redis")`` in a test (session fixture :func:`debian_image`).
+module, then ``ref = debian_image("redis")`` in a test. A module that uses several images can
+call :func:`prepare_debian_images` first, which makes their root filesystems two at a time.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,16 +45,17 @@ from typing import NoReturn
 
 import pytest
 
-from tests.registry_server import Registries, registries, run
+from .registry_server import Registries, registries, run
 
 __all__ = [
     "IMAGES",
-    "build_debian_image",
     "DebianImage",
     "ImageFile",
+    "build_debian_image",
     "cache_dir",
     "debian_image",
     "debian_rootfs",
+    "prepare_debian_images",
     "push_debian_image",
     "registries",
     "rootfs_name",
@@ -308,7 +312,7 @@ def debian_rootfs(packages: Sequence[str] = ()) -> Path:
         if result.returncode != 0 or not partial.is_file():
             partial.unlink(missing_ok=True)
             errors = [line for line in result.stderr.splitlines() if line.startswith("E:")]
-            why = (errors or result.stderr.strip().splitlines() or ["no output"])[-1]
+            why = (errors[:1] or result.stderr.strip().splitlines()[-1:] or ["no output"])[0]
             unavailable(f"mmdebstrap {SUITE} {names} failed (exit {result.returncode}): {why}")
         partial.rename(target)
     return target
@@ -355,6 +359,11 @@ def _add_files(root: Path, files: Sequence[ImageFile]) -> None:
         for folder in reversed(made):
             folder.mkdir(mode=0o755)
             folder.chmod(0o755)
+        # Not through a link of the image (/var/lock -> /run/lock) to the host's files.
+        if not path.parent.resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"{extra.path}: its folder is a link out of the image")
+        if path.is_symlink():
+            path.unlink()
         path.write_bytes(extra.content)
         os.chown(path, 0, 0)
         path.chmod(extra.mode)
@@ -499,6 +508,19 @@ def build_debian_image(spec: DebianImage) -> tuple[Path, str]:
     return layout, tag
 
 
+def prepare_debian_images(names: Iterable[str]) -> None:
+    """Build (or find in the cache) the images of IMAGES named, making their root filesystems
+    two at a time: cuts a first run for a module that uses several of them."""
+    _require_tools()
+    specs = [IMAGES[name] for name in names]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(debian_rootfs, p) for p in ((), *(s.packages for s in specs))]
+        for job in jobs:
+            job.result()
+    for spec in specs:
+        build_debian_image(spec)
+
+
 def push_debian_image(spec: DebianImage, host: str) -> str:
     """Build ``spec`` (cached) and push it to the registry at ``host`` (plain HTTP, no auth);
     return its reference ``HOST/NAME:TAG``."""
@@ -514,8 +536,9 @@ def push_debian_image(spec: DebianImage, host: str) -> str:
 
 @pytest.fixture(scope="session")
 def debian_image(registries: Registries) -> Callable[[str], str]:  # noqa: F811
-    """``debian_image(name)`` pushes ``IMAGES[name]`` to the plain registry, once per session,
-    and returns its reference."""
+    """``debian_image(name)`` pushes ``IMAGES[name]`` to the plain registry of ``registries``
+    (once for each instance of that fixture: pytest makes one per module that imports it) and
+    returns its reference."""
     pushed: dict[str, str] = {}
 
     def push(name: str) -> str:
