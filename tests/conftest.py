@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+# Session fixtures shared by every module: the test registries (started once per run, with
+# the images pushed to them) and the Debian images. Defined here, not imported into each
+# module, so that pytest keeps one instance for the whole session.
+from .debian_images import debian_image  # noqa: F401
+from .registry_server import registries  # noqa: F401
+
 if TYPE_CHECKING:
     from pyops.nanos.release import NanosRelease
 

@@ -20,10 +20,8 @@ from .debian_images import (
     ImageFile,
     build_debian_image,
     cache_dir,
-    debian_image,  # noqa: F401
     debian_rootfs,
     prepare_debian_images,
-    registries,  # noqa: F401
     rootfs_name,
 )
 

@@ -32,7 +32,7 @@ from pyops.oci.store import Store
 
 from ..fake_registry import FakeRegistry, serve, sha256
 from ..layer_fixtures import F, tar_bytes
-from ..registry_server import PASSWORD, REFRESH_TOKEN, USER, Registries, registries  # noqa: F401
+from ..registry_server import PASSWORD, REFRESH_TOKEN, USER, Registries
 
 
 class CountingHttp(HttpClient):

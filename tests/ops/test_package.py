@@ -39,7 +39,7 @@ from pyops.ops.package import (
     remove_package,
 )
 
-from ..registry_server import PASSWORD, USER, Registries, _umoci_rootless, registries, run  # noqa: F401
+from ..registry_server import PASSWORD, USER, Registries, _umoci_rootless, run
 
 TRIPLET_DIR = "usr/lib/x86_64-linux-gnu"
 LOADER = "/lib64/ld-linux-x86-64.so.2"

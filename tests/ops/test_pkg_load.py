@@ -22,7 +22,6 @@ from pyops.ops.build import HOSTS, BuildConfig, build_package_image, package_tre
 from pyops.ops.package import from_docker, load_package
 
 from ..conftest import FakeQemu, install_test_release
-from ..registry_server import registries  # noqa: F401
 from .test_package import PkgImage, pkg_image, store  # noqa: F401
 
 

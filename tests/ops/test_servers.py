@@ -30,7 +30,7 @@ from pyops.ops.contents import read_contents
 from pyops.ops.images import ImageFiles
 
 from ..conftest import install_test_release
-from ..debian_images import NGINX_MARKER, NODE_MARKER, PYTHON_MARKER, debian_image, registries  # noqa: F401
+from ..debian_images import NGINX_MARKER, NODE_MARKER, PYTHON_MARKER
 from ..registry_server import free_port
 
 

@@ -21,7 +21,7 @@ import pyops
 from pyops.elf.ldd import resolve
 
 from ..conftest import install_test_release
-from ..registry_server import Registries, _umoci_rootless, registries, run  # noqa: F401
+from ..registry_server import Registries, _umoci_rootless, run
 
 HI_JS = "console.log('hi from Nanos!');\n"
 
