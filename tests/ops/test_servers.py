@@ -394,3 +394,17 @@ def test_nginx_with_the_image_command_hangs_and_pyops_says_why(
     assert "nginx tried to start another process, and Nanos has no fork" in err
     assert "/var/log/nginx/error.log in the image says:" in err
     assert "ioctl(FIOASYNC) failed" in err
+
+
+@pytest.mark.boot
+def test_perl_finds_its_modules(home: Home, made: Callable[..., str], release: None) -> None:
+    # Debian's perl comes with python3 (its dependencies): its @INC folders are kept, with
+    # the libraries of its XS modules (POSIX is one).
+    name = made("python", "perl", "-n", "perl_5")
+    script = (
+        'use POSIX qw(floor); use File::Spec; print floor(7.9), File::Spec->catfile("a", "b"), '
+        '"\\n"'
+    )
+    result = home.pyops("pkg", "load", name, "-a", "-e", "-a", script, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "7a/b" in result.stdout.splitlines()
