@@ -9,27 +9,19 @@ A package is a folder ``PYOPS_HOME/local_packages/NAME/`` laid out as Ops lays o
 
 :func:`from_docker` makes one from an image: pull (cached blobs are reused), apply the layers
 into a temporary root inside the package store, find the program, resolve its closure inside
-that root with the image's own environment, and copy the closure into ``sysroot/`` at the same
-in-root paths, symlinks kept as symlinks. ``copy=True`` keeps the whole root instead.
+that root with the image's own environment, and link what :mod:`pyops.ops.contents` keeps
+(the closure, the run-time extras and data files, the working directory, the interpreter's
+runtime, the owning system package and what its configuration names) into ``sysroot/`` at
+the same in-root paths, symlinks kept as symlinks. ``contents.json`` beside the manifest
+records the reason for every path. ``copy=True`` keeps the whole root instead.
 
-What the sysroot holds, besides the program, its interpreter and its libraries:
-
-- the run-time extras the resolver reports (:mod:`pyops.elf.ldd`): ``libgcc_s.so.1``, which glibc
-  dlopens for thread cancellation, and the NSS modules ``nsswitch.conf`` names, with their
-  own dependencies;
-- the files glibc (and Go, and musl) read for user and host lookups, when the image has them:
-  ``passwd``, ``group``, ``hosts``, ``nsswitch.conf``, ``host.conf``, ``gai.conf``,
-  ``services``, ``protocols``. ``passwd`` matters most: Ops writes a one-line ``passwd`` only
-  when the package has none, so the image's users survive. **Not** ``/etc/resolv.conf``: in a
-  container it is bind-mounted by the runtime, so the copy in an image is empty or describes
-  the machine that built it, and the image builder writes its own from the name servers it is
-  given (Ops: ``NameServers``);
-- the image's CA bundle, at every place TLS libraries look for one (the list Go's
-  ``crypto/x509/root_linux.go`` uses, plus OpenSSL's ``OPENSSLDIR/cert.pem``), when present;
-- the image's ``/etc/ld.so.cache``, when present: a library the resolver found through it in a
-  directory the loader does not search by default (``/usr/local/lib``, vendor directories)
-  is found the same way at run time, since the packaged paths are the image's
-  (registry-and-elf.md section 8.6).
+Among the run-time extras, **not** ``/etc/resolv.conf``: in a container it is bind-mounted
+by the runtime, so the copy in an image is empty or describes the machine that built it, and
+the image builder writes its own from the name servers it is given (Ops: ``NameServers``).
+The image's ``/etc/ld.so.cache`` is kept: a library the resolver found through it in a
+directory the loader does not search by default is found the same way at run time
+(registry-and-elf.md section 8.6). ``passwd`` matters: Ops writes a one-line ``passwd`` only
+when the package has none, so the image's users survive.
 
 ``package.manifest`` follows Ops (section 5.2):
 
