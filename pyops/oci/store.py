@@ -163,6 +163,10 @@ class Store:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        # A str root (Store("/tmp/cache")) works as a Path one does.
+        object.__setattr__(self, "root", Path(self.root))
+
     @classmethod
     def default(cls, env: Mapping[str, str] | None = None) -> Store:
         """The store at ``$PYOPS_HOME``, else ``~/.pyops``."""

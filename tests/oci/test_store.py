@@ -445,3 +445,10 @@ def test_cancel_stops_the_writer_within_a_chunk() -> None:
         writer.write_all(chunks(), cancel)
     assert seen == [0, 1, 2, 3]
     assert writer.have == 30
+
+
+def test_a_store_rooted_at_a_string_path(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))  # type: ignore[arg-type]  # as untyped callers write it
+    digest = store.put_blob(b"hello")
+    assert store.root == tmp_path
+    assert store.read_blob(digest) == b"hello"
