@@ -39,7 +39,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,10 @@ __all__ = [
     "Part",
     "RuntimeTree",
     "config_part",
+    "is_documentation",
+    "keep_named",
+    "named_in_image",
+    "named_paths",
     "data_part",
     "extras_part",
     "owner_parts",
@@ -169,7 +173,9 @@ class ImageRoot:
         return os.path.join(self.root, path.lstrip("/"))
 
     def chain(self, path: str) -> tuple[str, ...] | None:
-        """The symlinks passed and the resolved path, None if it does not exist."""
+        """The symlinks passed and the resolved path (:func:`pyops.rootfs.resolve`'s rules),
+        None if it does not exist or loops. No entry has a symlink among its parents, so
+        each can be recreated as it is."""
         if "\0" in path:
             return None
         try:
@@ -230,7 +236,13 @@ class ImageRoot:
 
 
 def _excluded(path: str) -> bool:
-    return path.startswith(EXCLUDED_PREFIXES)
+    # The folders themselves count too: /usr/share/doc as well as what is in it.
+    return (path.rstrip("/") + "/").startswith(EXCLUDED_PREFIXES)
+
+
+def is_documentation(path: str) -> bool:
+    """Whether ``path`` is under one of :data:`EXCLUDED_PREFIXES`."""
+    return _excluded(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,14 +350,11 @@ def _shared_object_closure(
             continue
         host = image.host(path)
         if os.path.islink(host) or not os.path.isfile(host):
-            continue
-        with open(host, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                continue
+            continue  # a link's target is in the tree on its own
         try:
             resolution = resolver.resolve(path, allow_missing=True)
         except PyopsError:
-            continue  # not loadable here (another machine's object): nothing to add
+            continue  # not an ELF file, or another machine's: nothing to add
         for lib in resolution.libraries:
             found += lib.chain
     return tuple(found)
@@ -541,6 +550,22 @@ def _dep_names(field: str) -> list[str]:
     return names
 
 
+def _same_source(
+    owners: list[str], depends: Callable[[str], list[str]], source: Callable[[str], str]
+) -> list[str]:
+    """``owners`` and, transitively, the dependencies built from the same source as the
+    package that needs them."""
+    chosen = list(owners)
+    queue = list(owners)
+    while queue:
+        name = queue.pop()
+        for dep in depends(name):
+            if dep not in chosen and source(dep) == source(name):
+                chosen.append(dep)
+                queue.append(dep)
+    return chosen
+
+
 def _dpkg(image: ImageRoot, program_chain: Sequence[str]) -> Part | None:
     status = image.read("/var/lib/dpkg/status", "dpkg's status file")
     if status is None:
@@ -587,15 +612,12 @@ def _dpkg(image: ImageRoot, program_chain: Sequence[str]) -> Part | None:
     def source(name: str) -> str:
         return packages[name].get("Source", name).split(" ", 1)[0]
 
-    chosen = list(owners)
-    queue = list(owners)
-    while queue:
-        name = queue.pop()
+    def depends(name: str) -> list[str]:
         fields = packages[name]
-        for dep in _dep_names(f"{fields.get('Pre-Depends', '')},{fields.get('Depends', '')}"):
-            if dep in packages and dep not in chosen and source(dep) == source(name):
-                chosen.append(dep)
-                queue.append(dep)
+        found = _dep_names(f"{fields.get('Pre-Depends', '')},{fields.get('Depends', '')}")
+        return [dep for dep in found if dep in packages]
+
+    chosen = _same_source(owners, depends, source)
     paths = _kept(image, (p for name in chosen for p in files[name]))
     return Part("owner", f"dpkg packages {', '.join(sorted(chosen))}", paths)
 
@@ -630,24 +652,16 @@ def _apk(image: ImageRoot, program_chain: Sequence[str]) -> Part | None:
     owners = [r["name"] for r in records if wanted & set(r["files"])]
     if not owners:
         return None
-    chosen = list(owners)
-    queue = list(owners)
-    while queue:
-        record = by_name[queue.pop()]
-        for dep in record["deps"]:
-            other = by_name.get(dep)
-            if (
-                other is not None
-                and dep not in chosen
-                and other.get("origin") == record.get("origin")
-            ):
-                chosen.append(dep)
-                queue.append(dep)
+    chosen = _same_source(
+        owners,
+        lambda name: [dep for dep in by_name[name]["deps"] if dep in by_name],
+        lambda name: str(by_name[name].get("origin", name)),
+    )
     paths = _kept(image, (p for name in chosen for p in by_name[name]["files"]))
     return Part("owner", f"apk packages {', '.join(sorted(chosen))}", paths)
 
 
-_CONFIG_PATH = re.compile(r"(?<![\w.:/])(/[\w.+@-]+(?:/[\w.+@-]+)*)")
+_NAMED_PATH = re.compile(r"(?<![\w.:/])(/[\w.+@-]+(?:/[\w.+@-]+)*)")  # not a URL's path
 _CONFIG_BYTES = 1 << 20  # a configuration file larger than this is not read
 # Files for service managers and cron, not for the program: what they name is not read.
 _NOT_CONFIG = tuple(
@@ -656,15 +670,43 @@ _NOT_CONFIG = tuple(
               "rc0.d", "rc1.d", "rc2.d", "rc3.d", "rc4.d", "rc5.d", "rc6.d", "rcS.d",
               "bash_completion.d", "apparmor.d", "ufw", "sysctl.d", "tmpfiles.d")
 )  # fmt: skip
-_TREE_ENTRIES = 10_000  # a folder named by a configuration is kept whole up to this size
+_TREE_ENTRIES = 10_000  # a folder named by a text is kept whole up to this size
+
+
+def named_paths(text: str) -> list[str]:
+    """The absolute paths ``text`` names, each once, outside ``/proc``, ``/sys``, ``/dev``."""
+    found = dict.fromkeys(m.group(1) for m in _NAMED_PATH.finditer(text))
+    return [p for p in found if not p.startswith(("/proc/", "/sys/", "/dev/"))]
+
+
+def named_in_image(image: ImageRoot, path: str) -> tuple[str, bool] | None:
+    """What to keep for a path a text names: ``(path, True)`` when the image has it (a
+    folder with what is in it); ``(folder, False)`` when only its folder is in the image (a
+    file the program will create there: ``pid /run/nginx.pid``); None otherwise."""
+    if image.chain(path) is not None:
+        return path, True
+    parent = path.rsplit("/", 1)[0]
+    return (parent, False) if parent and image.is_dir(parent) else None
+
+
+def keep_named(image: ImageRoot, path: str, whole: bool = True) -> tuple[str, ...]:
+    """What keeping ``path`` takes: its chain and, with ``whole``, for a folder what is in
+    it, unless it is a system folder or over a size. Documentation never."""
+    chain = image.chain(path)
+    if chain is None or _excluded(chain[-1]):
+        return ()
+    top = chain[-1]
+    if not whole or top in _SYSTEM_DIRS or not stat.S_ISDIR(image.mode(top)):
+        return chain
+    tree = [p for p in image.tree(path) if not _excluded(p)]  # the chain comes first
+    return tuple(tree) if len(tree) <= _TREE_ENTRIES else chain
 
 
 def config_part(image: ImageRoot, owner: Part) -> Part:
     """What the configuration files of the ``owner`` packages name (``root /var/www/html``,
-    ``dir /var/lib/redis``, ``pid /run/nginx.pid``): each path the image has (a folder with
-    what is in it, unless it is a system folder or large), and for a file the program will
-    create, the folder it goes in."""
-    named: list[str] = []
+    ``dir /var/lib/redis``, ``pid /run/nginx.pid``): :func:`named_in_image`, kept with
+    :func:`keep_named`."""
+    lines: list[str] = []
     for path in owner.paths:
         if not path.startswith("/etc/") or path.startswith(_NOT_CONFIG):
             continue
@@ -676,30 +718,14 @@ def config_part(image: ImageRoot, owner: Part) -> Part:
             continue
         with open(image.host(chain[-1]), "rb") as f:
             text = f.read(_CONFIG_BYTES).decode("utf-8", "replace")
-        for line in text.splitlines():
-            if line.lstrip().startswith(("#", ";", "//")):
-                continue
-            named += [m.group(1) for m in _CONFIG_PATH.finditer(line)]
+        lines += [
+            line for line in text.splitlines() if not line.lstrip().startswith(("#", ";", "//"))
+        ]
     paths: list[str] = []
-    for path in dict.fromkeys(named):
-        if path.startswith(("/proc/", "/sys/", "/dev/")) or _excluded(path + "/"):
-            continue
-        chain = image.chain(path)
-        if chain is None:
-            parent = path.rsplit("/", 1)[0]
-            chain = image.chain(parent) if parent else None
-            if chain is not None and stat.S_ISDIR(image.mode(chain[-1])):
-                paths += chain
-            continue
-        if stat.S_ISDIR(image.mode(chain[-1])) and path not in _SYSTEM_DIRS:
-            tree = []
-            for entry in image.tree(path):
-                tree.append(entry)
-                if len(tree) > _TREE_ENTRIES:
-                    break
-            paths += tree if len(tree) <= _TREE_ENTRIES else chain
-        else:
-            paths += chain
+    for named in named_paths("\n".join(lines)):
+        found = named_in_image(image, named)
+        if found is not None:
+            paths += keep_named(image, *found)
     return Part("config", f"paths named in the configuration of {owner.reason}", tuple(paths))
 
 
@@ -708,9 +734,9 @@ def _kept(image: ImageRoot, listed: Iterable[str]) -> tuple[str, ...]:
     A folder is kept as a folder (what the package put in it is listed on its own)."""
     kept: list[str] = []
     for path in listed:
-        if _excluded(path + "/"):
+        if _excluded(path):
             continue
         chain = image.chain(path)
-        if chain is not None and not _excluded(chain[-1] + "/"):
+        if chain is not None and not _excluded(chain[-1]):
             kept += chain
     return tuple(kept)

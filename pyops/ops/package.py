@@ -71,11 +71,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyops import arch, atomic, rootfs
+from pyops import arch, atomic
 from pyops import home as _home
 from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
-from pyops.errors import LibraryNotFound, PackageError, PyopsError, UnsafeLayerPath
+from pyops.errors import LibraryNotFound, PackageError, PyopsError
 from pyops.oci.auth import Credentials
 from pyops.oci.layers import unpack_layers
 from pyops.oci.net import HttpClient
@@ -85,7 +85,14 @@ from pyops.oci.schema import DEFAULT_PLATFORM, ImageConfig, Platform
 from pyops.oci.store import Store
 from pyops.ops.advice import Note, wrapper_note
 from pyops.ops.build import CA_BUNDLES
-from pyops.ops.contents import CONTENTS_FILE, Contents, Part, read_contents, select
+from pyops.ops.contents import (
+    CONTENTS_FILE,
+    Contents,
+    ImageRoot,
+    Part,
+    read_contents,
+    select,
+)
 from pyops.progress import NULL_PROGRESS, Progress, step
 
 __all__ = [
@@ -346,23 +353,15 @@ def _working_dir(config: ImageConfig) -> str:
     return cwd if cwd.startswith("/") else "/" + cwd
 
 
-def _chain(root: Path, path: str) -> tuple[str, ...] | None:
-    """Resolve ``path`` inside ``root``: the symlinks passed and the final path, or None if
-    it does not exist (or loops), with :func:`pyops.rootfs.resolve`'s rules. No entry of
-    the result has a symlink among its parents, so each can be recreated as is."""
-    try:
-        found = rootfs.resolve_on_host(root, path)
-    except UnsafeLayerPath:
-        return None  # ELOOP: as good as missing
-    return found.chain if found.mode is not None else None
-
-
 def _executable(root: Path, path: str) -> tuple[str, ...] | None:
-    chain = _chain(root, path)
+    """The chain of ``path`` inside ``root`` (:meth:`ImageRoot.chain`), if it is an
+    executable regular file."""
+    image = ImageRoot(root)
+    chain = image.chain(path)
     if chain is None:
         return None
-    st = os.lstat(os.path.join(root, chain[-1].lstrip("/")))
-    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+    mode = image.mode(chain[-1])
+    if not stat.S_ISREG(mode) or not mode & 0o111:
         return None
     return chain
 

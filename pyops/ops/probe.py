@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +35,17 @@ from pyops.oci.reference import ImageRef
 from pyops.oci.store import Store
 from pyops.ops.advice import missing_files, program_output
 from pyops.ops.config import OpsConfig
-from pyops.ops.contents import CONTENTS_FILE, Contents, ImageRoot, Part, read_contents
+from pyops.ops.contents import (
+    CONTENTS_FILE,
+    Contents,
+    ImageRoot,
+    Part,
+    is_documentation,
+    keep_named,
+    named_in_image,
+    named_paths,
+    read_contents,
+)
 from pyops.progress import NULL_PROGRESS, Progress, step
 
 if TYPE_CHECKING:
@@ -54,8 +63,6 @@ ROUNDS = 8
 
 MAX_CANDIDATES = 8
 """A missing name that more files of the image answer than this is too vague to add."""
-
-_PATH = re.compile(r"(?<![\w.])(/[\w.+@-]+(?:/[\w.+@-]+)*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +125,7 @@ def probe_package(
                 console = boot(number)
             wanted, unresolved = _wanted(image, index, console)
             sysroot = package.sysroot
-            new = [p for p in wanted if not os.path.lexists(_inside(sysroot, p))]
+            new = [(p, w) for p, w in wanted if not os.path.lexists(_inside(sysroot, p))]
             if not new:
                 settled = True
                 break
@@ -126,7 +133,7 @@ def probe_package(
             _link_into(root, sysroot, paths)
             added += [p for p in paths if p not in added]
             _record(package.path, added)
-            log.info("probe round %d added %s", number, ", ".join(new))
+            log.info("probe round %d added %s", number, ", ".join(p for p, _ in new))
     return ProbeResult(tuple(added), done, settled, tuple(unresolved))
 
 
@@ -201,37 +208,34 @@ class _Index:
         return self._names.get(name, [])
 
 
-def _wanted(image: ImageRoot, index: _Index, console: str) -> tuple[list[str], list[str]]:
-    """Paths of the image that the run missed, and the names nothing answered."""
-    wanted: list[str] = []
+def _wanted(
+    image: ImageRoot, index: _Index, console: str
+) -> tuple[list[tuple[str, bool]], list[str]]:
+    """Paths of the image that the run missed (each with whether what is in it comes
+    too: :func:`pyops.ops.contents.named_in_image`), and the names nothing answered."""
+    wanted: list[tuple[str, bool]] = []
     unresolved: list[str] = []
     for name in missing_files(console) or []:
         if not name or "/" in name:
             continue
-        candidates = [p for p in index[name] if not p.startswith("/usr/share/doc/")]
+        candidates = [p for p in index[name] if not is_documentation(p)]
         if candidates and len(candidates) <= MAX_CANDIDATES:
-            wanted += candidates
+            wanted += [(p, True) for p in candidates]
         else:
             unresolved.append(name)
     # Paths the program names in its own messages: the file, or the folder it goes in.
-    for match in _PATH.finditer(program_output(console)):
-        path = match.group(1)
-        if path.startswith(("/proc/", "/sys/", "/dev/")):
-            continue
-        if image.chain(path) is not None:
-            wanted.append(path)
-        else:
-            parent = path.rsplit("/", 1)[0]
-            if parent and image.is_dir(parent):
-                wanted.append(parent)
+    for path in named_paths(program_output(console)):
+        found = named_in_image(image, path)
+        if found is not None:
+            wanted.append(found)
     return list(dict.fromkeys(wanted)), unresolved
 
 
-def _with_trees(image: ImageRoot, paths: list[str]) -> list[str]:
-    """Each path's chain, and for a folder everything in it."""
+def _with_trees(image: ImageRoot, wanted: list[tuple[str, bool]]) -> list[str]:
+    """What keeping each path takes (:func:`pyops.ops.contents.keep_named`)."""
     out: list[str] = []
-    for path in paths:
-        out += image.tree(path)
+    for path, whole in wanted:
+        out += keep_named(image, path, whole)
     return list(dict.fromkeys(out))
 
 

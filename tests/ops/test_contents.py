@@ -16,6 +16,9 @@ from pyops.ops.contents import (
     ImageRoot,
     Part,
     data_part,
+    keep_named,
+    named_in_image,
+    named_paths,
     owner_parts,
     read_contents,
     runtime_trees,
@@ -284,3 +287,23 @@ def test_contents_first_reason_wins_and_round_trips(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"parts": [{"paths": [1]}]}')
     assert read_contents(tmp_path / "bad.json") is None
     assert read_contents(tmp_path / "none.json") is None
+
+
+def test_paths_a_text_names(tmp_path: Path) -> None:
+    put(tmp_path, "/etc/app/app.conf")
+    put(tmp_path, "/etc/motd")
+    put(tmp_path, "/srv/site/index.html")
+    put(tmp_path, "/usr/share/doc/app/README")
+    (tmp_path / "run").mkdir()
+    image = ImageRoot(tmp_path)
+    text = "root /srv/site; pid /run/app.pid; see http://example.com/srv/x and /etc/. /proc/1"
+    assert named_paths(text) == ["/srv/site", "/run/app.pid", "/etc/."]
+    assert named_in_image(image, "/srv/site") == ("/srv/site", True)
+    assert named_in_image(image, "/run/app.pid") == ("/run", False)
+    assert named_in_image(image, "/nowhere/x") is None
+    assert set(keep_named(image, "/srv/site")) == {"/srv/site", "/srv/site/index.html"}
+    assert keep_named(image, "/run", whole=False) == ("/run",)
+    # A system folder, however it is spelled, comes without what is in it; documentation never.
+    assert keep_named(image, "/etc/.") == ("/etc",)
+    assert keep_named(image, "/usr/share/doc") == ()
+    assert keep_named(image, "/usr/share/doc/app/README") == ()

@@ -38,7 +38,9 @@ def test_missing_names_and_paths_the_program_names(tmp_path: Path) -> None:
         "missing_files_begin\napp.conf\n__init__.py\nnowhere.conf\nmissing_files_end\n"
     )
     wanted, unresolved = _wanted(root, index, console)
-    assert wanted == ["/etc/app/app.conf", "/var/lib/app", "/etc/app/mime.types"]
+    # A named file, the folder of a file to be made (without what is in it), a named file.
+    assert wanted == [("/etc/app/app.conf", True), ("/var/lib/app", False),
+                      ("/etc/app/mime.types", True)]  # fmt: skip
     # Ten files answer __init__.py: too vague; nothing answers nowhere.conf.
     assert unresolved == ["__init__.py", "nowhere.conf"]
     assert _wanted(root, index, "no report, no paths\n") == ([], [])
@@ -50,7 +52,7 @@ def test_added_paths_are_linked_in_and_recorded(tmp_path: Path) -> None:
     sysroot = package / "sysroot"
     sysroot.mkdir(parents=True)
     (package / CONTENTS_FILE).write_text(Contents((Part("program", "p", ("/bin/app",)),)).to_json())
-    paths = _with_trees(root, ["/var/lib/app", "/etc/app/app.conf"])
+    paths = _with_trees(root, [("/var/lib/app", True), ("/etc/app/app.conf", True)])
     assert paths == ["/var/lib/app", "/var/lib/app/seed", "/etc/app/app.conf"]
     _link_into(tmp_path / "root", sysroot, paths)
     seed = sysroot / "var/lib/app/seed"
