@@ -37,8 +37,10 @@ import hashlib
 import logging
 import math
 import os
+import queue
 import stat
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,6 +60,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 16  # file data copied at a time
 _RAW_CHUNK = 1 << 18  # compressed bytes read at a time
 _OUT_CHUNK = 1 << 18  # decompressed bytes made at a time (bounds the memory a bomb costs)
+_AHEAD = 8  # decompressed chunks read ahead at most
 _RATIO_FLOOR = 8 * limits.MiB  # LAYER_RATIO applies once a layer unpacks past this
 _END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
 _MAX_HEADER_CHAIN = 16  # extended headers in a row before one member
@@ -70,6 +73,7 @@ _HEADER_TYPES = (
 )
 _CHAIN_KEY = "_pyops_header_chain"
 _MAX_MTIME = 1 << 34  # year 2514: later (or NaN, infinite) times are clamped
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
@@ -79,6 +83,10 @@ Modes = list[int | None]
 
 class _ByteSource(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _DataSource(Protocol):
+    def read(self, size: int, /) -> bytes: ...
 
 
 class _HeaderRefused(Exception):
@@ -186,7 +194,8 @@ class _Reader:
     def __init__(self, raw: _ByteSource, budget: _Budget, label: str, compressed: int) -> None:
         self._raw = raw
         self._budget = budget
-        self._label = label
+        self.label = label
+        self.trailing_limit = budget.trailing_limit
         self._compressed = max(compressed, 1)
         self.hasher = hashlib.sha256()
         self.count = 0
@@ -211,25 +220,97 @@ class _Reader:
     def _over(self, count: int) -> Exception:
         if count > self._room:
             return limits.UNPACKED_BYTES.exceeded(
-                f"{self._label}: the image's layers so far",
+                f"{self.label}: the image's layers so far",
                 self._budget.unpacked + count,
             )
         return limits.LAYER_RATIO.exceeded(
-            f"{self._label} ({self._compressed:,} bytes compressed) unpacks to more than "
+            f"{self.label} ({self._compressed:,} bytes compressed) unpacks to more than "
             f"{count:,} bytes, a ratio",
             count // self._compressed,
         )
 
-    def drain(self, end_of_archive: int) -> None:
-        """Read (and hash) what follows the archive, refusing more than TRAILING_BYTES."""
-        last = end_of_archive + self._budget.trailing_limit
+
+class _Ahead:
+    """Reads a :class:`_Reader` ahead in a thread: decompressing and hashing a layer (C code
+    that releases the GIL) run while this thread applies what was read before.
+
+    The thread stops at the end of the stream, at the first error (raised here when the
+    reading reaches it, so nothing past a refused byte is ever applied) or when
+    :meth:`close` is called. At most ``_AHEAD`` chunks wait at a time.
+    """
+
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_AHEAD)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._pos = 0
+        self._done = False
+        self.handed = 0  # bytes read from here
+        self._thread = threading.Thread(target=self._run, name="pyops-unpack", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = self.reader.read(_OUT_CHUNK)
+                if not self._put(chunk) or not chunk:
+                    return
+        except BaseException as exc:  # handed to the reading thread, raised there
+            self._put(exc)
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._pos >= len(self._buf):
+            if self._done:
+                return b""
+            item = self._chunks.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if not item:
+                self._done = True
+                return b""
+            self._buf, self._pos = item, 0
+        if size < 0 or (self._pos == 0 and size >= len(self._buf)):
+            data = self._buf[self._pos :] if self._pos else self._buf
+            self._pos = len(self._buf)
+            self.handed += len(data)
+            return data
+        data = self._buf[self._pos : self._pos + size]
+        self._pos += len(data)
+        self.handed += len(data)
+        return data
+
+    def require(self, end: int) -> None:
+        self.reader.require(end)
+
+    def drain(self, end_of_archive: int) -> tuple[int, str]:
+        """Read what follows the archive, refusing more than TRAILING_BYTES; the stream's
+        length and digest."""
+        reader = self.reader
+        last = end_of_archive + reader.trailing_limit
         while True:
-            if self.count > last:
+            if self.handed > last:
                 raise limits.TRAILING_BYTES.exceeded(
-                    f"{self._label}: the data after its end-of-archive marker"
+                    f"{reader.label}: the data after its end-of-archive marker"
                 )
-            if not self.read(min(_CHUNK, last + 1 - self.count)):
-                return
+            if not self.read(min(_CHUNK, last + 1 - self.handed)):
+                break
+        self._thread.join()
+        return reader.count, f"sha256:{reader.hasher.hexdigest()}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class _LayerTarInfo(tarfile.TarInfo):
@@ -355,6 +436,7 @@ class _Applier:
         self.cleaned: set[Parts] = set()
         self.dirs = _Dir()
         self._known: tuple[Parts, Parts] = ((), ())
+        self._known_host: str | None = None  # host path of the folders remembered
 
     def host(self, parts: Parts) -> str:
         # Every component comes from split_image_path/_resolve: no '..', no '/', no NUL, and
@@ -382,9 +464,11 @@ class _Applier:
     def _remember(self, given: Parts, folders: Parts) -> None:
         """``given`` resolves to ``folders``, which are all real folders now."""
         self._known = (given, folders)
+        self._known_host = None
 
     def _invalidate(self) -> None:
         self._known = ((), ())
+        self._known_host = None
 
     def _mark(self, parts: Parts) -> None:
         self.added.add(parts)
@@ -545,31 +629,51 @@ class _Applier:
         self._dir_node(target).attrs = (info.mode & 0o777, _mtime(info))
         self._mark(target)
 
-    def regular(self, info: tarfile.TarInfo, parts: Parts, data: IO[bytes] | None) -> None:
-        target, mode = self._target(info.name, parts)
-        self._remove(target, mode)
-        host = self.host(target)
-        # O_EXCL together with O_CREAT never follows a symlink at the last component.
-        fd = os.open(
-            host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        written = 0
-        with os.fdopen(fd, "wb") as out:
-            while data is not None:
+    def _create_new(self, parts: Parts) -> tuple[int, Parts] | None:
+        """The common case, cheaply: ``parts`` is a new file in the folder the previous
+        member resolved to. Creates it and returns its descriptor and resolved components;
+        None when that folder is not the one remembered or something is already there."""
+        known_in, known_out = self._known
+        if len(parts) != len(known_in) + 1 or parts[:-1] != known_in:
+            return None
+        folder = self._known_host
+        if folder is None:
+            folder = self._known_host = self.host(known_out)
+        try:
+            fd = os.open(os.path.join(folder, parts[-1]), _NEW_FILE, 0o600)
+        except FileExistsError:
+            return None  # the full path: remove what is there first
+        return fd, (*known_out, parts[-1])
+
+    def regular(self, info: tarfile.TarInfo, parts: Parts, data: _DataSource) -> None:
+        created = self._create_new(parts)
+        if created is None:
+            target, mode = self._target(info.name, parts)
+            self._remove(target, mode)
+            # O_EXCL together with O_CREAT never follows a symlink at the last component.
+            fd = os.open(self.host(target), _NEW_FILE, 0o600)
+        else:
+            fd, target = created
+        try:
+            left = info.size
+            while left:
                 try:
-                    chunk = data.read(_CHUNK)
+                    chunk = data.read(min(left, _CHUNK))
                 except (tarfile.ReadError, EOFError, zlib.error) as exc:
                     raise self._error(info.name, f"is truncated or corrupt: {exc}") from exc
                 if not chunk:
-                    break
-                out.write(chunk)
-                written += len(chunk)
-            if written != info.size:
-                raise self._error(info.name, f"has {written} of its {info.size} bytes; truncated.")
-            out.flush()
+                    raise self._error(
+                        info.name, f"has {info.size - left} of its {info.size} bytes; truncated."
+                    )
+                left -= len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fchmod(fd, info.mode & 0o777)  # no setuid/setgid/sticky on the host
             mtime = _mtime(info)
             os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
         self._mark(target)
 
     def symlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
@@ -652,32 +756,72 @@ def unpack_layers(
     :class:`~pyops.errors.DigestMismatch` for a diff_id mismatch; the destination is then
     partly written and must be thrown away.
     """
-    if diff_ids is not None and len(diff_ids) != len(layers):
-        raise LayerError(
-            f"the image config lists {len(diff_ids)} diff_ids for {len(layers)} layers."
-        )
-    budget = _Budget()
-    _make_root(dest_root)
-    applier = _Applier(Path(os.path.realpath(dest_root)), budget)
+    unpacker = Unpacker(dest_root, len(layers), diff_ids=diff_ids, progress=progress)
     for number, path in enumerate(layers, start=1):
+        unpacker.apply(number, path)
+    unpacker.finish()
+
+
+class Unpacker:
+    """:func:`unpack_layers` one layer at a time, so that a layer can be applied as soon as
+    it is downloaded while later ones still arrive (see :func:`pyops.oci.pull.pull`).
+
+    Layers must be given in order, each once (``apply(1, ...)``, ``apply(2, ...)``, ...),
+    then :meth:`finish` applies the folders' modes. Errors are :func:`unpack_layers`'.
+    """
+
+    def __init__(
+        self,
+        dest_root: Path,
+        count: int,
+        *,
+        diff_ids: Sequence[str] | None = None,
+        progress: Progress = NULL_PROGRESS,
+    ) -> None:
+        if diff_ids is not None and len(diff_ids) != count:
+            raise LayerError(f"the image config lists {len(diff_ids)} diff_ids for {count} layers.")
+        self.dest_root = dest_root
+        self.count = count
+        self.diff_ids = diff_ids
+        self.progress = progress
+        self.applied = 0
+        _make_root(dest_root)
+        self._applier = _Applier(Path(os.path.realpath(dest_root)), _Budget())
+
+    @property
+    def entries(self) -> int:
+        """Members applied so far, in all layers."""
+        return self._applier.budget.entries
+
+    def apply(self, number: int, path: Path) -> None:
+        """Apply layer ``number`` (1-based), the blob at ``path``."""
+        if number != self.applied + 1 or number > self.count:
+            raise ValueError(f"layer {number} applied after layer {self.applied} of {self.count}")
         label = f"layer {number} ({path.name[:12]})"
         key = f"unpack:{number}:{path}"
         size = path.stat().st_size
-        progress.start(key, f"unpacking {label}", size)
+        self.progress.start(key, f"unpacking {label}", size)
         try:
-            digest = _apply_layer(applier, path, label, size, progress, key)
+            digest = _apply_layer(self._applier, path, label, size, self.progress, key)
         finally:
-            progress.finish(key)
-        if diff_ids is not None and digest != diff_ids[number - 1]:
+            self.progress.finish(key)
+        if self.diff_ids is not None and digest != self.diff_ids[number - 1]:
             raise DigestMismatch(
                 f"{label}: its uncompressed content has digest {digest}, but the image config "
-                f"says {diff_ids[number - 1]}."
+                f"says {self.diff_ids[number - 1]}."
             )
-    try:
-        with atomic.reporting_disk_full(applier.host(("-",))):
-            applier.apply_dir_attrs()
-    except OSError as exc:
-        raise LayerError(f"cannot apply folder modes in {dest_root}: {exc}") from exc
+        self.applied = number
+
+    def finish(self) -> None:
+        """Apply the folders' modes and times, once every layer is applied."""
+        if self.applied != self.count:
+            raise ValueError(f"{self.applied} of {self.count} layers applied")
+        applier = self._applier
+        try:
+            with atomic.reporting_disk_full(applier.host(("-",))):
+                applier.apply_dir_attrs()
+        except OSError as exc:
+            raise LayerError(f"cannot apply folder modes in {self.dest_root}: {exc}") from exc
 
 
 def _apply_layer(
@@ -698,11 +842,14 @@ def _apply_layer(
         stream: _ByteSource = counted
         if magic.startswith(_GZIP_MAGIC):
             stream = _Gunzip(counted, label, budget.trailing_limit)
-        reader = _Reader(stream, budget, label, size)
-        end = _apply_tar(applier, reader, label)
-        reader.drain(end)
-    budget.unpacked += reader.count
-    return f"sha256:{reader.hasher.hexdigest()}"
+        ahead = _Ahead(_Reader(stream, budget, label, size))
+        try:
+            end = _apply_tar(applier, ahead, label)
+            count, digest = ahead.drain(end)
+        finally:
+            ahead.close()
+    budget.unpacked += count
+    return digest
 
 
 def _next_member(archive: tarfile.TarFile, label: str, members: int) -> tarfile.TarInfo | None:
@@ -723,7 +870,7 @@ def _next_member(archive: tarfile.TarFile, label: str, members: int) -> tarfile.
         raise LayerError(f"{label} has an invalid tar header: {exc}") from exc
 
 
-def _apply_tar(applier: _Applier, reader: _Reader, label: str) -> int:
+def _apply_tar(applier: _Applier, reader: _Ahead, label: str) -> int:
     """Apply the members of one layer; return where its end-of-archive marker ends."""
     budget = applier.budget
     try:
@@ -752,7 +899,7 @@ def _apply_tar(applier: _Applier, reader: _Reader, label: str) -> int:
 def _apply_member(
     applier: _Applier,
     archive: tarfile.TarFile,
-    reader: _Reader,
+    reader: _Ahead,
     info: tarfile.TarInfo,
     label: str,
 ) -> None:
@@ -777,9 +924,10 @@ def _apply_member(
         reader.require(info.offset_data + info.size)
         needed = info.size
     try:
-        with atomic.reporting_disk_full(applier.host((*parts[:-1], "-")), needed):
-            _dispatch(applier, archive, info, parts, label)
+        _dispatch(applier, archive, info, parts, label)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise atomic.disk_full(applier.host((*parts[:-1], "-")), needed) from exc
         raise LayerError(
             f"{label}: member {info.name!r} cannot be unpacked: {exc.strerror or exc}"
         ) from exc
@@ -802,7 +950,8 @@ def _dispatch(
     if info.isdir():
         applier.directory(info, parts)
     elif info.isreg():
-        applier.regular(info, parts, archive.extractfile(info))
+        # The member's data follows its header in the stream (what extractfile reads too).
+        applier.regular(info, parts, cast(_DataSource, archive.fileobj))
     elif info.issym():
         applier.symlink(info, parts)
     elif info.islnk():

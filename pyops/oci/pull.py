@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pyops import limits
 from pyops.errors import LayerError, PlatformNotFound, RegistryError
@@ -61,6 +62,20 @@ class _Visits:
         limits.MANIFESTS.check(self.count, f"{self.name}: the manifests and indexes to visit")
 
 
+class LayerConsumer(Protocol):
+    """Takes an image's layers while they download (``pull(consumer=...)``).
+
+    :meth:`start` is called once the config is checked, before any layer; :meth:`layer` once
+    per layer, in the manifest's order, in the calling thread, as soon as that layer and all
+    before it are in the store (a cached layer at once), while later layers still download.
+    An exception from either stops the pull and its downloads.
+    """
+
+    def start(self, config: ImageConfig, count: int) -> None: ...
+
+    def layer(self, number: int, path: Path) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PulledImage:
     """An image whose manifest, config and layers are all in the store, verified."""
@@ -89,12 +104,15 @@ def pull(
     http: HttpClient | None = None,
     workers: int = DEFAULT_WORKERS,
     use_docker_config: bool = True,
+    consumer: LayerConsumer | None = None,
 ) -> PulledImage:
     """Pull ``ref`` for ``platform`` (default ``linux/amd64``, the Nanos target) into ``store``.
 
     Credentials are ``credentials`` if given, else those of ``~/.docker/config.json`` (unless
-    ``use_docker_config`` is false), else none. Errors name the image: ``ManifestNotFound``,
-    ``AuthError``, ``PlatformNotFound``, ``DigestMismatch``, ``NetworkError``, ``LayerError``.
+    ``use_docker_config`` is false), else none. A ``consumer`` takes each layer as soon as
+    it is there (see :class:`LayerConsumer`): from-docker unpacks while it downloads.
+    Errors name the image: ``ManifestNotFound``, ``AuthError``, ``PlatformNotFound``,
+    ``DigestMismatch``, ``NetworkError``, ``LayerError``.
     """
     image = ImageRef.parse(ref) if isinstance(ref, str) else ref
     wanted = Platform.parse(platform) if isinstance(platform, str) else platform
@@ -125,7 +143,9 @@ def pull(
             f"{name}: the config lists {len(config.diff_ids)} layers, the manifest "
             f"{len(manifest.layers)}."
         )
-    layers = _download_layers(client, store, image, manifest, name, progress, workers)
+    if consumer is not None:
+        consumer.start(config, len(manifest.layers))
+    layers = _download_layers(client, store, image, manifest, name, progress, workers, consumer)
     return PulledImage(image, digest, manifest, config, wanted, config_path, layers)
 
 
@@ -224,8 +244,10 @@ def _download_layers(
     name: str,
     progress: Progress,
     workers: int,
+    consumer: LayerConsumer | None = None,
 ) -> tuple[Path, ...]:
-    """Download the layers (each distinct digest once), ``workers`` at a time."""
+    """Download the layers (each distinct digest once), ``workers`` at a time, handing each
+    to ``consumer`` as soon as it and those before it are there."""
     total = len(manifest.layers)
     unique: dict[str, tuple[int, Descriptor]] = {}
     for number, layer in enumerate(manifest.layers, start=1):
@@ -253,8 +275,19 @@ def _download_layers(
             cancel=cancel,
         )
 
+    delivered = 0
+
+    def deliver() -> None:
+        nonlocal delivered
+        while delivered < total and manifest.layers[delivered].digest in paths:
+            delivered += 1
+            if consumer is not None:
+                consumer.layer(delivered, paths[manifest.layers[delivered - 1].digest])
+
+    deliver()
     if missing:
-        _run_all(fetch, missing, paths, workers, cancel)
+        _run_all(fetch, missing, paths, workers, cancel, deliver)
+    deliver()
     return tuple(paths[layer.digest] for layer in manifest.layers)
 
 
@@ -264,8 +297,12 @@ def _run_all(
     paths: dict[str, Path],
     workers: int,
     cancel: Cancel,
+    arrived: Callable[[], None],
 ) -> None:
     """Run ``fetch`` for each missing layer in threads; the first error or a Ctrl-C stops all.
+
+    Each finished download goes into ``paths`` at once, and ``arrived`` is called (in this
+    thread) after each round that finished one; an error it raises stops the downloads too.
 
     The main thread never blocks uninterruptibly: it polls the threads every :data:`_POLL`
     seconds. On an error or ``KeyboardInterrupt`` it sets ``cancel`` (which the threads check
@@ -281,8 +318,9 @@ def _run_all(
                 error = future.exception()
                 if error is not None:
                     raise error
-        for future, digest in futures.items():
-            paths[digest] = future.result()
+                paths[futures[future]] = future.result()
+            if done:
+                arrived()
     except BaseException:
         cancel.cancel()
         raise

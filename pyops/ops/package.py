@@ -63,7 +63,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -77,7 +76,7 @@ from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
 from pyops.errors import LibraryNotFound, PackageError, PyopsError
 from pyops.oci.auth import Credentials
-from pyops.oci.layers import unpack_layers
+from pyops.oci.layers import Unpacker
 from pyops.oci.net import HttpClient
 from pyops.oci.pull import PulledImage, pull
 from pyops.oci.reference import ImageRef
@@ -267,30 +266,35 @@ def from_docker(
         image = ref
     # The name is checked before anything is downloaded.
     package_name = check_package_name(name or default_package_name(image))
-    if pulled is None:
-        wanted = Platform.parse(platform) if isinstance(platform, str) else platform
-        with step(progress, f"pull {image}"):
-            pulled = pull(
-                image,
-                store=store,
-                platform=wanted,
-                credentials=credentials,
-                insecure=insecure,
-                progress=progress,
-                http=http,
-            )
     label = str(image)
     target = packages_dir(store.root)
     target.mkdir(parents=True, exist_ok=True)
     _sweep_stale(target)
     with _staging(target) as staging, _naming(label):
         sysroot = staging / SYSROOT
-        # With copy the layers go straight into sysroot; otherwise into a root next to it
-        # that is thrown away once the closure is linked out of it.
-        root = sysroot if copy else staging / "rootfs"
-        diff_ids = pulled.config.diff_ids or None
-        with step(progress, "unpack the layers"):
-            unpack_layers(pulled.layers, root, diff_ids=diff_ids, progress=progress)
+        # The layers go into a root that becomes sysroot once what is not kept is pruned.
+        root = staging / "rootfs"
+        unpacking = _Unpacking(root, progress)
+        if pulled is None:
+            wanted = Platform.parse(platform) if isinstance(platform, str) else platform
+            # Each layer is applied as soon as it and those before it are downloaded.
+            with step(progress, f"pull and unpack {image}"):
+                pulled = pull(
+                    image,
+                    store=store,
+                    platform=wanted,
+                    credentials=credentials,
+                    insecure=insecure,
+                    progress=progress,
+                    http=http,
+                    consumer=unpacking,
+                )
+        else:
+            with step(progress, "unpack the layers"):
+                unpacking.start(pulled.config, len(pulled.layers))
+                for number, path in enumerate(pulled.layers, start=1):
+                    unpacking.layer(number, path)
+        unpacking.finish()
         with step(progress, "resolve the program's libraries"):
             found = _find_program(root, program, pulled.config, label)
             resolver = _resolver(root, pulled)
@@ -312,14 +316,91 @@ def from_docker(
                     excluded_extras=_EXCLUDED_EXTRAS,
                     closure_only=closure_only,
                 )
-                _copy_paths(root, sysroot, kept.paths())
-                atomic.remove(root)
+                prune(root, kept.paths())
+        os.rename(root, sysroot)
         (staging / CONTENTS_FILE).write_text(kept.to_json() + "\n")
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         final = _install(staging, target / package_name)
     log.info("%s: package %s at %s", label, package_name, final)
     made = _package_from_manifest(package_name, final, manifest)
     return dataclasses.replace(made, notes=notes)
+
+
+class _Unpacking:
+    """The :class:`~pyops.oci.pull.LayerConsumer` of from-docker: unpacks each layer into
+    ``root`` as it arrives, checked against the config's diff_ids."""
+
+    def __init__(self, root: Path, progress: Progress) -> None:
+        self.root = root
+        self.progress = progress
+        self.unpacker: Unpacker | None = None
+
+    def start(self, config: ImageConfig, count: int) -> None:
+        diff_ids = config.diff_ids or None
+        self.unpacker = Unpacker(self.root, count, diff_ids=diff_ids, progress=self.progress)
+
+    def layer(self, number: int, path: Path) -> None:
+        assert self.unpacker is not None, "start() comes first"
+        self.unpacker.apply(number, path)
+
+    def finish(self) -> None:
+        assert self.unpacker is not None, "start() comes first"
+        self.unpacker.finish()
+
+
+def prune(root: Path, kept: Sequence[str]) -> None:
+    """Remove from ``root`` every entry that is neither one of the in-root paths ``kept``
+    nor a folder on the way to one.
+
+    What remains is what a copy of the kept paths would hold, without writing anything:
+    files, their hard links between each other, symlinks, and the layers' folder modes and
+    times stay as unpacked. Removing what is not kept costs no more than removing the whole
+    root would, and the kept files are never written twice. A kept folder keeps only the
+    entries that are kept themselves.
+    """
+    keep: set[tuple[str, ...]] = set()
+    on_the_way: set[tuple[str, ...]] = set()
+    for path in kept:
+        names = tuple(path.strip("/").split("/"))
+        keep.add(names)
+        for i in range(len(names)):
+            on_the_way.add(names[:i])
+    # An explicit stack: a hostile layer can nest folders deeper than Python recurses.
+    stack: list[tuple[str, tuple[str, ...]]] = [(os.fspath(root), ())]
+    while stack:
+        folder, parts = stack.pop()
+        with os.scandir(folder) as entries:
+            listing = list(entries)
+        doomed = []
+        for entry in listing:
+            here = (*parts, entry.name)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir and (here in on_the_way or here in keep):
+                stack.append((entry.path, here))
+            elif here not in keep:
+                doomed.append((entry.path, is_dir))
+        if doomed:
+            with _writable(folder):
+                for path, is_dir in doomed:
+                    if is_dir:
+                        atomic.remove(path)
+                    else:
+                        os.unlink(path)
+
+
+@contextmanager
+def _writable(folder: str) -> Iterator[None]:
+    """``folder`` writable by its owner while the block runs (a layer's folder of mode
+    0555 blocks removing its entries when not root), its mode as it was afterwards."""
+    mode = stat.S_IMODE(os.lstat(folder).st_mode)
+    if mode & stat.S_IRWXU == stat.S_IRWXU:
+        yield
+        return
+    os.chmod(folder, mode | stat.S_IRWXU)
+    try:
+        yield
+    finally:
+        os.chmod(folder, mode)
 
 
 def _wrapper_notes(root: Path, found: _Found, config: ImageConfig) -> tuple[Note, ...]:
@@ -450,31 +531,6 @@ def _naming(label: str) -> Iterator[None]:
         if exc.message.startswith(prefix):
             raise
         raise type(exc)(prefix + exc.message, hint=exc.hint) from exc
-
-
-def _copy_paths(root: Path, sysroot: Path, paths: Sequence[str]) -> None:
-    """Recreate each in-root path of ``root`` under ``sysroot``: links as links.
-
-    Regular files are hard-linked out of ``root``: both are in the package store, and
-    ``root`` is removed next, so nothing is copied and hard links between packaged files
-    survive. A filesystem that refuses links gets a copy.
-    """
-    sysroot.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        relative = path.lstrip("/")
-        source = os.path.join(root, relative)
-        dest = os.path.join(sysroot, relative)
-        st = os.lstat(source)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(source), dest)
-        elif stat.S_ISDIR(st.st_mode):
-            os.makedirs(dest, exist_ok=True)
-        else:
-            try:
-                os.link(source, dest, follow_symlinks=False)
-            except OSError:
-                shutil.copy2(source, dest, follow_symlinks=False)
 
 
 def _default_args(root: Path, found: _Found, config: ImageConfig) -> list[str]:

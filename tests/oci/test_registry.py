@@ -18,6 +18,7 @@ from pyops.cli import cli
 from pyops.errors import (
     AuthError,
     DigestMismatch,
+    LayerError,
     ManifestNotFound,
     PlatformNotFound,
     UnsafeLayerPath,
@@ -527,3 +528,69 @@ def test_nested_index_and_docker_list(fake: FakeRegistry, store: Store) -> None:
     assert store.has_blob(sha256(outer_bytes)) and store.has_blob(sha256(inner_bytes))
     with pytest.raises(PlatformNotFound, match="linux/riscv64"):
         pull(f"127.0.0.1:{fake.port}/test/fake:nested", store=store, platform="linux/riscv64")
+
+
+# -- layers handed over while later ones download ----------------------------------------------
+
+
+class _Recorder:
+    """A LayerConsumer that notes, for each layer, whether the last layer was there yet."""
+
+    def __init__(self, store: Store, last: str, fail_at: int | None = None) -> None:
+        self.store = store
+        self.last = last
+        self.fail_at = fail_at
+        self.started: list[int] = []
+        self.layers: list[tuple[int, bool]] = []
+
+    def start(self, config: oci.ImageConfig, count: int) -> None:
+        self.started.append(count)
+
+    def layer(self, number: int, path: Path) -> None:
+        assert path.is_file()
+        self.layers.append((number, self.store.has_blob(self.last)))
+        if number == self.fail_at:
+            raise LayerError(f"layer {number} refused by the consumer")
+
+
+def test_layers_reach_the_consumer_in_order_while_later_ones_download(
+    fake: FakeRegistry, store: Store
+) -> None:
+    first = _layer(F("bin/app", b"app"))
+    second = _layer(F("lib/one", b"1"))
+    slow = _layer(F("data/big", os.urandom(60_000)))
+    ref = _fake_image(fake, [first, second, slow])
+    fake.slow[sha256(slow)] = 0.01  # about a second for the last layer
+    recorder = _Recorder(store, sha256(slow))
+    pulled = pull(ref, store=store, consumer=recorder)
+    assert recorder.started == [3]
+    # Layers 1 and 2 were handed over before the last one was complete, in order.
+    assert recorder.layers == [(1, False), (2, False), (3, True)]
+    assert [p.read_bytes() for p in pulled.layers] == [first, second, slow]
+
+
+def test_a_consumer_error_stops_the_downloads(fake: FakeRegistry, store: Store) -> None:
+    first = _layer(F("bin/app", b"app"))
+    slow = _layer(F("data/big", os.urandom(200_000)))
+    ref = _fake_image(fake, [first, slow])
+    fake.slow[sha256(slow)] = 0.01
+    recorder = _Recorder(store, sha256(slow), fail_at=1)
+    with pytest.raises(LayerError, match="refused by the consumer"):
+        pull(ref, store=store, consumer=recorder)
+    assert recorder.layers == [(1, False)]
+    assert not store.has_blob(sha256(slow))
+    deadline = time.monotonic() + 10
+    while sha256(slow) not in fake.aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sha256(slow) in fake.aborted  # the client hung up instead of downloading on
+
+
+def test_cached_layers_reach_the_consumer_at_once(fake: FakeRegistry, store: Store) -> None:
+    layers = [_layer(F("bin/app", b"app")), _layer(F("lib/one", b"1"))]
+    ref = _fake_image(fake, layers)
+    pull(ref, store=store)
+    before = len(fake.blob_requests())
+    recorder = _Recorder(store, sha256(layers[1]))
+    pull(ref, store=store, consumer=recorder)
+    assert recorder.layers == [(1, True), (2, True)]
+    assert len(fake.blob_requests()) == before

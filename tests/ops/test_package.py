@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pyops.ops.package import (
     list_packages,
     load_package,
     packages_dir,
+    prune,
     remove_package,
 )
 
@@ -299,13 +301,13 @@ def test_from_docker_packages_exactly_the_closure(
     import pyops.ops.package
 
     unpacked_into: list[Path] = []
-    real_unpack = pyops.ops.package.unpack_layers
+    real_unpacker = pyops.ops.package.Unpacker
 
-    def recording_unpack(layers: object, dest: Path, **kw: object) -> None:
+    def recording_unpacker(dest: Path, count: int, **kw: object) -> object:
         unpacked_into.append(dest)
-        real_unpack(layers, dest, **kw)  # type: ignore[arg-type]
+        return real_unpacker(dest, count, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pyops.ops.package, "unpack_layers", recording_unpack)
+    monkeypatch.setattr(pyops.ops.package, "Unpacker", recording_unpacker)
     package = from_docker(pkg_image.ref, "greet", store=store)
 
     assert package.name == "pkgroot_pkg"
@@ -554,3 +556,42 @@ def test_package_is_a_value() -> None:
     package = Package("n", Path("/p"), "/bin/x", ("x",), {"A": "1"})
     assert package.sysroot == Path("/p/sysroot")
     assert package.to_dict()["env"] == {"A": "1"}
+
+
+# -- prune: the unpacked root becomes the sysroot ------------------------------------------
+
+
+def test_prune_keeps_exactly_the_kept_paths_with_their_folders(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/lib/python/site").mkdir(parents=True)
+    (root / "usr/share/doc/big").mkdir(parents=True)
+    (root / "usr/lib/python/os.py").write_text("os")
+    (root / "usr/lib/python/site/extra.py").write_text("extra")
+    (root / "usr/lib/libc.so.6").write_bytes(b"libc")
+    os.link(root / "usr/lib/libc.so.6", root / "usr/lib/libc-hardlink.so")
+    (root / "usr/share/doc/big/README").write_text("doc")
+    (root / "lib").symlink_to("usr/lib")
+    (root / "etc").mkdir()
+    (root / "etc/hosts").write_text("hosts")
+    os.chmod(root / "usr/lib/python", 0o555)  # a read-only folder of the image
+    os.utime(root / "usr/lib", (1_000_000, 1_000_000))
+    kept = ["/lib", "/usr/lib/libc.so.6", "/usr/lib/libc-hardlink.so", "/usr/lib/python",
+            "/usr/lib/python/os.py"]  # fmt: skip
+    prune(root, kept)
+    left = sorted("/" + str(p.relative_to(root)) for p in root.rglob("*"))
+    assert left == sorted(
+        [
+            "/lib",
+            "/usr",
+            "/usr/lib",
+            "/usr/lib/libc.so.6",
+            "/usr/lib/libc-hardlink.so",
+            "/usr/lib/python",
+            "/usr/lib/python/os.py",
+        ]  # fmt: skip
+    )
+    # Nothing was rewritten: hard links stay links, the image's folder modes and times stay.
+    assert (root / "usr/lib/libc.so.6").stat().st_nlink == 2
+    assert os.readlink(root / "lib") == "usr/lib"
+    assert stat.S_IMODE((root / "usr/lib/python").stat().st_mode) == 0o555
+    assert (root / "usr/lib").stat().st_mtime == 1_000_000  # nothing removed in it
