@@ -26,22 +26,24 @@ BENCHMARKS = {
     "pull": "bench_pull.py",
     "ldd": "bench_ldd.py",
     "boot": "bench_boot.py",
+    "pkg": "bench_pkg.py",
 }
 
 
-def run_one(script: str, scale: int, repeat: int | None) -> dict[str, Any]:
+def run_one(script: str, scale: int, repeat: int | None) -> list[dict[str, Any]]:
+    """The rows a benchmark prints (one JSON line each), or one row saying why it skipped."""
     argv = [sys.executable, str(HERE / script), "--json", "--scale", str(scale)]
     if repeat is not None:
         argv += ["--repeat", str(repeat)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     lines = done.stdout.strip().splitlines()
     if done.returncode == SKIPPED:
-        return {"skipped": lines[-1] if lines else "skipped"}
-    if done.returncode != 0 or not lines:
+        return [{"skipped": lines[-1] if lines else "skipped"}]
+    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    if done.returncode != 0 or not rows:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"skipped": f"failed (exit status {done.returncode}): {tail}"}
-    row: dict[str, Any] = json.loads(lines[-1])
-    return row
+        return [{"skipped": f"failed (exit status {done.returncode}): {tail}"}]
+    return rows
 
 
 def mb(value: float | None) -> str:
@@ -93,7 +95,7 @@ def print_results(scale: int, results: dict[str, dict[str, Any]]) -> None:
 def print_growth(scales: list[int], results: dict[int, dict[str, dict[str, Any]]]) -> None:
     low, high = scales[0], scales[-1]
     rows = [["benchmark", f"input x{high // low}", "pyops time x", "baseline time x"]]
-    for key in BENCHMARKS:
+    for key in results[low]:
         a, b = results[low].get(key), results[high].get(key)
         if not a or not b or "skipped" in a or "skipped" in b:
             continue
@@ -126,7 +128,9 @@ def main() -> None:
         for name in chosen:
             start = time.perf_counter()
             print(f"running {name} at scale {scale} ...", file=sys.stderr, flush=True)
-            results[scale][name] = run_one(BENCHMARKS[name], scale, args.repeat)
+            rows = run_one(BENCHMARKS[name], scale, args.repeat)
+            for number, found in enumerate(rows, start=1):
+                results[scale][name if len(rows) == 1 else f"{name}:{number}"] = found
             print(f"  {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         print_results(scale, results[scale])
     if len(args.scale) > 1:

@@ -8,7 +8,7 @@ store. Blobs already in the store cost no download.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +71,7 @@ class LayerConsumer(Protocol):
     An exception from either stops the pull and its downloads.
     """
 
-    def start(self, config: ImageConfig, count: int) -> None: ...
+    def start(self, config: ImageConfig, layers: Sequence[Descriptor]) -> None: ...
 
     def layer(self, number: int, path: Path) -> None: ...
 
@@ -144,7 +144,7 @@ def pull(
             f"{len(manifest.layers)}."
         )
     if consumer is not None:
-        consumer.start(config, len(manifest.layers))
+        consumer.start(config, manifest.layers)
     layers = _download_layers(client, store, image, manifest, name, progress, workers, consumer)
     return PulledImage(image, digest, manifest, config, wanted, config_path, layers)
 

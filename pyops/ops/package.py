@@ -63,6 +63,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -74,13 +75,13 @@ from pyops import arch, atomic
 from pyops import home as _home
 from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
-from pyops.errors import LibraryNotFound, PackageError, PyopsError
+from pyops.errors import DiskFull, LibraryNotFound, PackageError, PyopsError
 from pyops.oci.auth import Credentials
 from pyops.oci.layers import Unpacker
 from pyops.oci.net import HttpClient
 from pyops.oci.pull import PulledImage, pull
 from pyops.oci.reference import ImageRef
-from pyops.oci.schema import DEFAULT_PLATFORM, ImageConfig, Platform
+from pyops.oci.schema import DEFAULT_PLATFORM, Descriptor, ImageConfig, Platform
 from pyops.oci.store import Store
 from pyops.ops.advice import Note, wrapper_note
 from pyops.ops.build import CA_BUNDLES
@@ -270,11 +271,10 @@ def from_docker(
     target = packages_dir(store.root)
     target.mkdir(parents=True, exist_ok=True)
     _sweep_stale(target)
-    with _staging(target) as staging, _naming(label):
+    with _staging(target) as staging, _naming(label), _Unpacking(
+        staging / "rootfs", progress, in_memory=not copy
+    ) as unpacking:
         sysroot = staging / SYSROOT
-        # The layers go into a root that becomes sysroot once what is not kept is pruned.
-        root = staging / "rootfs"
-        unpacking = _Unpacking(root, progress)
         if pulled is None:
             wanted = Platform.parse(platform) if isinstance(platform, str) else platform
             # Each layer is applied as soon as it and those before it are downloaded.
@@ -291,10 +291,10 @@ def from_docker(
                 )
         else:
             with step(progress, "unpack the layers"):
-                unpacking.start(pulled.config, len(pulled.layers))
+                unpacking.start(pulled.config, pulled.manifest.layers)
                 for number, path in enumerate(pulled.layers, start=1):
                     unpacking.layer(number, path)
-        unpacking.finish()
+        root = unpacking.finish()
         with step(progress, "resolve the program's libraries"):
             found = _find_program(root, program, pulled.config, label)
             resolver = _resolver(root, pulled)
@@ -303,6 +303,7 @@ def from_docker(
         notes = _wrapper_notes(root, found, pulled.config)
         if copy:
             kept = Contents((Part("copy", "the whole root filesystem (--copy)", ()),))
+            os.rename(root, sysroot)
         else:
             with step(progress, "keep what the program needs"):
                 kept = select(
@@ -316,8 +317,11 @@ def from_docker(
                     excluded_extras=_EXCLUDED_EXTRAS,
                     closure_only=closure_only,
                 )
-                prune(root, kept.paths())
-        os.rename(root, sysroot)
+                if root.parent == staging:  # on the same disk: what is kept stays in place
+                    prune(root, kept.paths())
+                    os.rename(root, sysroot)
+                else:
+                    copy_kept(root, sysroot, kept.paths())
         (staging / CONTENTS_FILE).write_text(kept.to_json() + "\n")
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         final = _install(staging, target / package_name)
@@ -326,35 +330,171 @@ def from_docker(
     return dataclasses.replace(made, notes=notes)
 
 
+SCRATCH_FOLDERS = ("/dev/shm",)
+"""Memory-backed folders (tmpfs) where from-docker unpacks an image whose package keeps only
+part of it: creating a file there costs a small fraction of what it costs on a disk, and
+only what is kept is then written to the package store."""
+
+UNPACK_ESTIMATE = 5
+"""Layers unpack to about this many times their compressed size (a guess, used only to
+decide whether an image fits in a scratch folder with room to spare)."""
+
+
 class _Unpacking:
-    """The :class:`~pyops.oci.pull.LayerConsumer` of from-docker: unpacks each layer into
-    ``root`` as it arrives, checked against the config's diff_ids."""
+    """The :class:`~pyops.oci.pull.LayerConsumer` of from-docker: unpacks each layer as it
+    arrives, checked against the config's diff_ids.
 
-    def __init__(self, root: Path, progress: Progress) -> None:
-        self.root = root
+    With ``in_memory``, the root goes to a scratch folder in memory (:data:`SCRATCH_FOLDERS`)
+    when the host has one with room for twice the image and as much memory available;
+    should it fill up anyway, the unpacking starts over in ``disk_root``. Used as a context
+    manager, which removes the scratch root at the end.
+    """
+
+    def __init__(self, disk_root: Path, progress: Progress, *, in_memory: bool) -> None:
+        self.disk_root = disk_root
         self.progress = progress
+        self.in_memory = in_memory
+        self.root = disk_root
+        self.config: ImageConfig | None = None
+        self.count = 0
+        self.paths: list[Path] = []
         self.unpacker: Unpacker | None = None
+        self._scratch: Path | None = None
 
-    def start(self, config: ImageConfig, count: int) -> None:
-        diff_ids = config.diff_ids or None
-        self.unpacker = Unpacker(self.root, count, diff_ids=diff_ids, progress=self.progress)
+    def __enter__(self) -> _Unpacking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._scratch is not None:
+            atomic.remove(self._scratch)
+
+    def _new_unpacker(self) -> Unpacker:
+        assert self.config is not None, "start() comes first"
+        diff_ids = self.config.diff_ids or None
+        return Unpacker(self.root, self.count, diff_ids=diff_ids, progress=self.progress)
+
+    def start(self, config: ImageConfig, layers: Sequence[Descriptor]) -> None:
+        self.config = config
+        self.count = len(layers)
+        if self.in_memory:
+            need = UNPACK_ESTIMATE * sum(max(layer.size, 0) for layer in layers)
+            self._scratch = scratch_folder(need)
+            if self._scratch is not None:
+                self.root = self._scratch / "rootfs"
+        self.unpacker = self._new_unpacker()
 
     def layer(self, number: int, path: Path) -> None:
         assert self.unpacker is not None, "start() comes first"
-        self.unpacker.apply(number, path)
+        self.paths.append(path)
+        try:
+            self.unpacker.apply(number, path)
+        except DiskFull:
+            if self._scratch is None:
+                raise
+            log.info("%s is full: unpacking on disk instead", self._scratch.parent)
+            atomic.remove(self._scratch)
+            self._scratch = None
+            self.root = self.disk_root
+            self.unpacker = self._new_unpacker()
+            for again, earlier in enumerate(self.paths, start=1):
+                self.unpacker.apply(again, earlier)
 
-    def finish(self) -> None:
+    def finish(self) -> Path:
+        """Apply the folders' modes; the root, unpacked."""
         assert self.unpacker is not None, "start() comes first"
         self.unpacker.finish()
+        return self.root
+
+
+def scratch_folder(need: int) -> Path | None:
+    """A new folder's path in one of :data:`SCRATCH_FOLDERS` with room for twice ``need``
+    bytes, when as much memory is available too; None when there is none (not Linux, a
+    small ``/dev/shm`` as in a container, too little memory)."""
+    available = _memory_available()
+    if available is None or available < 2 * need:
+        return None
+    for folder in SCRATCH_FOLDERS:
+        try:
+            room = os.statvfs(folder)
+        except OSError:
+            continue
+        if room.f_bavail * room.f_frsize < 2 * need or not os.access(folder, os.W_OK | os.X_OK):
+            continue
+        for removed in atomic.sweep(folder):
+            log.info("removed %s, left by a process that is gone", removed)
+        scratch = atomic.temp_path(Path(folder) / "pyops-unpack")
+        try:
+            scratch.mkdir(mode=0o700)
+        except OSError:
+            continue
+        return scratch
+    return None
+
+
+def _memory_available() -> int | None:
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def copy_kept(root: Path, sysroot: Path, kept: Sequence[str]) -> None:
+    """Copy the in-root paths ``kept`` (sorted, none below a symlink) from ``root`` into the
+    new folder ``sysroot``: files with their modes and times and their hard links between
+    each other, symlinks as symlinks, folders (those on the way to a kept path too) with the
+    modes and times they have in ``root``."""
+    folders: list[tuple[str, str]] = [(os.fspath(root), os.fspath(sysroot))]
+    os.mkdir(sysroot, 0o700)
+    made = {""}
+    inodes: dict[tuple[int, int], str] = {}
+    for path in kept:
+        relative = path.strip("/")
+        if not relative:
+            continue
+        names = relative.split("/")
+        for i in range(1, len(names) + 1):
+            folder = "/".join(names[:i])
+            if folder in made:
+                continue
+            source = os.path.join(root, folder)
+            dest = os.path.join(sysroot, folder)
+            st = os.lstat(source)
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(dest, 0o700)  # its own mode once filled
+                folders.append((source, dest))
+            elif i < len(names):
+                raise PackageError(f"cannot keep {path}: /{folder} in the image is not a folder.")
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(source), dest)
+                os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+            elif stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in inodes:
+                    os.link(inodes[key], dest, follow_symlinks=False)
+                else:
+                    shutil.copyfile(source, dest, follow_symlinks=False)
+                    os.chmod(dest, stat.S_IMODE(st.st_mode))
+                    os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns))
+                    if st.st_nlink > 1:
+                        inodes[key] = dest
+            made.add(folder)
+    for source, dest in reversed(folders):  # the deepest first: a folder's time is its last
+        st = os.lstat(source)
+        os.chmod(dest, stat.S_IMODE(st.st_mode))
+        os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns))
 
 
 def prune(root: Path, kept: Sequence[str]) -> None:
     """Remove from ``root`` every entry that is neither one of the in-root paths ``kept``
     nor a folder on the way to one.
 
-    What remains is what a copy of the kept paths would hold, without writing anything:
-    files, their hard links between each other, symlinks, and the layers' folder modes and
-    times stay as unpacked. Removing what is not kept costs no more than removing the whole
+    What remains is what :func:`copy_kept` would make, without writing anything: files,
+    their hard links between each other, symlinks, and the layers' folder modes and times
+    stay as unpacked. Removing what is not kept costs no more than removing the whole
     root would, and the kept files are never written twice. A kept folder keeps only the
     entries that are kept themselves.
     """
@@ -380,12 +520,15 @@ def prune(root: Path, kept: Sequence[str]) -> None:
             elif here not in keep:
                 doomed.append((entry.path, is_dir))
         if doomed:
+            times = os.lstat(folder)
             with _writable(folder):
                 for path, is_dir in doomed:
                     if is_dir:
                         atomic.remove(path)
                     else:
                         os.unlink(path)
+            # The folder's time stays the layer's (removing entries changes it).
+            os.utime(folder, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -543,8 +543,8 @@ class _Recorder:
         self.started: list[int] = []
         self.layers: list[tuple[int, bool]] = []
 
-    def start(self, config: oci.ImageConfig, count: int) -> None:
-        self.started.append(count)
+    def start(self, config: oci.ImageConfig, layers: Sequence[oci.Descriptor]) -> None:
+        self.started.append(len(layers))
 
     def layer(self, number: int, path: Path) -> None:
         assert path.is_file()

@@ -312,8 +312,11 @@ def test_from_docker_packages_exactly_the_closure(
 
     assert package.name == "pkgroot_pkg"
     assert package.path == packages_dir(store.root) / "pkgroot_pkg"
-    # The temporary root was inside the package store, and is gone.
-    assert unpacked_into and unpacked_into[0].is_relative_to(packages_dir(store.root))
+    # The temporary root was in memory (this machine has a /dev/shm) or in the package
+    # store, and is gone.
+    assert unpacked_into
+    assert unpacked_into[0].parent.parent in (packages_dir(store.root), Path("/dev/shm"))
+    assert not unpacked_into[0].parent.exists()
     assert _store_entries(store) == ["pkgroot_pkg"]
     assert sorted(os.listdir(package.path)) == [CONTENTS_FILE, MANIFEST_FILE, "sysroot"]
 
@@ -595,3 +598,61 @@ def test_prune_keeps_exactly_the_kept_paths_with_their_folders(tmp_path: Path) -
     assert os.readlink(root / "lib") == "usr/lib"
     assert stat.S_IMODE((root / "usr/lib/python").stat().st_mode) == 0o555
     assert (root / "usr/lib").stat().st_mtime == 1_000_000  # nothing removed in it
+
+
+def _snapshot(sysroot: Path) -> dict[str, tuple[int, int, bytes | str | None]]:
+    """Every entry's mode, mtime and content (a symlink's target), hard links by group."""
+    seen: dict[tuple[int, int], str] = {}
+    out: dict[str, tuple[int, int, bytes | str | None]] = {}
+    for path in sorted(sysroot.rglob("*")):
+        st = path.lstat()
+        name = "/" + str(path.relative_to(sysroot))
+        if stat.S_ISLNK(st.st_mode):
+            out[name] = (st.st_mode, st.st_mtime_ns, os.readlink(path))
+        elif stat.S_ISREG(st.st_mode):
+            first = seen.setdefault((st.st_dev, st.st_ino), name)
+            out[name] = (st.st_mode, st.st_mtime_ns, path.read_bytes() + first.encode())
+        else:
+            out[name] = (st.st_mode, st.st_mtime_ns, None)
+    return out
+
+
+def test_unpacking_in_memory_or_on_disk_makes_the_same_package(
+    pkg_image: PkgImage, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyops.ops.package
+
+    in_memory = from_docker(pkg_image.ref, "greet", store=store, name="mem")
+    monkeypatch.setattr(pyops.ops.package, "SCRATCH_FOLDERS", ())
+    on_disk = from_docker(pkg_image.ref, "greet", store=store, name="disk")
+    assert _snapshot(in_memory.sysroot) == _snapshot(on_disk.sysroot)
+    assert _snapshot(in_memory.sysroot)  # not empty
+
+
+def test_a_full_scratch_folder_falls_back_to_the_disk(
+    pkg_image: PkgImage, store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import pyops.ops.package
+    from pyops.errors import DiskFull
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(pyops.ops.package, "SCRATCH_FOLDERS", (str(scratch),))
+    real_apply = pyops.ops.package.Unpacker.apply
+    roots: list[Path] = []
+
+    def apply(self: object, number: int, path: Path) -> None:
+        root: Path = self.dest_root  # type: ignore[attr-defined]
+        roots.append(root)
+        if root.is_relative_to(scratch) and number == 2:
+            raise DiskFull(f"disk full at {root}")
+        real_apply(self, number, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pyops.ops.package.Unpacker, "apply", apply)
+    package = from_docker(pkg_image.ref, "greet", store=store)
+    files, links, _ = _tree(package.sysroot)
+    assert files == pkg_image.greet_files and links == pkg_image.greet_links
+    # Layers 1 and 2 in the scratch folder, then all of them again on disk.
+    assert [r.is_relative_to(scratch) for r in roots][:2] == [True, True]
+    assert not any(r.is_relative_to(scratch) for r in roots[2:]) and len(roots) >= 3
+    assert os.listdir(scratch) == []
