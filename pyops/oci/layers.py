@@ -44,10 +44,11 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Protocol, cast
+from typing import IO, Protocol
 
 from pyops import atomic, limits, rootfs
 from pyops.errors import DigestMismatch, HostFileError, LayerError, UnsafeLayerPath
+from pyops.oci.tarstream import TarStream
 from pyops.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
@@ -63,15 +64,6 @@ _OUT_CHUNK = 1 << 18  # decompressed bytes made at a time (bounds the memory a b
 _AHEAD = 8  # decompressed chunks read ahead at most
 _RATIO_FLOOR = 8 * limits.MiB  # LAYER_RATIO applies once a layer unpacks past this
 _END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
-_MAX_HEADER_CHAIN = 16  # extended headers in a row before one member
-_HEADER_TYPES = (
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-)
-_CHAIN_KEY = "_pyops_header_chain"
 _MAX_MTIME = 1 << 34  # year 2514: later (or NaN, infinite) times are clamped
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -87,10 +79,6 @@ class _ByteSource(Protocol):
 
 class _DataSource(Protocol):
     def read(self, size: int, /) -> bytes: ...
-
-
-class _HeaderRefused(Exception):
-    """Raised from inside tarfile's header parsing; turned into a LayerError with the label."""
 
 
 class _Budget:
@@ -311,48 +299,6 @@ class _Ahead:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-class _LayerTarInfo(tarfile.TarInfo):
-    """TarInfo that refuses, before tarfile reads them, sparse files, huge extended headers
-    and long chains of them (tarfile reads each whole into memory, and recurses per header)."""
-
-    def _proc_member(self, tar: tarfile.TarFile) -> _LayerTarInfo:
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise _sparse(self.name)
-        if self.type not in _HEADER_TYPES:
-            return cast(_LayerTarInfo, tarfile.TarInfo._proc_member(self, tar))  # type: ignore[attr-defined]
-        most = limits.LAYER_HEADER_BYTES.value()
-        if self.size > most:
-            raise _HeaderRefused(
-                f"has an extended header of {self.size:,} bytes (at most {most:,} are read, "
-                f"{limits.LAYER_HEADER_BYTES.variable}); refused."
-            )
-        state = vars(tar)
-        chain = state.get(_CHAIN_KEY, 0)
-        if chain >= _MAX_HEADER_CHAIN:
-            raise _HeaderRefused(f"has more than {_MAX_HEADER_CHAIN} extended headers in a row.")
-        state[_CHAIN_KEY] = chain + 1
-        try:
-            return cast(_LayerTarInfo, tarfile.TarInfo._proc_member(self, tar))  # type: ignore[attr-defined]
-        finally:
-            state[_CHAIN_KEY] = chain
-
-    # GNU sparse formats 0.0, 0.1 and 1.0 (PAX): refused before their maps are read.
-    def _proc_gnusparse_00(self, next: tarfile.TarInfo, pax: dict[str, str], buf: bytes) -> None:
-        raise _sparse(pax.get("GNU.sparse.name") or pax.get("path") or next.name)
-
-    def _proc_gnusparse_01(self, next: tarfile.TarInfo, pax: dict[str, str]) -> None:
-        raise _sparse(pax.get("GNU.sparse.name") or pax.get("path") or next.name)
-
-    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax: dict[str, str], tar: object) -> None:
-        raise _sparse(pax.get("GNU.sparse.name") or pax.get("path") or next.name)
-
-
-def _sparse(name: str) -> _HeaderRefused:
-    return _HeaderRefused(
-        f"has a sparse file {name!r}, which pyops does not unpack (it would be written whole)."
-    )
 
 
 def split_image_path(name: str) -> Parts:
@@ -852,53 +798,23 @@ def _apply_layer(
     return digest
 
 
-def _next_member(archive: tarfile.TarFile, label: str, members: int) -> tarfile.TarInfo | None:
-    try:
-        return archive.next()
-    except tarfile.ReadError as exc:
-        # umoci 0.4.7 writes tars without end-of-archive blocks or final padding (umoci
-        # #436); GNU tar refuses them, Go tools accept them. Tolerate it after a complete
-        # member, which is all such a tar lacks.
-        if members:
-            log.warning("%s: the tar ends without end-of-archive blocks (%s)", label, exc)
-            return None
-        raise LayerError(f"{label} is not a valid tar archive: {exc}") from exc
-    except _HeaderRefused as exc:
-        raise LayerError(f"{label} {exc}", hint="The image is malformed or malicious.") from exc
-    except (ValueError, IndexError, KeyError, OverflowError, EOFError) as exc:
-        # tarfile's parsing of hostile extended headers (numbers too long for int(), ...)
-        raise LayerError(f"{label} has an invalid tar header: {exc}") from exc
-
-
 def _apply_tar(applier: _Applier, reader: _Ahead, label: str) -> int:
     """Apply the members of one layer; return where its end-of-archive marker ends."""
     budget = applier.budget
-    try:
-        archive = tarfile.open(  # type: ignore[call-overload]
-            fileobj=reader, mode="r|", tarinfo=_LayerTarInfo
-        )
-    except tarfile.ReadError as exc:
-        raise LayerError(f"{label} is not a tar archive: {exc}") from exc
-    except _HeaderRefused as exc:
-        raise LayerError(f"{label} {exc}", hint="The image is malformed or malicious.") from exc
-    except (ValueError, IndexError, KeyError, OverflowError, EOFError) as exc:
-        raise LayerError(f"{label} has an invalid tar header: {exc}") from exc
-    members = 0
-    while (info := _next_member(archive, label, members)) is not None:
-        archive.members.clear()  # tarfile keeps every member otherwise
-        members += 1
+    archive = TarStream(reader, label)
+    while (info := archive.next()) is not None:
         budget.entries += 1
         if budget.entries > budget.entries_limit:
             raise limits.LAYER_ENTRIES.exceeded(
                 f"{label}: the image's layers so far", budget.entries
             )
         _apply_member(applier, archive, reader, info, label)
-    return int(archive.offset) + _END_OF_ARCHIVE
+    return archive.end_of_archive + _END_OF_ARCHIVE
 
 
 def _apply_member(
     applier: _Applier,
-    archive: tarfile.TarFile,
+    archive: TarStream,
     reader: _Ahead,
     info: tarfile.TarInfo,
     label: str,
@@ -934,7 +850,7 @@ def _apply_member(
 
 
 def _dispatch(
-    applier: _Applier, archive: tarfile.TarFile, info: tarfile.TarInfo, parts: Parts, label: str
+    applier: _Applier, archive: TarStream, info: tarfile.TarInfo, parts: Parts, label: str
 ) -> None:
     name = parts[-1]
     if name.startswith(_WHITEOUT):
@@ -950,8 +866,7 @@ def _dispatch(
     if info.isdir():
         applier.directory(info, parts)
     elif info.isreg():
-        # The member's data follows its header in the stream (what extractfile reads too).
-        applier.regular(info, parts, cast(_DataSource, archive.fileobj))
+        applier.regular(info, parts, archive)
     elif info.issym():
         applier.symlink(info, parts)
     elif info.islnk():

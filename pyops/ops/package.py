@@ -271,9 +271,11 @@ def from_docker(
     target = packages_dir(store.root)
     target.mkdir(parents=True, exist_ok=True)
     _sweep_stale(target)
-    with _staging(target) as staging, _naming(label), _Unpacking(
-        staging / "rootfs", progress, in_memory=not copy
-    ) as unpacking:
+    with (
+        _staging(target) as staging,
+        _naming(label),
+        _Unpacking(staging / "rootfs", progress, in_memory=not copy) as unpacking,
+    ):
         sysroot = staging / SYSROOT
         if pulled is None:
             wanted = Platform.parse(platform) if isinstance(platform, str) else platform
