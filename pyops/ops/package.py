@@ -7,13 +7,22 @@ A package is a folder ``PYOPS_HOME/local_packages/NAME/`` laid out as Ops lays o
     ├── package.manifest   JSON, Ops's config schema
     └── sysroot/           copied into the image root as it is
 
-:func:`from_docker` makes one from an image: pull (cached blobs are reused), apply the layers
-into a temporary root inside the package store, find the program, resolve its closure inside
-that root with the image's own environment, and link what :mod:`pyops.ops.contents` keeps
-(the closure, the run-time extras and data files, the working directory, the interpreter's
-runtime, the owning system package and what its configuration names) into ``sysroot/`` at
-the same in-root paths, symlinks kept as symlinks. ``contents.json`` beside the manifest
-records the reason for every path. ``copy=True`` keeps the whole root instead.
+:func:`from_docker` makes one from an image: pull (cached blobs are reused), apply each layer
+as soon as it is downloaded into a temporary root, find the program, resolve its closure
+inside that root with the image's own environment, and keep what :mod:`pyops.ops.contents`
+chooses (the closure, the run-time extras and data files, the working directory, the
+interpreter's runtime, the owning system package and what its configuration names) in
+``sysroot/`` at the same in-root paths, symlinks kept as symlinks. ``contents.json`` beside
+the manifest records the reason for every path. ``copy=True`` keeps the whole root instead.
+
+Where the temporary root goes is a matter of speed only; the package is the same byte for
+byte either way (modes, times, hard links). Creating a file in a memory-backed folder costs
+a small fraction of what it costs on a disk, so when a package keeps part of an image and
+the host has a ``/dev/shm`` with room for twice the image (and as much memory available),
+the root goes there and only what is kept is copied to the package store. Otherwise it is
+made inside the package store, what is not kept is removed from it, and it is renamed into
+``sysroot/``: nothing is written twice. Should the memory folder fill up anyway, the
+unpacking starts over on disk.
 
 Among the run-time extras, **not** ``/etc/resolv.conf``: in a container it is bind-mounted
 by the runtime, so the copy in an image is empty or describes the machine that built it, and

@@ -656,3 +656,22 @@ def test_a_full_scratch_folder_falls_back_to_the_disk(
     assert [r.is_relative_to(scratch) for r in roots][:2] == [True, True]
     assert not any(r.is_relative_to(scratch) for r in roots[2:]) and len(roots) >= 3
     assert os.listdir(scratch) == []
+
+
+def test_a_scratch_folder_only_with_room_for_twice_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyops.ops.package as package
+
+    monkeypatch.setattr(package, "SCRATCH_FOLDERS", (str(tmp_path / "missing"), str(tmp_path)))
+    monkeypatch.setattr(package, "_memory_available", lambda: 10 * 2**30)
+    made = package.scratch_folder(2**20)
+    assert made is not None and made.parent == tmp_path and made.is_dir()
+    assert atomic.is_temp(made.name)  # swept by the next run if this process dies
+    room = os.statvfs(tmp_path)
+    free = room.f_bavail * room.f_frsize
+    assert package.scratch_folder(free // 2 + 2**20) is None  # the folder is too small
+    monkeypatch.setattr(package, "_memory_available", lambda: 2**21)
+    assert package.scratch_folder(2**20 + 1) is None  # not enough memory
+    monkeypatch.setattr(package, "_memory_available", lambda: None)
+    assert package.scratch_folder(1) is None  # no /proc/meminfo: not Linux
