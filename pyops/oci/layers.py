@@ -62,6 +62,8 @@ _CHUNK = 1 << 16  # file data copied at a time
 _RAW_CHUNK = 1 << 18  # compressed bytes read at a time
 _OUT_CHUNK = 1 << 18  # decompressed bytes made at a time (bounds the memory a bomb costs)
 _AHEAD = 8  # decompressed chunks read ahead at most
+_WRITER_JOBS = 64  # files waiting for the writer thread at most
+_WRITER_BYTES = 1 << 18  # larger files are written by the applier itself
 _RATIO_FLOOR = 8 * limits.MiB  # LAYER_RATIO applies once a layer unpacks past this
 _END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
 _MAX_MTIME = 1 << 34  # year 2514: later (or NaN, infinite) times are clamped
@@ -79,6 +81,17 @@ class _ByteSource(Protocol):
 
 class _DataSource(Protocol):
     def read(self, size: int, /) -> bytes: ...
+
+
+class _Bytes:
+    """A member's data already read."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    def read(self, size: int, /) -> bytes:
+        chunk, self._data = self._data[:size], self._data[size:]
+        return bytes(chunk)
 
 
 class _Budget:
@@ -367,6 +380,95 @@ def _mtime(info: tarfile.TarInfo) -> float:
     return min(mtime, float(_MAX_MTIME))
 
 
+class _Job:
+    """A new file for the :class:`_Writer` to create: where, and all of it."""
+
+    __slots__ = ("data", "info", "parts", "path", "target")
+
+    def __init__(
+        self, path: str, target: Parts, parts: Parts, info: tarfile.TarInfo, data: bytes
+    ) -> None:
+        self.path = path
+        self.target = target
+        self.parts = parts
+        self.info = info
+        self.data = data
+
+
+class _Writer:
+    """One thread that creates a layer's new small files, in order, while the applier reads
+    the members after them: on a disk, creating a file costs the kernel more than reading
+    its member costs Python, and the two then run at the same time.
+
+    A job whose path turns out to exist (a lower layer's entry) is not written: it is handed
+    back by :meth:`drain`, in order, for the applier to redo in full. The first error stops
+    the thread; :meth:`drain` raises it.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=_WRITER_JOBS)
+        self._redo: list[_Job] = []
+        self._error: tuple[_Job, OSError] | None = None
+        self._thread = threading.Thread(target=self._run, name="pyops-write", daemon=True)
+        self._thread.start()
+        self.pending = False
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if self._error is None:
+                    self._write(job)
+            except FileExistsError:
+                self._redo.append(job)
+            except OSError as exc:
+                self._error = (job, exc)
+            finally:
+                self._jobs.task_done()
+        self._jobs.task_done()
+
+    @staticmethod
+    def _write(job: _Job) -> None:
+        info = job.info
+        fd = os.open(job.path, _NEW_FILE, 0o600)
+        try:
+            view = memoryview(job.data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, info.mode & 0o777)  # no setuid/setgid/sticky on the host
+            mtime = _mtime(info)
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+
+    def submit(self, job: _Job) -> None:
+        self.pending = True
+        self._jobs.put(job)
+
+    def drain(self) -> list[_Job]:
+        """Wait for the jobs given so far; those to redo. Raises the first error."""
+        self._jobs.join()
+        self.pending = False
+        if self._error is not None:
+            job, exc = self._error
+            self._error = None
+            raise _WriteFailed(job, exc)
+        redo, self._redo = self._redo, []
+        return redo
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+
+class _WriteFailed(Exception):
+    """A job of the :class:`_Writer` failed: which, and the error."""
+
+    def __init__(self, job: _Job, error: OSError) -> None:
+        super().__init__(job.info.name)
+        self.job = job
+        self.error = error
+
+
 class _Applier:
     """Applies layers to ``root``, keeping track of what the current layer added."""
 
@@ -383,6 +485,8 @@ class _Applier:
         self.dirs = _Dir()
         self._known: tuple[Parts, Parts] = ((), ())
         self._known_host: str | None = None  # host path of the folders remembered
+        self._writer: _Writer | None = None
+        self._pending: set[str] = set()  # paths given to the writer since it was drained
 
     def host(self, parts: Parts) -> str:
         # Every component comes from split_image_path/_resolve: no '..', no '/', no NUL, and
@@ -390,11 +494,60 @@ class _Applier:
         return os.path.join(self._root, *parts)
 
     def start_layer(self, label: str) -> None:
+        self._writer = _Writer()
         self.layer_label = label
         self.added.clear()
         self.added_ancestors.clear()
         self.cleaned.clear()
         self._invalidate()
+
+    def end_layer(self, *, failed: bool = False) -> None:
+        """Finish the layer's writes (unless it ``failed``) and stop its writer."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            if not failed:
+                self._drain(writer)
+        finally:
+            writer.stop()
+
+    def barrier(self) -> None:
+        """Wait for the files given to the writer, redoing those whose path existed: what
+        comes next sees the root as if every member before it had been applied in turn."""
+        if self._writer is not None and self._writer.pending:
+            self._drain(self._writer)
+
+    def _drain(self, writer: _Writer) -> None:
+        self._pending.clear()
+        try:
+            redo = writer.drain()
+        except _WriteFailed as failed:
+            info, exc = failed.job.info, failed.error
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise atomic.disk_full(failed.job.path, info.size) from exc
+            raise self._error(info.name, f"cannot be unpacked: {exc.strerror or exc}") from exc
+        for job in redo:  # their own errors, named after them
+            self._invalidate()
+            try:
+                self._regular_in_full(job.info, job.parts, _Bytes(job.data))
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise atomic.disk_full(job.path, job.info.size) from exc
+                raise self._error(
+                    job.info.name, f"cannot be unpacked: {exc.strerror or exc}"
+                ) from exc
+
+    def _known_folder(self, parts: Parts) -> str | None:
+        """The host path of the folder ``parts`` is in, when it is the folder the previous
+        member resolved to (a real folder, no link on the way)."""
+        known_in = self._known[0]
+        if len(parts) != len(known_in) + 1 or parts[:-1] != known_in:
+            return None
+        folder = self._known_host
+        if folder is None:
+            folder = self._known_host = self.host(self._known[1])
+        return folder
 
     def resolve(self, parts: Parts, follow_last: bool = True) -> tuple[Parts, Modes]:
         # The last folder chain resolved (its input and what it resolved to) is reused when
@@ -527,6 +680,7 @@ class _Applier:
             self._remove(parts, mode)
 
     def whiteout(self, member: str, directory: Parts, name: str) -> None:
+        self.barrier()
         if name in ("", ".", "..") or "/" in name or "\0" in name:
             raise UnsafeLayerPath(
                 f"{self.layer_label}: member {member!r} is a whiteout of {name!r}, which is "
@@ -539,6 +693,7 @@ class _Applier:
         self._remove_lower((*parent, name))
 
     def opaque(self, directory: Parts) -> None:
+        self.barrier()
         parent, modes = self.resolve(directory)
         if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
             return
@@ -566,6 +721,21 @@ class _Applier:
         return target, modes[-1]
 
     def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        folder = self._known_folder(parts)
+        if folder is not None:
+            path = os.path.join(folder, parts[-1])
+            if path not in self._pending:
+                try:
+                    os.mkdir(path, 0o755)
+                except FileExistsError:
+                    pass
+                else:  # a new folder in the folder of the previous member
+                    target = (*self._known[1], parts[-1])
+                    self._remember(parts, target)
+                    self._dir_node(target).attrs = (info.mode & 0o777, _mtime(info))
+                    self._mark(target)
+                    return
+        self.barrier()
         target, mode = self._target(info.name, parts)
         if mode is None or not stat.S_ISDIR(mode):
             self._remove(target, mode)
@@ -575,42 +745,52 @@ class _Applier:
         self._dir_node(target).attrs = (info.mode & 0o777, _mtime(info))
         self._mark(target)
 
-    def _create_new(self, parts: Parts) -> tuple[int, Parts] | None:
-        """The common case, cheaply: ``parts`` is a new file in the folder the previous
-        member resolved to. Creates it and returns its descriptor and resolved components;
-        None when that folder is not the one remembered or something is already there."""
-        known_in, known_out = self._known
-        if len(parts) != len(known_in) + 1 or parts[:-1] != known_in:
-            return None
-        folder = self._known_host
-        if folder is None:
-            folder = self._known_host = self.host(known_out)
-        try:
-            fd = os.open(os.path.join(folder, parts[-1]), _NEW_FILE, 0o600)
-        except FileExistsError:
-            return None  # the full path: remove what is there first
-        return fd, (*known_out, parts[-1])
-
     def regular(self, info: tarfile.TarInfo, parts: Parts, data: _DataSource) -> None:
-        created = self._create_new(parts)
-        if created is None:
-            target, mode = self._target(info.name, parts)
-            self._remove(target, mode)
-            # O_EXCL together with O_CREAT never follows a symlink at the last component.
-            fd = os.open(self.host(target), _NEW_FILE, 0o600)
-        else:
-            fd, target = created
+        folder = self._known_folder(parts)
+        if folder is not None and self._writer is not None and info.size <= _WRITER_BYTES:
+            path = os.path.join(folder, parts[-1])
+            if path not in self._pending:
+                # A file in the folder of the previous member, not given to the writer yet:
+                # the writer creates it (or hands it back if something is there).
+                content = self._read_data(info, data)
+                target = (*self._known[1], parts[-1])
+                self._pending.add(path)
+                self._writer.submit(_Job(path, target, parts, info, content))
+                self._mark(target)
+                return
+        self.barrier()
+        self._regular_in_full(info, parts, data)
+
+    def _read_data(self, info: tarfile.TarInfo, data: _DataSource) -> bytes:
+        chunks = []
+        left = info.size
+        while left:
+            chunk = self._read_chunk(info, data, left)
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_chunk(self, info: tarfile.TarInfo, data: _DataSource, left: int) -> bytes:
+        try:
+            chunk = data.read(min(left, _CHUNK))
+        except (tarfile.ReadError, EOFError, zlib.error) as exc:
+            raise self._error(info.name, f"is truncated or corrupt: {exc}") from exc
+        if not chunk:
+            raise self._error(
+                info.name, f"has {info.size - left} of its {info.size} bytes; truncated."
+            )
+        return chunk
+
+    def _regular_in_full(self, info: tarfile.TarInfo, parts: Parts, data: _DataSource) -> None:
+        """Write the regular file member ``parts``, replacing what is there."""
+        target, mode = self._target(info.name, parts)
+        self._remove(target, mode)
+        # O_EXCL together with O_CREAT never follows a symlink at the last component.
+        fd = os.open(self.host(target), _NEW_FILE, 0o600)
         try:
             left = info.size
             while left:
-                try:
-                    chunk = data.read(min(left, _CHUNK))
-                except (tarfile.ReadError, EOFError, zlib.error) as exc:
-                    raise self._error(info.name, f"is truncated or corrupt: {exc}") from exc
-                if not chunk:
-                    raise self._error(
-                        info.name, f"has {info.size - left} of its {info.size} bytes; truncated."
-                    )
+                chunk = self._read_chunk(info, data, left)
                 left -= len(chunk)
                 view = memoryview(chunk)
                 while view:
@@ -623,6 +803,7 @@ class _Applier:
         self._mark(target)
 
     def symlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        self.barrier()
         if "\0" in info.linkname:
             raise UnsafeLayerPath(
                 f"{self.layer_label}: symlink {info.name!r} has a NUL in its target; refused."
@@ -638,6 +819,7 @@ class _Applier:
         self._mark(target)
 
     def hardlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        self.barrier()
         try:
             link_parts = split_image_path(info.linkname)
         except UnsafeLayerPath as exc:
@@ -789,11 +971,14 @@ def _apply_layer(
         if magic.startswith(_GZIP_MAGIC):
             stream = _Gunzip(counted, label, budget.trailing_limit)
         ahead = _Ahead(_Reader(stream, budget, label, size))
+        failed = True
         try:
             end = _apply_tar(applier, ahead, label)
             count, digest = ahead.drain(end)
+            failed = False
         finally:
             ahead.close()
+            applier.end_layer(failed=failed)
     budget.unpacked += count
     return digest
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -114,3 +115,53 @@ def test_random_layers_change_nothing_outside_the_root(
         except PyopsError:
             pass  # refused: fine, as long as nothing outside changed
         assert tree_state(top, root) == before
+
+
+def _outcome(paths: list[Path], root: Path) -> tuple[str, object]:
+    try:
+        unpack_layers(paths, root)
+    except PyopsError as exc:
+        return ("error", type(exc).__name__)
+    state = tree_state(root, root / "-")
+    del state["."]  # the root's own time is when it was filled
+    # A folder no member names (made on the way to a file) has the time it was made.
+    state = {k: (v[0], v[1], 0, v[3]) if stat.S_ISDIR(v[0]) else v for k, v in state.items()}
+    # Which entries are hard links of each other, by the first name of each file.
+    first: dict[tuple[int, int], str] = {}
+    links = {}
+    for name in sorted(state):
+        st = os.lstat(root / name)
+        if stat.S_ISREG(st.st_mode):
+            links[name] = first.setdefault((st.st_dev, st.st_ino), name)
+    return ("tree", (state, links))
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
+@given(st.lists(layer, min_size=1, max_size=3))
+def test_the_writer_thread_changes_nothing_but_the_speed(
+    layers: list[tuple[list[Entry], bool]],
+) -> None:
+    """Small files are created by a thread while later members are read; the result must be
+    the one of applying each member in turn (the writer turned off: no file is small)."""
+    import pyops.oci.layers as layers_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for number, (entries, compress) in enumerate(layers):
+            raw = tar_bytes([_place(e, Path(tmp) / "host") for e in entries])
+            path = Path(tmp) / f"layer{number}"
+            path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
+            paths.append(path)
+        threaded = _outcome(paths, Path(tmp) / "threaded")
+        writer_bytes = layers_module._WRITER_BYTES
+        layers_module._WRITER_BYTES = -1
+        try:
+            in_turn = _outcome(paths, Path(tmp) / "in-turn")
+        finally:
+            layers_module._WRITER_BYTES = writer_bytes
+        assert threaded == in_turn
