@@ -40,11 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import ROOT, SKIPPED, Row, Sample, emit, measure, summarize
+from common import ROOT, SKIPPED, Row, Sample, emit, local_registry, measure, summarize, tree_stats
 
 sys.path.insert(0, str(ROOT))
 
-from tests.registry_server import Registry, _config, free_port, run  # noqa: E402
+from tests.registry_server import run  # noqa: E402
 
 TARGETS = {"cold": 1.5, "cached": 0.5, "copy": 1.0}
 PYTHON = Path(sys.base_prefix)
@@ -61,17 +61,6 @@ class Image:
 
 def pyops_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pyops", *args]
-
-
-def tree_stats(root: Path) -> tuple[int, int]:
-    entries = total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        entries += len(dirnames) + len(filenames)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                total += os.lstat(path).st_size
-    return entries, total
 
 
 def push_images(work: Path, host: str, chosen: list[str], scale: int) -> list[Image]:
@@ -272,12 +261,7 @@ def main() -> None:
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     with tempfile.TemporaryDirectory(prefix="bench-pkg-", dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
-        storage = work / "storage"
-        storage.mkdir()
-        port = free_port()
-        config = work / "registry.yml"
-        config.write_text(_config(storage, port, ""))
-        registry = Registry("bench", port, config, work / "registry.log")
+        registry = local_registry(work)
         rows: list[Row] = []
         try:
             registry.start()

@@ -28,11 +28,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import MB, ROOT, SKIPPED, Row, Sample, emit, measure, pyops_argv, summarize
+from common import (
+    MB,
+    ROOT,
+    SKIPPED,
+    Row,
+    Sample,
+    emit,
+    local_registry,
+    measure,
+    pyops_argv,
+    summarize,
+)
 
 sys.path.insert(0, str(ROOT))
 
-from tests.registry_server import Registry, _config, free_port, run  # noqa: E402
+from tests.registry_server import run  # noqa: E402
 
 REPOSITORY = "bench"
 TAG = "latest"
@@ -153,12 +164,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-pull-") as tmp:
         work = Path(tmp)
-        storage = work / "storage"
-        storage.mkdir()
-        port = free_port()
-        config = work / "registry.yml"
-        config.write_text(_config(storage, port, ""))
-        registry = Registry("bench", port, config, work / "registry.log")
+        registry = local_registry(work)
         try:
             registry.start()
             sizes = build_image(work, registry.host, args.size_mb * args.scale)

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Row, Sample, emit, measure, pyops_argv, summarize
+from common import Row, Sample, emit, measure, pyops_argv, summarize, tree_stats
 
 # argv: OUTPUT TREE...  (one tree: the volume's root; several: /copy0, /copy1, ...)
 WRITER = """
@@ -33,17 +33,6 @@ for i, path in enumerate(trees):
     tree.add_host_path(path, f"/copy{i}" if len(trees) > 1 else "/")
 write_raw_volume(sys.argv[1], tree)
 """
-
-
-def tree_size(root: str) -> tuple[int, int]:
-    entries = total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        entries += len(dirnames) + len(filenames)
-        for name in filenames:
-            p = os.path.join(dirpath, name)
-            if not os.path.islink(p):
-                total += os.lstat(p).st_size
-    return entries, total
 
 
 def make_copies(tree: str, out_dir: Path, copies: int) -> list[str]:
@@ -87,7 +76,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="directory on the disk to write to")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    entries, total = tree_size(args.tree)
+    entries, total = tree_stats(args.tree)
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         trees = make_copies(args.tree, Path(tmp), args.scale)
         samples = compare(trees, Path(tmp), args.repeat)

@@ -86,6 +86,31 @@ def summarize(samples: dict[str, list[Sample]]) -> Summary:
     )
 
 
+def tree_stats(root: str | os.PathLike[str]) -> tuple[int, int]:
+    """Entries under ``root`` and the bytes of its files (symlinks not followed)."""
+    entries = total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        entries += len(dirnames) + len(filenames)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                total += os.lstat(path).st_size
+    return entries, total
+
+
+def local_registry(work: Path) -> Any:
+    """Debian's docker-registry on a free loopback port, storage in ``work`` (not started)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.registry_server import Registry, _config, free_port
+
+    storage = work / "storage"
+    storage.mkdir()
+    port = free_port()
+    config = work / "registry.yml"
+    config.write_text(_config(storage, port, ""))
+    return Registry("bench", port, config, work / "registry.log")
+
+
 def pyops_argv(code: str, *args: str) -> list[str]:
     """A Python process running ``code`` with this checkout's pyops importable."""
     return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}", *args]

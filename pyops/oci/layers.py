@@ -42,7 +42,7 @@ import stat
 import tarfile
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -380,6 +380,20 @@ def _mtime(info: tarfile.TarInfo) -> float:
     return min(mtime, float(_MAX_MTIME))
 
 
+def _fill(fd: int, chunks: Iterable[bytes], info: tarfile.TarInfo) -> None:
+    """Write ``chunks`` to the new file ``fd``, give it the member's mode and time, close it."""
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fchmod(fd, info.mode & 0o777)  # no setuid/setgid/sticky on the host
+        mtime = _mtime(info)
+        os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
+
+
 class _Job:
     """A new file for the :class:`_Writer` to create: where, and all of it."""
 
@@ -428,17 +442,7 @@ class _Writer:
 
     @staticmethod
     def _write(job: _Job) -> None:
-        info = job.info
-        fd = os.open(job.path, _NEW_FILE, 0o600)
-        try:
-            view = memoryview(job.data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, info.mode & 0o777)  # no setuid/setgid/sticky on the host
-            mtime = _mtime(info)
-            os.utime(fd, (mtime, mtime))
-        finally:
-            os.close(fd)
+        _fill(os.open(job.path, _NEW_FILE, 0o600), (job.data,), job.info)
 
     def submit(self, job: _Job) -> None:
         self.pending = True
@@ -762,13 +766,7 @@ class _Applier:
         self._regular_in_full(info, parts, data)
 
     def _read_data(self, info: tarfile.TarInfo, data: _DataSource) -> bytes:
-        chunks = []
-        left = info.size
-        while left:
-            chunk = self._read_chunk(info, data, left)
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return b"".join(self._chunks(info, data))
 
     def _read_chunk(self, info: tarfile.TarInfo, data: _DataSource, left: int) -> bytes:
         try:
@@ -787,20 +785,15 @@ class _Applier:
         self._remove(target, mode)
         # O_EXCL together with O_CREAT never follows a symlink at the last component.
         fd = os.open(self.host(target), _NEW_FILE, 0o600)
-        try:
-            left = info.size
-            while left:
-                chunk = self._read_chunk(info, data, left)
-                left -= len(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fchmod(fd, info.mode & 0o777)  # no setuid/setgid/sticky on the host
-            mtime = _mtime(info)
-            os.utime(fd, (mtime, mtime))
-        finally:
-            os.close(fd)
+        _fill(fd, self._chunks(info, data), info)
         self._mark(target)
+
+    def _chunks(self, info: tarfile.TarInfo, data: _DataSource) -> Iterator[bytes]:
+        left = info.size
+        while left:
+            chunk = self._read_chunk(info, data, left)
+            left -= len(chunk)
+            yield chunk
 
     def symlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
         self.barrier()
