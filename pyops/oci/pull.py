@@ -284,8 +284,7 @@ def _download_layers(
             if consumer is not None:
                 consumer.layer(delivered, paths[manifest.layers[delivered - 1].digest])
 
-    deliver()
-    if missing:
+    if missing:  # the downloads start before a cached layer is handed over
         _run_all(fetch, missing, paths, workers, cancel, deliver)
     deliver()
     return tuple(paths[layer.digest] for layer in manifest.layers)
@@ -302,7 +301,8 @@ def _run_all(
     """Run ``fetch`` for each missing layer in threads; the first error or a Ctrl-C stops all.
 
     Each finished download goes into ``paths`` at once, and ``arrived`` is called (in this
-    thread) after each round that finished one; an error it raises stops the downloads too.
+    thread) once the downloads are started and after each round that finished one; an error
+    it raises stops the downloads too.
 
     The main thread never blocks uninterruptibly: it polls the threads every :data:`_POLL`
     seconds. On an error or ``KeyboardInterrupt`` it sets ``cancel`` (which the threads check
@@ -312,6 +312,7 @@ def _run_all(
     try:
         futures: dict[Future[Path], str] = {pool.submit(fetch, n, d): d.digest for n, d in missing}
         pending = set(futures)
+        arrived()
         while pending:
             done, pending = wait(pending, timeout=_POLL, return_when=FIRST_EXCEPTION)
             for future in done:

@@ -594,3 +594,29 @@ def test_cached_layers_reach_the_consumer_at_once(fake: FakeRegistry, store: Sto
     pull(ref, store=store, consumer=recorder)
     assert recorder.layers == [(1, True), (2, True)]
     assert len(fake.blob_requests()) == before
+
+
+def test_missing_layers_start_downloading_before_a_cached_one_is_handed_over(
+    fake: FakeRegistry, store: Store
+) -> None:
+    cached = _layer(F("bin/app", b"app"))
+    slow = _layer(F("data/big", os.urandom(30_000)))
+    pull(_fake_image(fake, [cached], tag="base"), store=store)
+    ref = _fake_image(fake, [cached, slow])
+    fake.slow[sha256(slow)] = 0.01
+    requested: list[bool] = []
+
+    class Watch(_Recorder):
+        def layer(self, number: int, path: Path) -> None:
+            if number == 1:  # has the download of layer 2 begun?
+                deadline = time.monotonic() + 10
+                while not self._asked() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                requested.append(self._asked())
+            super().layer(number, path)
+
+        def _asked(self) -> bool:
+            return any(sha256(slow) in r.path for r in fake.blob_requests())
+
+    pull(ref, store=store, consumer=Watch(store, sha256(slow)))
+    assert requested == [True]
