@@ -100,6 +100,10 @@ def _size(folder: Path) -> int:
     return total
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def guest(home: Home, *args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[str]]:
     """``pyops ARGS`` in the background (a server); stopped at the end."""
@@ -110,6 +114,9 @@ def guest(home: Home, *args: str, cwd: Path | None = None) -> Iterator[subproces
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it, even when these tests run in a background job
+        # (whose commands a shell starts with SIGINT ignored, which the child would keep).
+        preexec_fn=_default_sigint,
     )
     try:
         yield proc
