@@ -421,6 +421,12 @@ def scratch_folder(need: int) -> Path | None:
     """A new folder's path in one of :data:`SCRATCH_FOLDERS` with room for twice ``need``
     bytes, when as much memory is available too; None when there is none (not Linux, a
     small ``/dev/shm`` as in a container, too little memory)."""
+    for folder in SCRATCH_FOLDERS:  # first what killed runs left, which takes memory
+        try:
+            for removed in atomic.sweep(folder):
+                log.info("removed %s, left by a process that is gone", removed)
+        except OSError:
+            continue
     available = _memory_available()
     if available is None or available < 2 * need:
         return None
@@ -431,8 +437,6 @@ def scratch_folder(need: int) -> Path | None:
             continue
         if room.f_bavail * room.f_frsize < 2 * need or not os.access(folder, os.W_OK | os.X_OK):
             continue
-        for removed in atomic.sweep(folder):
-            log.info("removed %s, left by a process that is gone", removed)
         scratch = atomic.temp_path(Path(folder) / "pyops-unpack")
         try:
             scratch.mkdir(mode=0o700)

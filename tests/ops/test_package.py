@@ -675,3 +675,20 @@ def test_a_scratch_folder_only_with_room_for_twice_the_image(
     assert package.scratch_folder(2**20 + 1) is None  # not enough memory
     monkeypatch.setattr(package, "_memory_available", lambda: None)
     assert package.scratch_folder(1) is None  # no /proc/meminfo: not Linux
+
+
+def test_what_a_killed_run_left_in_the_scratch_folder_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyops.ops.package as package
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that is gone
+    left = tmp_path / f".pyops-unpack.pyops-{gone.pid}-0123abcd.tmp"
+    (left / "rootfs/usr").mkdir(parents=True)
+    mine = atomic.temp_path(tmp_path / "pyops-unpack")  # this process's: kept
+    mine.mkdir()
+    monkeypatch.setattr(package, "SCRATCH_FOLDERS", (str(tmp_path),))
+    monkeypatch.setattr(package, "_memory_available", lambda: 0)  # and no room now
+    assert package.scratch_folder(2**20) is None
+    assert sorted(os.listdir(tmp_path)) == [mine.name]
