@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import math
 import os
@@ -48,7 +49,7 @@ from typing import IO, Protocol
 
 from pyops import atomic, limits, rootfs
 from pyops.errors import DigestMismatch, HostFileError, LayerError, UnsafeLayerPath
-from pyops.oci.tarstream import TarStream
+from pyops.oci.tarstream import ByteSource, TarStream
 from pyops.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
@@ -77,21 +78,6 @@ Modes = list[int | None]
 
 class _ByteSource(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
-
-
-class _DataSource(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-
-class _Bytes:
-    """A member's data already read."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
-
-    def read(self, size: int, /) -> bytes:
-        chunk, self._data = self._data[:size], self._data[size:]
-        return bytes(chunk)
 
 
 class _Budget:
@@ -534,7 +520,7 @@ class _Applier:
         for job in redo:  # their own errors, named after them
             self._invalidate()
             try:
-                self._regular_in_full(job.info, job.parts, _Bytes(job.data))
+                self._regular_in_full(job.info, job.parts, io.BytesIO(job.data))
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise atomic.disk_full(job.path, job.info.size) from exc
@@ -749,7 +735,7 @@ class _Applier:
         self._dir_node(target).attrs = (info.mode & 0o777, _mtime(info))
         self._mark(target)
 
-    def regular(self, info: tarfile.TarInfo, parts: Parts, data: _DataSource) -> None:
+    def regular(self, info: tarfile.TarInfo, parts: Parts, data: ByteSource) -> None:
         folder = self._known_folder(parts)
         if folder is not None and self._writer is not None and info.size <= _WRITER_BYTES:
             path = os.path.join(folder, parts[-1])
@@ -762,24 +748,33 @@ class _Applier:
                 self._writer.submit(_Job(path, target, parts, info, content))
                 self._mark(target)
                 return
+        elif folder is not None:
+            path = os.path.join(folder, parts[-1])
+            if path not in self._pending:
+                try:  # a large new file there: created here, without walking its path
+                    fd = os.open(path, _NEW_FILE, 0o600)
+                except FileExistsError:
+                    pass  # in full below: what is there is removed first
+                else:
+                    target = (*self._known[1], parts[-1])
+                    _fill(fd, self._chunks(info, data), info)
+                    self._mark(target)
+                    return
         self.barrier()
         self._regular_in_full(info, parts, data)
 
-    def _read_data(self, info: tarfile.TarInfo, data: _DataSource) -> bytes:
+    def _read_data(self, info: tarfile.TarInfo, data: ByteSource) -> bytes:
         return b"".join(self._chunks(info, data))
 
-    def _read_chunk(self, info: tarfile.TarInfo, data: _DataSource, left: int) -> bytes:
-        try:
-            chunk = data.read(min(left, _CHUNK))
-        except (tarfile.ReadError, EOFError, zlib.error) as exc:
-            raise self._error(info.name, f"is truncated or corrupt: {exc}") from exc
+    def _read_chunk(self, info: tarfile.TarInfo, data: ByteSource, left: int) -> bytes:
+        chunk = data.read(min(left, _CHUNK))  # a corrupt stream raises its own LayerError
         if not chunk:
             raise self._error(
                 info.name, f"has {info.size - left} of its {info.size} bytes; truncated."
             )
         return chunk
 
-    def _regular_in_full(self, info: tarfile.TarInfo, parts: Parts, data: _DataSource) -> None:
+    def _regular_in_full(self, info: tarfile.TarInfo, parts: Parts, data: ByteSource) -> None:
         """Write the regular file member ``parts``, replacing what is there."""
         target, mode = self._target(info.name, parts)
         self._remove(target, mode)
@@ -788,7 +783,7 @@ class _Applier:
         _fill(fd, self._chunks(info, data), info)
         self._mark(target)
 
-    def _chunks(self, info: tarfile.TarInfo, data: _DataSource) -> Iterator[bytes]:
+    def _chunks(self, info: tarfile.TarInfo, data: ByteSource) -> Iterator[bytes]:
         left = info.size
         while left:
             chunk = self._read_chunk(info, data, left)
