@@ -104,6 +104,13 @@ def parse(text: str) -> Arch:
     return found
 
 
+def host() -> Arch | None:
+    """This machine's architecture, or None for one pyops does not name."""
+    import platform
+
+    return find(platform.machine())
+
+
 def of_elf_machine(machine: str) -> Arch | None:
     """The architecture of an ELF ``e_machine`` name, or None for one pyops does not name."""
     for arch, name in _ELF.items():

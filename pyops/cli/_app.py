@@ -150,6 +150,39 @@ def _show_note(note: Any) -> None:
         click.echo(f"pyops: fix: {note.fix}", err=True)
 
 
+def _arch_option(help_text: str) -> Callable[[F], F]:
+    """``--arch``: amd64 or arm64, in any spelling (``x86_64``, ``aarch64``...), given to the
+    command as a :class:`pyops.arch.Arch` (or None when absent)."""
+
+    def convert(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        from pyops.nanos.release import check_arch
+
+        try:
+            from pyops import arch
+
+            return check_arch(arch.parse(value))
+        except PyopsError as exc:
+            raise click.BadParameter(f"{exc} ({exc.hint})" if exc.hint else str(exc)) from None
+
+    return click.option("--arch", "arch", callback=convert, metavar="amd64|arm64", help=help_text)
+
+
+def _platform(arch: Any, platform: str | None) -> str | None:
+    """The platform ``--arch`` and ``--platform`` ask for together (None: the default)."""
+    if arch is None:
+        return platform
+    wanted = f"linux/{arch.value}"
+    if platform is not None:
+        from pyops.oci.schema import Platform
+
+        if Platform.parse(platform).architecture != arch.value:
+            raise click.UsageError(f"--arch {arch.value} and --platform {platform} disagree.")
+        return platform
+    return wanted
+
+
 def _load_ops_config(config_file: str | None) -> Any:
     from pyops.ops.config import OpsConfig, load_config
 

@@ -9,11 +9,21 @@ import click
 
 from pyops.cli._app import (
     TqdmProgress,
+    _arch_option,
     _credentials,
     _load_ops_config,
+    _platform,
     _show_command,
     _show_note,
     cli,
+)
+
+_PLATFORM_HELP = (
+    "os/arch[/variant] of a multi-platform image (default: the host's own architecture when "
+    "the image has it, else linux/amd64)."
+)
+_PACKAGE_ARCH_HELP = (
+    "The package's architecture (default: the host's, else the only one it is made for)."
 )
 
 # --- pyops pkg: local packages (Ops's format) made from images ------------------------------
@@ -35,7 +45,8 @@ def pkg() -> None:
     help="Keep only the program's ELF closure and data files (no working directory, "
     "interpreter runtime or system package files).",
 )
-@click.option("--platform", default="linux/amd64", show_default=True, help="os/arch[/variant].")
+@_arch_option("Take the image's variant for this architecture (linux/ARCH).")
+@click.option("--platform", default=None, help=_PLATFORM_HELP)
 @click.option("--insecure", is_flag=True, help="Use plain HTTP for a non-loopback registry.")
 @click.option("--username", help="Registry user name (the password is read from stdin).")
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
@@ -49,7 +60,8 @@ def pkg_from_docker(
     name: str | None,
     copy: bool,
     closure_only: bool,
-    platform: str,
+    arch: Any,
+    platform: str | None,
     insecure: bool,
     username: str | None,
     password_stdin: bool,
@@ -58,7 +70,7 @@ def pkg_from_docker(
 ) -> None:
     """Make a package of PROGRAM and what it needs from IMAGE, with no Docker daemon.
 
-    Prints the package name.
+    Prints the package name (on stdout) and the platform taken (on stderr).
     """
     from pyops.ops.package import from_docker
 
@@ -72,22 +84,25 @@ def pkg_from_docker(
         name=name,
         copy=copy,
         closure_only=closure_only,
-        platform=platform,
+        platform=_platform(arch, platform),
         credentials=credentials,
         insecure=insecure,
         progress=progress,
     )
+    click.echo(f"pyops: platform {made.platform}", err=True)
     for note in made.notes:
         _show_note(note)
     if probe:
-        _probe(made.name, (), None, progress)
+        _probe(made.name, (), None, progress, made.arch)
     click.echo(made.name)
 
 
-def _probe(name: str, args: tuple[str, ...], config_file: str | None, progress: Any) -> None:
+def _probe(
+    name: str, args: tuple[str, ...], config_file: str | None, progress: Any, arch: Any = None
+) -> None:
     from pyops.ops.probe import probe_package
 
-    result = probe_package(_load_ops_config(config_file), name, args, progress=progress)
+    result = probe_package(_load_ops_config(config_file), name, args, progress=progress, arch=arch)
     state = "nothing more missing" if result.settled else "stopped: the rounds ran out"
     click.echo(
         f"pyops: probe: {len(result.added)} paths added in {result.rounds} boots ({state})",
@@ -104,12 +119,15 @@ def _probe(name: str, args: tuple[str, ...], config_file: str | None, progress: 
 @click.argument("name")
 @click.option("-a", "--args", "args", multiple=True, help="Program arguments (repeat).")
 @click.option("-c", "--config", "config_file", help="An Ops config.json.")
+@_arch_option(_PACKAGE_ARCH_HELP)
 @click.option("-v", "--verbose", is_flag=True, help="Print each step with its time.")
-def pkg_probe(name: str, args: tuple[str, ...], config_file: str | None, verbose: bool) -> None:
+def pkg_probe(
+    name: str, args: tuple[str, ...], config_file: str | None, arch: Any, verbose: bool
+) -> None:
     """Boot package NAME to find the files of its image it misses, and add them.
 
     Repeats until a boot finds nothing new. Prints what was added."""
-    _probe(name, args, config_file, TqdmProgress(verbose=verbose))
+    _probe(name, args, config_file, TqdmProgress(verbose=verbose), arch)
 
 
 @pkg.command("list")
@@ -124,23 +142,24 @@ def pkg_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in packages], indent=2))
         return
-    rows = [("NAME", "VERSION", "PROGRAM", "IMAGE")]
-    rows += [(p.name, p.version, p.program, p.image or "-") for p in packages]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rows = [("NAME", "ARCH", "VERSION", "PROGRAM", "IMAGE")]
+    rows += [(p.name, str(p.arch), p.version, p.program, p.image or "-") for p in packages]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[3]]))
+        click.echo("  ".join([*cells, row[4]]))
 
 
 @pkg.command("contents")
 @click.argument("name")
 @click.option("--files", is_flag=True, help="List every path under its reason.")
 @click.option("--tree", "as_tree", is_flag=True, help="Show the sysroot as a tree.")
-def pkg_contents(name: str, files: bool, as_tree: bool) -> None:
+@_arch_option(_PACKAGE_ARCH_HELP)
+def pkg_contents(name: str, files: bool, as_tree: bool, arch: Any) -> None:
     """Show what package NAME keeps and why: one line per reason, with counts and sizes."""
     from pyops.ops.package import load_package, package_contents
 
-    package = load_package(name)
+    package = load_package(name, arch=arch)
     sysroot = package.sysroot
     contents = None if as_tree else package_contents(package)
     if contents is None:
@@ -223,11 +242,12 @@ def _show_tree(directory: str, prefix: str) -> None:
 
 @pkg.command("rm")
 @click.argument("name")
-def pkg_rm(name: str) -> None:
+@_arch_option(_PACKAGE_ARCH_HELP)
+def pkg_rm(name: str, arch: Any) -> None:
     """Remove package NAME."""
     from pyops.ops.package import remove_package
 
-    remove_package(name)
+    remove_package(name, arch=arch)
 
 
 @pkg.command("load")
@@ -247,6 +267,7 @@ def pkg_rm(name: str) -> None:
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Print the qemu command line.")
 @click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date.")
 @click.option("--missing-files", is_flag=True, help="List the files the program failed to open.")
+@_arch_option(_PACKAGE_ARCH_HELP)
 @click.pass_context
 def pkg_load(
     ctx: click.Context,
@@ -265,6 +286,7 @@ def pkg_load(
     verbose: bool | None,
     force: bool,
     missing_files: bool,
+    arch: Any,
 ) -> None:
     """Build an image from local package NAME and boot it; exit with its exit code.
 
@@ -286,6 +308,7 @@ def pkg_load(
             nanos_version=nanos_version,
             force=force,
             missing_files=missing_files,
+            arch=arch,
         ),
         RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
         progress=TqdmProgress(verbose=bool(verbose)),

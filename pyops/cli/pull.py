@@ -6,13 +6,19 @@ from pathlib import Path
 
 import click
 
-from pyops.cli._app import TqdmProgress, _credentials, cli
+from pyops.cli._app import TqdmProgress, _arch_option, _credentials, _platform, cli
 from pyops.errors import PyopsError
 
 
 @cli.command("pull")
 @click.argument("image")
-@click.option("--platform", default="linux/amd64", show_default=True, help="os/arch[/variant].")
+@_arch_option("Take the image's variant for this architecture (linux/ARCH).")
+@click.option(
+    "--platform",
+    default=None,
+    help="os/arch[/variant] (default: the host's own architecture when the image has it, "
+    "else linux/amd64).",
+)
 @click.option("--insecure", is_flag=True, help="Use plain HTTP for a non-loopback registry.")
 @click.option("--username", help="Registry user name (the password is read from stdin).")
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
@@ -23,7 +29,8 @@ from pyops.errors import PyopsError
 )
 def pull_command(
     image: str,
-    platform: str,
+    arch: object,
+    platform: str | None,
     insecure: bool,
     username: str | None,
     password_stdin: bool,
@@ -40,11 +47,12 @@ def pull_command(
     pulled = pull(
         image,
         store=Store.default(),
-        platform=platform,
+        platform=_platform(arch, platform),
         credentials=credentials,
         insecure=insecure,
         progress=progress,
     )
+    click.echo(f"pyops: platform {pulled.platform}", err=True)
     click.echo(f"{pulled.ref.registry}/{pulled.ref.repository}@{pulled.digest}")
     for layer in pulled.layers:
         click.echo(f"  {layer}")

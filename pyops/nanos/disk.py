@@ -8,6 +8,9 @@ Layout (nanos-image-format.md section 1; nanos ``tools/mkfs.c``)::
     P1               boot FS: a 12 MiB TFS volume holding /kernel and /klib/*
     P1 + 12 MiB      root FS: a TFS volume with the program's tree, to the end of the file
 
+An arm64 disk (the kernel says which) has no boot.img: sector 0 is the stub of
+:func:`~pyops.nanos.boot.boot_sector_stub`, and the klog area follows it at 512.
+
 Partitions are found by position (entry 0 boot FS, entry 1 root FS), never by type.
 The disk is written to a temporary file next to the destination and renamed into place,
 so a failed build never leaves a partial image behind.
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pyops import atomic
+from pyops.arch import Arch
 from pyops.errors import (
     DiskFull,
     FilesystemFull,
@@ -31,7 +35,15 @@ from pyops.errors import (
     ImageFormatError,
     InvalidInput,
 )
-from pyops.nanos.boot import PARTITION_TABLE, check_kernel, load_boot_image
+from pyops.nanos.boot import (
+    KERNEL_MACHINES,
+    PARTITION_TABLE,
+    boot_sector_stub,
+    check_kernel,
+    kernel_arch,
+    load_boot_image,
+)
+from pyops.nanos.copier import iter_image_data
 from pyops.nanos.manifest import Manifest
 from pyops.nanos.tfs import (
     SECTOR,
@@ -42,7 +54,7 @@ from pyops.nanos.tfs import (
     volume_tree,
     write_volume,
 )
-from pyops.nanos.tree import File, HostFile, Tree
+from pyops.nanos.tree import File, HostFile, ImageData, Tree
 from pyops.progress import NULL_PROGRESS, Progress
 
 BOOTFS_SIZE = 12 * 1024 * 1024
@@ -134,7 +146,7 @@ def write_disk(
     tree: Tree,
     manifest: Manifest,
     *,
-    boot_img: str | os.PathLike[str],
+    boot_img: str | os.PathLike[str] | None,
     kernel: str | os.PathLike[str],
     klibs: Mapping[str, str | os.PathLike[str]] | Sequence[str | os.PathLike[str]] = (),
     label: str = "",
@@ -150,14 +162,16 @@ def write_disk(
     the 1 MiB reserved gap the kernel needs to be able to write at all.
 
     ``klibs`` maps klib names to host files (or lists host files, named after the files).
+    The kernel's architecture is the disk's: an x86-64 one needs ``boot_img``, an arm64 one
+    has none, and the klibs must be built for the same.
     """
     manifest.check_writable()
-    boot = load_boot_image(boot_img)
-    kernel_file = check_kernel(kernel)
+    kernel_file, arch = kernel_arch(kernel)
+    boot = _boot_sectors(arch, boot_img)
     if isinstance(klibs, Mapping):
-        klib_map = {name: check_kernel(p, f"klib {name}") for name, p in klibs.items()}
+        klib_map = {name: check_kernel(p, f"klib {name}", arch) for name, p in klibs.items()}
     else:
-        klib_map = {Path(p).name: check_kernel(p, "klib") for p in klibs}
+        klib_map = {Path(p).name: check_kernel(p, "klib", arch) for p in klibs}
     for name in klib_map:
         if not name or "/" in name or name in (".", ".."):
             raise InvalidInput(f"invalid klib name {name!r}")
@@ -177,6 +191,22 @@ def write_disk(
         # Only now is the content's size worth adding up, for the message.
         need = root_offset + sum(n.size for _, n in tree.walk() if isinstance(n, File))
         raise atomic.disk_full(output, need) from exc
+
+
+def _boot_sectors(arch: Arch, boot_img: str | os.PathLike[str] | None) -> bytes:
+    """What comes before the klog area: boot.img on x86-64, the stub sector on arm64."""
+    if arch == Arch.ARM64:
+        if boot_img is not None:
+            raise InvalidInput(
+                f"{os.fspath(boot_img)}: an arm64 disk has no boot.img (qemu loads its kernel)",
+                hint="leave out the boot image for an arm64 kernel",
+            )
+        return boot_sector_stub()
+    if boot_img is None:
+        raise InvalidInput(
+            "an x86-64 disk needs the release's boot.img", hint="install the release again"
+        )
+    return load_boot_image(boot_img)
 
 
 def _write_disk(
@@ -286,6 +316,45 @@ class DiskImage:
         return volume_tree(self.boot, os.fspath(self.path))
 
 
+def boot_kernel(path: str | os.PathLike[str]) -> tuple[Arch, ImageData]:
+    """The architecture of a bootable disk and where its kernel is stored in it (the boot
+    filesystem's ``/kernel``), read without reading the root filesystem."""
+    from pyops.nanos.tfs import file_extents
+
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            partitions = read_partitions(f.read(SECTOR)) or []
+            by_index = {part.index: part for part in partitions}
+            first = by_index.get(0)
+            boot = by_index.get(1) if first is not None and first.type == PARTITION_ESP else first
+            if boot is None or len(partitions) < 2 or boot.offset >= size:
+                raise ImageFormatError(f"{p} is not a bootable Nanos disk (no boot filesystem)")
+            length = min(boot.sectors * SECTOR, size - boot.offset)
+            try:
+                volume = read_volume(f, boot.offset, length)
+                entry = volume.root.get("children", {}).get("kernel")
+                if not isinstance(entry, dict):
+                    raise ImageFormatError("it holds no kernel")
+                extents, file_size = file_extents(entry, boot.offset, length, "/kernel")
+            except ImageFormatError as exc:
+                raise ImageFormatError(f"{p}: the boot filesystem is unusable: {exc}") from exc
+            data = ImageData(os.fspath(p), extents, file_size)
+            head = b"".join(piece for _, piece in iter_image_data(f, data, 64))[:20]
+    except FileNotFoundError:
+        raise HostFileError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise HostFileError(f"{p} is a directory, not an image") from None
+    except OSError as exc:
+        raise HostFileError(f"{p}: cannot read it ({exc.strerror})") from exc
+    machine = struct.unpack_from("<H", head, 18)[0] if len(head) >= 20 else None
+    arch = KERNEL_MACHINES.get(machine or 0) if head[:4] == b"\x7fELF" else None
+    if arch is None:
+        raise ImageFormatError(f"{p}: the kernel in its boot filesystem is not a Nanos kernel")
+    return arch, data
+
+
 def open_image(path: str | os.PathLike[str]) -> DiskImage:
     """Open a Nanos disk image (ours or any other writer's) or a bare TFS volume."""
     p = Path(path)
@@ -344,6 +413,7 @@ __all__ = [
     "DiskImage",
     "DiskInfo",
     "Partition",
+    "boot_kernel",
     "check_kernel",
     "load_boot_image",
     "open_image",

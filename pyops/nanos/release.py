@@ -5,6 +5,11 @@ A release is installed at ``$PYOPS_HOME/releases/<version>/`` (``PYOPS_HOME`` de
 all unpacked from one release tarball, so a kernel is never paired with the boot loader or
 klibs of another version (reference doc section 4.3).
 
+Each release is for one architecture, which its kernel's ELF header states. The arm64 one
+(Nanos's ``virt`` platform, ``nanos-release-linux-<version>-virt.tar.gz``) has no boot.img
+and is installed beside the x86-64 one as ``releases/<version>-arm/``, the folder name Ops
+gives it in ``~/.ops``.
+
 Releases come from the official location (section 4.1), from ``PYOPS_RELEASE_URL`` when set,
 or from a tarball or folder given by the user (``pyops kernel install --from``) for machines
 without internet. Every installation is unpacked into a hidden temporary folder inside the
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from pyops import home as _home
+from pyops.arch import Arch
 from pyops.errors import InvalidInput, NetworkError, PyopsError, ReleaseError
 from pyops.progress import NULL_PROGRESS, Progress
 
@@ -61,12 +67,16 @@ INSTALL_HINT = (
     "tarball (nanos-release-linux-VERSION.tar.gz) here and run "
     "`pyops kernel install --from TARBALL`."
 )
+ARM_SUFFIX = "-arm"
+"""What an arm64 release's folder name adds to its version (as Ops names it)."""
 
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 _TARBALL_NAME = re.compile(
     r"nanos-release-linux-(?P<version>.+?)(?P<virt>-virt)?\.(?:tar\.gz|tgz|tar)"
 )
-_FOLDER_NAME = re.compile(r"(?:nanos-release-linux-)?(?P<version>\d+(?:\.\d+)+)")
+_FOLDER_NAME = re.compile(
+    r"(?:nanos-release-linux-)?(?P<version>\d+(?:\.\d+)+)(?P<arm>-arm|-virt)?"
+)
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _LATEST_LIMIT = 256
 _MD5_LIMIT = 4096
@@ -75,33 +85,52 @@ _CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class NanosRelease:
-    """One installed Nanos release: its version and the paths of its parts."""
+    """One installed Nanos release: its version, architecture and the paths of its parts."""
 
     version: str
     path: Path
     kernel: Path
-    boot_img: Path
+    boot_img: Path | None
+    """x86-64's boot loader; an arm64 release has none."""
     klibs: dict[str, Path] = field(default_factory=dict, hash=False)
     efi: Path | None = None
+    arch: Arch = Arch.AMD64
 
     @classmethod
     def from_folder(cls, path: Path, version: str) -> NanosRelease:
-        """Describe the release unpacked in ``path`` (no content checks; see install)."""
+        """Describe the release unpacked in ``path`` (no content checks beyond the kernel's
+        architecture; see install)."""
+        from pyops.nanos.boot import kernel_arch
+
         kernel = path / "kernel.img"
         boot_img = path / "boot.img"
-        for part in (kernel, boot_img):
-            if not part.is_file():
-                raise ReleaseError(
-                    f"Nanos release {version} at {path} has no {part.name}",
-                    hint=f"reinstall it: pyops kernel rm {version} && pyops kernel install "
-                    f"{version}",
-                )
+        reinstall = f"reinstall it: pyops kernel install --force {version}"
+        if not kernel.is_file():
+            raise ReleaseError(
+                f"Nanos release {version} at {path} has no kernel.img", hint=reinstall
+            )
+        _, arch = kernel_arch(kernel)
+        if arch == Arch.AMD64 and not boot_img.is_file():
+            raise ReleaseError(f"Nanos release {version} at {path} has no boot.img", hint=reinstall)
         klib_dir = path / "klibs"
         klibs: dict[str, Path] = {}
         if klib_dir.is_dir():
             klibs = {p.name: p for p in sorted(klib_dir.iterdir()) if p.is_file()}
         efis = sorted(p for p in path.glob("*.efi") if p.is_file())
-        return cls(version, path, kernel, boot_img, klibs, efis[0] if efis else None)
+        return cls(
+            version,
+            path,
+            kernel,
+            boot_img if arch == Arch.AMD64 else None,
+            klibs,
+            efis[0] if efis else None,
+            arch,
+        )
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``0.1.55`` for x86-64, ``0.1.55 (arm64)`` for arm64."""
+        return self.version if self.arch == Arch.AMD64 else f"{self.version} ({self.arch})"
 
     def klib(self, name: str) -> Path:
         """The path of klib ``name``; a ReleaseError names the klibs this release has."""
@@ -144,31 +173,58 @@ def release_url(base_url: str | None = None) -> str:
     return (base_url or os.environ.get(RELEASE_URL_ENV) or DEFAULT_RELEASE_URL).rstrip("/")
 
 
-def tarball_name(version: str) -> str:
-    """The file name of the x86-64 release tarball of ``version``."""
-    return f"nanos-release-linux-{version}.tar.gz"
+def tarball_name(version: str, arch: Arch = Arch.AMD64) -> str:
+    """The file name of the release tarball of ``version`` for ``arch``."""
+    check_arch(arch)
+    virt = "-virt" if arch == Arch.ARM64 else ""
+    return f"nanos-release-linux-{version}{virt}.tar.gz"
+
+
+def folder_name(version: str, arch: Arch = Arch.AMD64) -> str:
+    """The name of the folder release ``version`` for ``arch`` is installed in."""
+    check_arch(arch)
+    return check_version(version) + (ARM_SUFFIX if arch == Arch.ARM64 else "")
+
+
+def check_arch(arch: Arch) -> Arch:
+    """``arch``, if Nanos runs on it."""
+    if not arch.nanos:
+        raise InvalidInput(
+            f"Nanos does not run on {arch}", hint="Nanos runs on amd64 (x86-64) and arm64"
+        )
+    return arch
 
 
 def version_from_name(path: str | os.PathLike[str]) -> str | None:
     """The version a tarball or folder name states, or None when the name says nothing."""
+    return _name_facts(path)[0]
+
+
+def arch_from_name(path: str | os.PathLike[str]) -> Arch | None:
+    """The architecture a tarball or folder name states (``-virt`` or ``-arm``: arm64), or
+    None when it says nothing (the kernel then decides)."""
+    return _name_facts(path)[1]
+
+
+def _name_facts(path: str | os.PathLike[str]) -> tuple[str | None, Arch | None]:
     name = os.path.basename(os.path.normpath(os.fspath(path)))
     m = _TARBALL_NAME.fullmatch(name)
     if m:
-        if m.group("virt"):
-            raise ReleaseError(
-                f"{name} is an ARM (virt) release; pyops builds x86-64 images",
-                hint=f"use {tarball_name(m.group('version'))} instead",
-            )
-        return check_version(m.group("version"))
+        return check_version(m.group("version")), Arch.ARM64 if m.group("virt") else None
     m = _FOLDER_NAME.fullmatch(name)
-    return m.group("version") if m else None
+    if m:
+        return m.group("version"), Arch.ARM64 if m.group("arm") else None
+    return None, None
 
 
 # --- the installed releases ------------------------------------------------------------------
 
 
-def installed_releases(home: str | os.PathLike[str] | None = None) -> list[NanosRelease]:
-    """The releases in the cache, oldest first by version order (the newest is ``[-1]``)."""
+def installed_releases(
+    home: str | os.PathLike[str] | None = None, arch: Arch | None = None
+) -> list[NanosRelease]:
+    """The releases in the cache (of ``arch``, or all), oldest first by version order (the
+    newest is ``[-1]``; of two of the same version, x86-64 comes first)."""
     root = releases_dir(home)
     if not root.is_dir():
         return []
@@ -177,39 +233,57 @@ def installed_releases(home: str | os.PathLike[str] | None = None) -> list[Nanos
         # Hidden names are installs or removals in progress; they are never releases.
         if entry.name.startswith(".") or not entry.is_dir() or not _VERSION.fullmatch(entry.name):
             continue
+        version = entry.name.removesuffix(ARM_SUFFIX)
+        named = Arch.ARM64 if entry.name.endswith(ARM_SUFFIX) else Arch.AMD64
         try:
-            found.append(NanosRelease.from_folder(entry, entry.name))
-        except ReleaseError as exc:
+            release = NanosRelease.from_folder(entry, version)
+        except PyopsError as exc:
             log.warning("ignoring %s: %s", entry, exc)
-    return sorted(found, key=lambda r: version_key(r.version))
+            continue
+        if release.arch != named:
+            log.warning("ignoring %s: its kernel is for %s", entry, release.arch)
+        elif arch is None or release.arch == arch:
+            found.append(release)
+    return sorted(found, key=lambda r: (version_key(r.version), r.arch != Arch.AMD64))
 
 
-def find_installed(version: str, home: str | os.PathLike[str] | None = None) -> NanosRelease | None:
-    """The installed release ``version``, or None."""
-    folder = releases_dir(home) / check_version(version)
+def find_installed(
+    version: str, home: str | os.PathLike[str] | None = None, arch: Arch = Arch.AMD64
+) -> NanosRelease | None:
+    """The installed release ``version`` for ``arch``, or None."""
+    folder = releases_dir(home) / folder_name(version, arch)
     if not folder.is_dir():
         return None
-    return NanosRelease.from_folder(folder, version)
+    release = NanosRelease.from_folder(folder, version)
+    if release.arch != arch:
+        raise ReleaseError(
+            f"{folder} holds an {release.arch} kernel, not an {arch} one",
+            hint=f"reinstall it: pyops kernel install --force --arch {arch} {version}",
+        )
+    return release
 
 
-def remove_release(version: str, *, home: str | os.PathLike[str] | None = None) -> Path:
+def remove_release(
+    version: str, *, home: str | os.PathLike[str] | None = None, arch: Arch = Arch.AMD64
+) -> Path:
     """Delete an installed release and return the folder it was in."""
     root = releases_dir(home)
-    folder = root / check_version(version)
+    name = folder_name(version, arch)
+    folder = root / name
     if not folder.is_dir():
         raise ReleaseError(
-            f"Nanos release {version} is not installed",
-            hint=_installed_hint(home),
+            f"Nanos release {version} for {arch} is not installed",
+            hint=_installed_hint(home, arch),
         )
     # Renamed first, so a removal cut halfway never leaves a folder that looks installed.
-    doomed = Path(tempfile.mkdtemp(dir=root, prefix=f".rm-{version}-"))
-    os.replace(folder, doomed / version)
+    doomed = Path(tempfile.mkdtemp(dir=root, prefix=f".rm-{name}-"))
+    os.replace(folder, doomed / name)
     shutil.rmtree(doomed, ignore_errors=True)
     return folder
 
 
-def _installed_hint(home: str | os.PathLike[str] | None) -> str:
-    versions = [r.version for r in installed_releases(home)]
+def _installed_hint(home: str | os.PathLike[str] | None, arch: Arch | None = None) -> str:
+    versions = [r.label for r in installed_releases(home, arch)]
     return f"installed: {', '.join(versions)}" if versions else "no release is installed"
 
 
@@ -225,11 +299,12 @@ def install_release_from(
     """Install a release tarball or unpacked release folder; return the installed release.
 
     The version comes from the name (``nanos-release-linux-VERSION.tar.gz``, or a folder named
-    after it or after the bare version), or from ``version`` when the name says nothing. A
-    release already installed under that version is replaced.
+    after it or after the bare version), or from ``version`` when the name says nothing. The
+    architecture is the kernel's (a ``-virt`` name must hold an arm64 one). A release
+    already installed under that version and architecture is replaced.
     """
     source = Path(path)
-    named = version_from_name(source)
+    named, named_arch = _name_facts(source)
     if version is not None:
         check_version(version)
         if named is not None and named != version:
@@ -244,10 +319,12 @@ def install_release_from(
             hint="give it with --version, or name the file nanos-release-linux-VERSION.tar.gz",
         )
     if source.is_dir():
-        return _install(source, chosen, home, lambda tmp: _copy_folder(source, tmp))
-    if not source.exists():
+        fill: Callable[[Path], None] = lambda tmp: _copy_folder(source, tmp)  # noqa: E731
+    elif not source.exists():
         raise ReleaseError(f"{source}: no such file or folder")
-    return _install(source, chosen, home, lambda tmp: _unpack_tarball(source, tmp))
+    else:
+        fill = lambda tmp: _unpack_tarball(source, tmp)  # noqa: E731
+    return _install(source, chosen, home, fill, named_arch)
 
 
 def _install(
@@ -255,8 +332,11 @@ def _install(
     version: str,
     home: str | os.PathLike[str] | None,
     fill: Callable[[Path], None],
+    expected: Arch | None = None,
 ) -> NanosRelease:
-    """Fill a temporary folder in the releases folder, check it, and rename it into place."""
+    """Fill a temporary folder in the releases folder, check it, and rename it into place
+    (its name: :func:`folder_name` of the version and the kernel's architecture, which
+    must be ``expected`` when that is given)."""
     root = releases_dir(home)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".install-{version}-"))
@@ -264,17 +344,18 @@ def _install(
         fill(tmp)
         content = _release_root(tmp, source)
         _normalise(content)
-        _validate(content, source)
-        final = root / version
+        arch = _validate(content, source, expected)
+        name = folder_name(version, arch)
+        final = root / name
         if final.exists():
             # A directory cannot be renamed over a non-empty one: move the old one aside.
-            old = Path(tempfile.mkdtemp(dir=root, prefix=f".old-{version}-"))
-            os.replace(final, old / version)
+            old = Path(tempfile.mkdtemp(dir=root, prefix=f".old-{name}-"))
+            os.replace(final, old / name)
             os.replace(content, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(content, final)
-        log.info("installed Nanos %s in %s", version, final)
+        log.info("installed Nanos %s (%s) in %s", version, arch, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return NanosRelease.from_folder(final, version)
@@ -301,9 +382,10 @@ def _normalise(folder: Path) -> None:
         os.replace(folder / "stage3.img", folder / "kernel.img")
 
 
-def _validate(folder: Path, source: Path) -> None:
-    """Refuse a release whose kernel, boot.img or klibs are not what Nanos needs."""
-    from pyops.nanos.boot import check_kernel, load_boot_image
+def _validate(folder: Path, source: Path, expected: Arch | None = None) -> Arch:
+    """The architecture of a release; refuses one whose kernel, boot.img or klibs are not
+    what Nanos needs, or whose kernel is not for ``expected``."""
+    from pyops.nanos.boot import check_kernel, kernel_arch, load_boot_image
 
     prefix = f"{folder}{os.sep}"
     try:
@@ -311,18 +393,22 @@ def _validate(folder: Path, source: Path) -> None:
             # A link must not lead out of the release, even through other links.
             if entry.is_symlink() and not _inside(entry.resolve(), folder):
                 raise ReleaseError(f"{entry} links outside the release")
-        check_kernel(folder / "kernel.img")
-        if not (folder / "boot.img").exists():
+        _, arch = kernel_arch(folder / "kernel.img")
+        if expected is not None and arch != expected:
             raise ReleaseError(
-                f"{folder / 'boot.img'} is missing (ARM releases have none; pyops needs x86-64)"
+                f"its name says {expected}, but kernel.img is an {arch.uname} kernel"
             )
-        load_boot_image(folder / "boot.img")
+        if arch == Arch.AMD64:
+            if not (folder / "boot.img").exists():
+                raise ReleaseError(f"{folder / 'boot.img'} is missing (x86-64 releases have one)")
+            load_boot_image(folder / "boot.img")
         klibs = folder / "klibs"
         if klibs.is_dir():
             for klib in sorted(klibs.iterdir()):
-                check_kernel(klib, "klib")
+                check_kernel(klib, "klib", arch)
         elif klibs.exists():
             raise ReleaseError(f"{klibs} is not a folder")
+        return arch
     except PyopsError as exc:
         # The temporary folder's name means nothing to the user: speak of the parts instead.
         reason = str(exc).replace(prefix, "")
@@ -514,8 +600,9 @@ def download_release(
     base_url: str | None = None,
     client: HttpClient | None = None,
     progress: Progress = NULL_PROGRESS,
+    arch: Arch = Arch.AMD64,
 ) -> NanosRelease:
-    """Download release ``version`` and install it (replacing an installed copy).
+    """Download release ``version`` for ``arch`` and install it (replacing an installed copy).
 
     The tarball is downloaded by the blob store's download loop (hashed as it is written,
     resumed with ``Range`` after a cut, under the same deadline): into
@@ -529,7 +616,7 @@ def download_release(
     check_version(version)
     base = release_url(base_url)
     http = client or HttpClient()
-    url = f"{base}/{version}/{tarball_name(version)}"
+    url = f"{base}/{version}/{tarball_name(version, arch)}"
     # Nanos's release script publishes an MD5 next to each tarball; Ops ignores it. We check it
     # when it is there: it catches a truncated or corrupted download (it is no signature: it
     # comes from the same server). Old releases have none, so its absence is not an error.
@@ -539,7 +626,7 @@ def download_release(
 
     with atomic.reporting_disk_full(root):
         root.mkdir(parents=True, exist_ok=True)
-    partial = root / f".download-{version}.partial"
+    partial = root / f".download-{folder_name(version, arch)}.partial"
     keep = False
     try:
         with locked_partial(partial) as handle:
@@ -551,10 +638,11 @@ def download_release(
                 keep = True  # a sound resume point for the next try
                 raise
             return _install(
-                Path(tarball_name(version)),
+                Path(tarball_name(version, arch)),
                 version,
                 home,
                 lambda tmp: _unpack_tarball(partial, tmp),
+                arch,
             )
     finally:
         if not keep:
@@ -662,29 +750,32 @@ def get_release(
     progress: Progress = NULL_PROGRESS,
     base_url: str | None = None,
     client: HttpClient | None = None,
+    arch: Arch = Arch.AMD64,
 ) -> NanosRelease:
-    """The release to build with, downloading it only when it is not installed.
+    """The release for ``arch`` to build with, downloading it only when it is not installed.
 
     ``version=None`` means the latest release (``latest.txt``, cached) when ``download`` is
     true, falling back to the newest installed one when the network is unreachable; with
     ``download=False`` it means the newest installed release. A version that is installed is
     used without any network access.
     """
+    hint = _install_hint(check_arch(arch))
     if version is not None:
-        found = find_installed(version, home)
+        found = find_installed(version, home, arch)
         if found is not None:
             return found
         if not download:
             raise ReleaseError(
-                f"Nanos release {version} is not installed ({_installed_hint(home)})",
-                hint=INSTALL_HINT.replace("install`", f"install {version}`"),
+                f"Nanos release {version} for {arch} is not installed "
+                f"({_installed_hint(home, arch)})",
+                hint=_install_hint(arch, version),
             )
-        return _download_or_explain(version, home, base_url, client, progress)
-    installed = installed_releases(home)
+        return _download_or_explain(version, home, base_url, client, progress, arch)
+    installed = installed_releases(home, arch)
     if not download:
         if installed:
             return installed[-1]
-        raise ReleaseError("no Nanos release is installed", hint=INSTALL_HINT)
+        raise ReleaseError(f"no Nanos release for {arch} is installed", hint=hint)
     try:
         latest = latest_version(
             home=home, base_url=base_url, client=client, fallback=bool(installed)
@@ -694,13 +785,22 @@ def get_release(
             log.warning("%s; using Nanos %s, the newest installed", exc, installed[-1].version)
             return installed[-1]
         raise ReleaseError(
-            f"no Nanos release is installed, and the latest cannot be found: {exc}",
-            hint=INSTALL_HINT,
+            f"no Nanos release for {arch} is installed, and the latest cannot be found: {exc}",
+            hint=hint,
         ) from exc
-    found = find_installed(latest, home)
+    found = find_installed(latest, home, arch)
     if found is not None:
         return found
-    return _download_or_explain(latest, home, base_url, client, progress)
+    return _download_or_explain(latest, home, base_url, client, progress, arch)
+
+
+def _install_hint(arch: Arch, version: str | None = None) -> str:
+    """:data:`INSTALL_HINT` for ``arch`` (and ``version``)."""
+    command = "install" + (f" --arch {arch}" if arch != Arch.AMD64 else "")
+    command += f" {version}" if version else ""
+    return INSTALL_HINT.replace("install`", f"{command}`").replace(
+        "nanos-release-linux-VERSION.tar.gz", tarball_name("VERSION", arch)
+    )
 
 
 def _download_or_explain(
@@ -709,15 +809,16 @@ def _download_or_explain(
     base_url: str | None,
     client: HttpClient | None,
     progress: Progress,
+    arch: Arch,
 ) -> NanosRelease:
     try:
         return download_release(
-            version, home=home, base_url=base_url, client=client, progress=progress
+            version, home=home, base_url=base_url, client=client, progress=progress, arch=arch
         )
     except NetworkError as exc:
         raise ReleaseError(
-            f"Nanos release {version} is not installed and cannot be downloaded: {exc}",
-            hint=INSTALL_HINT.replace("install`", f"install {version}`"),
+            f"Nanos release {version} for {arch} is not installed and cannot be downloaded: {exc}",
+            hint=_install_hint(arch, version),
         ) from exc
 
 
@@ -725,9 +826,10 @@ def release_info(release: NanosRelease) -> Mapping[str, object]:
     """A JSON-ready description of ``release`` (used by ``pyops kernel list --json``)."""
     return {
         "version": release.version,
+        "arch": str(release.arch),
         "path": os.fspath(release.path),
         "kernel": os.fspath(release.kernel),
-        "boot_img": os.fspath(release.boot_img),
+        "boot_img": os.fspath(release.boot_img) if release.boot_img else None,
         "efi": os.fspath(release.efi) if release.efi else None,
         "klibs": sorted(release.klibs),
     }

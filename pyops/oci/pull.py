@@ -21,7 +21,6 @@ from pyops.oci.net import HttpClient
 from pyops.oci.reference import ImageRef
 from pyops.oci.registry import FetchedManifest, RegistryBlobStream, RegistryClient
 from pyops.oci.schema import (
-    DEFAULT_PLATFORM,
     DOCKER_FOREIGN_LAYER,
     INDEX_TYPES,
     LAYER_ZSTD,
@@ -33,6 +32,8 @@ from pyops.oci.schema import (
     ImageManifest,
     Platform,
     check_config_platform,
+    config_platform,
+    default_platforms,
     describe_platforms,
     iter_platform_candidates,
     parse_manifest,
@@ -87,7 +88,7 @@ class PulledImage:
     manifest: ImageManifest
     config: ImageConfig
     platform: Platform
-    """The platform asked for (the config declares the same os and architecture)."""
+    """The platform pulled (the config declares the same os and architecture)."""
     config_path: Path
     layers: tuple[Path, ...]
     """Layer blobs in the store, base layer first."""
@@ -97,7 +98,7 @@ def pull(
     ref: ImageRef | str,
     *,
     store: Store | None = None,
-    platform: Platform | str = DEFAULT_PLATFORM,
+    platform: Platform | str | None = None,
     credentials: Credentials | None = None,
     insecure: bool = False,
     progress: Progress = NULL_PROGRESS,
@@ -106,7 +107,12 @@ def pull(
     use_docker_config: bool = True,
     consumer: LayerConsumer | None = None,
 ) -> PulledImage:
-    """Pull ``ref`` for ``platform`` (default ``linux/amd64``, the Nanos target) into ``store``.
+    """Pull ``ref`` for ``platform`` into ``store``.
+
+    Without a platform, the image is taken as Docker on this host takes it: an index's
+    entry for the host's own architecture when it has one, else its ``linux/amd64`` one
+    (:func:`~pyops.oci.schema.default_platforms`); a single-platform image as it is, if
+    Nanos runs it. :attr:`PulledImage.platform` says which was taken.
 
     Credentials are ``credentials`` if given, else those of ``~/.docker/config.json`` (unless
     ``use_docker_config`` is false), else none. A ``consumer`` takes each layer as soon as
@@ -115,14 +121,15 @@ def pull(
     ``DigestMismatch``, ``NetworkError``, ``LayerError``.
     """
     image = ImageRef.parse(ref) if isinstance(ref, str) else ref
-    wanted = Platform.parse(platform) if isinstance(platform, str) else platform
+    asked = Platform.parse(platform) if isinstance(platform, str) else platform
+    choices = (asked,) if asked is not None else default_platforms()
     store = store or Store.default()
     if credentials is None and use_docker_config:
         credentials = load_docker_credentials(image.registry)
     client = RegistryClient(image.api_host, credentials=credentials, insecure=insecure, http=http)
     name = str(image)
 
-    digest, manifest = _resolve_manifest(client, store, image, wanted, name)
+    digest, manifest, chosen = _resolve_manifest(client, store, image, choices, name)
     log.info("%s: manifest %s", name, digest)
     config_desc = manifest.config
     # The config is read into memory: refuse a large one before downloading a byte of it.
@@ -136,6 +143,9 @@ def pull(
         label=f"{name} config",
     )
     config = ImageConfig.from_json(config_path.read_bytes(), where=f"{name}: image config")
+    if chosen is None and asked is None:
+        chosen = config_platform(config, image=name)
+    wanted = chosen or choices[0]
     check_config_platform(config, wanted, image=name)
     _check_layer_types(manifest, name)
     if config.diff_ids and len(config.diff_ids) != len(manifest.layers):
@@ -176,20 +186,28 @@ def _fetch(
 
 
 def _resolve_manifest(
-    client: RegistryClient, store: Store, image: ImageRef, wanted: Platform, name: str
-) -> tuple[str, ImageManifest]:
+    client: RegistryClient,
+    store: Store,
+    image: ImageRef,
+    choices: tuple[Platform, ...],
+    name: str,
+) -> tuple[str, ImageManifest, Platform | None]:
+    """The single-platform manifest for the first of ``choices`` the image has, and that
+    platform (None for a single-platform image: its config says)."""
     visits = _Visits(name)
     fetched = _fetch(client, store, image, image.reference, name, visits)
     document = parse_manifest(fetched.data, fetched.media_type, where=f"{name}: manifest")
     if isinstance(document, ImageManifest):
-        return fetched.digest, document
-    found = _select(client, store, image, document, wanted, name, 1, visits)
-    if found is None:
-        raise PlatformNotFound(
-            f"{name} has no image for {wanted} (it has: {describe_platforms(document)}).",
-            hint="Pick another platform with --platform, or another image.",
-        )
-    return found
+        return fetched.digest, document, None
+    for wanted in choices:
+        found = _select(client, store, image, document, wanted, name, 1, visits)
+        if found is not None:
+            return found[0], found[1], wanted
+    asked = " or ".join(str(p) for p in choices)
+    raise PlatformNotFound(
+        f"{name} has no image for {asked} (it has: {describe_platforms(document)}).",
+        hint="Pick another platform with --arch or --platform, or another image.",
+    )
 
 
 def _select(

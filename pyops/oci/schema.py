@@ -89,7 +89,17 @@ class Platform:
 
 
 DEFAULT_PLATFORM = Platform("linux", "amd64")
-"""What Nanos runs, whatever the host is."""
+"""What Nanos runs everywhere (x86-64), and what an image is taken for when the host's own
+architecture is not among its platforms."""
+
+
+def default_platforms(host: arch.Arch | None = None) -> tuple[Platform, ...]:
+    """The platforms to try, in order, when none is asked for, as Docker on the host
+    (default: this machine) chooses: the host's own architecture when the image has it,
+    else amd64. Only architectures Nanos runs on are tried."""
+    host = host if host is not None else arch.host()
+    own = Platform("linux", host.value) if host is not None and host.nanos else None
+    return tuple(dict.fromkeys(p for p in (own, DEFAULT_PLATFORM) if p is not None))
 
 
 def _variant(parts: list[str], index: int) -> str | None:
@@ -438,3 +448,18 @@ def check_config_platform(config: ImageConfig, wanted: Platform, *, image: str) 
             f"image {image} is for {config.platform}, not {wanted}.",
             hint="Pick an image built for that platform, or pass --platform.",
         )
+
+
+def config_platform(config: ImageConfig, *, image: str) -> Platform:
+    """The platform a single-platform image's config declares (amd64 when it declares none),
+    when Nanos runs it: an image asked for without a platform is taken as it is, as Docker
+    takes it (with a warning there)."""
+    if not config.os and not config.architecture:
+        return DEFAULT_PLATFORM
+    found = arch.find(config.architecture)
+    if config.os != "linux" or found is None or not found.nanos:
+        raise PlatformNotFound(
+            f"image {image} is for {config.platform}; Nanos runs linux/amd64 and linux/arm64.",
+            hint="Pick an image built for one of those.",
+        )
+    return Platform("linux", found.value, config.variant or None)

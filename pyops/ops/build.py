@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyops import environ
-from pyops.errors import InvalidInput, ReleaseError
+from pyops.arch import Arch
+from pyops.errors import ElfMismatch, InvalidInput, ReleaseError
 from pyops.nanos.manifest import Manifest
 from pyops.nanos.tree import Contents, Directory, File, HardLink, HostFile, Symlink, Tree
 from pyops.progress import NULL_PROGRESS, Progress, step
@@ -228,7 +229,7 @@ def manifest_for(
         "PWD": "/",
         "OPS_VERSION": f"pyops-{__version__}",
         "NANOS_VERSION": release.version,
-        "NANOS_ARCH": "amd64",
+        "NANOS_ARCH": str(release.arch),
         "IMAGE_NAME": name,
     }
     environment.update(config.env)
@@ -296,6 +297,45 @@ class BuiltImage:
     """The program's command line in the image."""
 
 
+def resolve_program(config: BuildConfig, *, progress: Progress = NULL_PROGRESS) -> Resolution:
+    """The closure of the program ``config`` names (in its target root, if any)."""
+    from pyops.elf.ldd import resolve
+
+    program_in_image = program_path(config.program, config.target_root)
+    with step(progress, "resolve the program's libraries"):
+        return resolve(
+            program_in_image, config.target_root, env=config.env, include_runtime_extras=True
+        )
+
+
+def program_arch(resolution: Resolution) -> Arch:
+    """The architecture of a resolved program: the guest's. Its libraries are of the same
+    (the resolver takes no other), and Nanos must run on it."""
+    from pyops.arch import of_elf_machine
+    from pyops.elf.reader import read_elf
+
+    program = resolution.program
+    machine = read_elf(program.host_path, display=program.path).machine
+    arch = of_elf_machine(machine)
+    if arch is None or not arch.nanos:
+        raise ElfMismatch(
+            f"{program.path} is a program for {arch.uname if arch else machine}; Nanos runs "
+            "x86-64 and arm64 programs only",
+            hint="build the program for x86_64 or aarch64",
+        )
+    return arch
+
+
+def check_release_arch(arch: Arch, release: NanosRelease, what: str) -> None:
+    """Refuse to pair a program of ``arch`` with a kernel of another architecture."""
+    if release.arch != arch:
+        raise ElfMismatch(
+            f"{what} is for {arch} ({arch.uname}), but the Nanos kernel "
+            f"{release.kernel} is for {release.arch}",
+            hint=f"use a Nanos release for {arch} (pyops kernel install --arch {arch})",
+        )
+
+
 def build_image(
     config: BuildConfig,
     release: NanosRelease,
@@ -303,19 +343,18 @@ def build_image(
     *,
     progress: Progress = NULL_PROGRESS,
     force: bool = False,
+    resolution: Resolution | None = None,
 ) -> BuiltImage:
-    """Build a bootable image of a host program at ``output``.
+    """Build a bootable image of a host program at ``output`` (``resolution``: the
+    program's, when :func:`resolve_program` made it already).
 
     When an image built from the very same inputs is already there, it is reused.
     """
-    from pyops.elf.ldd import resolve
-
     name = config.name or image_name(config.program)
     program_in_image = program_path(config.program, config.target_root)
-    with step(progress, "resolve the program's libraries"):
-        resolution = resolve(
-            program_in_image, config.target_root, env=config.env, include_runtime_extras=True
-        )
+    if resolution is None:
+        resolution = resolve_program(config, progress=progress)
+    check_release_arch(program_arch(resolution), release, resolution.program.path)
     # In a target root its /etc files are the image's own; on the host they are the host's.
     tree = closure_tree(resolution, data=config.target_root is not None)
     add_standard_files(tree, name_servers=config.name_servers, ca_root=config.target_root or "/")
@@ -346,7 +385,7 @@ def write_image(
         "tree": tree_key(tree),
         "manifest": json.dumps(manifest.to_dict(), sort_keys=True, default=str),
         # The kernel by content: a release reinstalled or edited in place rebuilds.
-        "release": [_digest(release.kernel), _digest(release.boot_img)],
+        "release": [_digest(p) for p in (release.kernel, release.boot_img) if p is not None],
         "klibs": {name: _digest(path) for name, path in sorted(klibs.items())},
         "size": config.size,
         "pyops": __version__,
@@ -454,6 +493,7 @@ def build_package_image(
 ) -> BuiltImage:
     """Build a bootable image of a local package (``pyops pkg load``)."""
     name = config.name or package.name
+    check_release_arch(package.arch, release, f"package {package.name}")
     tree = package_tree(package, config.args, cwd)
     add_standard_files(tree, name_servers=config.name_servers)
     _add_user_files(tree, config)

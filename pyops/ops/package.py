@@ -82,6 +82,7 @@ from typing import Any
 
 from pyops import arch, atomic
 from pyops import home as _home
+from pyops.arch import Arch
 from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
 from pyops.errors import DiskFull, LibraryNotFound, PackageError, PyopsError
@@ -90,7 +91,7 @@ from pyops.oci.layers import Unpacker
 from pyops.oci.net import HttpClient
 from pyops.oci.pull import PulledImage, pull
 from pyops.oci.reference import ImageRef
-from pyops.oci.schema import DEFAULT_PLATFORM, Descriptor, ImageConfig, Platform
+from pyops.oci.schema import Descriptor, ImageConfig, Platform
 from pyops.oci.store import Store
 from pyops.ops.advice import Note, wrapper_note
 from pyops.ops.build import CA_BUNDLES
@@ -165,6 +166,8 @@ class Package:
     user: str = ""
     manifest: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """The whole ``package.manifest``, as read."""
+    arch: Arch = Arch.AMD64
+    """The architecture of its programs: the folder it is in (``local_packages/<arch>/``)."""
     notes: tuple[Note, ...] = field(default=(), hash=False, compare=False)
     """What the user should know about the package just made (:mod:`pyops.ops.advice`)."""
 
@@ -186,6 +189,7 @@ class Package:
             "image": self.image,
             "digest": self.digest,
             "platform": self.platform,
+            "arch": str(self.arch),
             "working_dir": self.working_dir,
             "entrypoint": list(self.entrypoint),
             "cmd": list(self.cmd),
@@ -197,9 +201,49 @@ class Package:
 # Names and places
 
 
-def packages_dir(home: Path | str | None = None) -> Path:
-    """``<home>/local_packages``; ``home`` defaults to ``PYOPS_HOME`` (or ``~/.pyops``)."""
-    return _home.packages_dir(home)
+def packages_dir(home: Path | str | None = None, arch: Arch | None = None) -> Path:
+    """``<home>/local_packages``, or its folder for ``arch`` (``local_packages/amd64``, as Ops
+    lays it out); ``home`` defaults to ``PYOPS_HOME`` (or ``~/.pyops``)."""
+    base = _home.packages_dir(home)
+    return base / arch.value if arch is not None else base
+
+
+PACKAGE_ARCHES = (Arch.AMD64, Arch.ARM64)
+"""The architectures packages are kept for, each in its own folder."""
+
+
+def default_arch() -> Arch:
+    """The architecture a package name means when none is given: the host's own where Nanos
+    runs on it, else amd64 (Ops's rule)."""
+    host = arch.host()
+    return host if host is not None and host.nanos else Arch.AMD64
+
+
+def _package_folder(name: str, home: Path | str | None, wanted: Arch | None) -> Path | None:
+    """Where package ``name`` is: in the folder of ``wanted``, or (when None) of
+    :func:`default_arch` first, then of the others. A package an older pyops left directly
+    in ``local_packages/`` counts as amd64."""
+    check_package_name(name)
+    order = [wanted] if wanted is not None else [default_arch()]
+    order += [a for a in PACKAGE_ARCHES if a not in order and wanted is None]
+    for candidate in order:
+        folder = packages_dir(home, candidate) / name
+        if folder.is_dir():
+            return folder
+        if candidate == Arch.AMD64 and name not in _ARCH_NAMES:
+            legacy = packages_dir(home) / name
+            if (legacy / MANIFEST_FILE).is_file():
+                return legacy
+    return None
+
+
+_ARCH_NAMES = frozenset(a.value for a in Arch)
+
+
+def _folder_arch(folder: Path, home: Path | str | None) -> Arch:
+    parent = folder.parent.name
+    found = arch.find(parent) if folder.parent != packages_dir(home) else None
+    return found if found is not None else Arch.AMD64
 
 
 def check_package_name(name: str) -> str:
@@ -241,7 +285,7 @@ def from_docker(
     copy: bool = False,
     closure_only: bool = False,
     store: Store | None = None,
-    platform: Platform | str = DEFAULT_PLATFORM,
+    platform: Platform | str | None = None,
     credentials: Credentials | None = None,
     insecure: bool = False,
     progress: Progress = NULL_PROGRESS,
@@ -251,6 +295,9 @@ def from_docker(
 
     ``ref`` is an image reference, pulled first (with ``platform``, ``credentials``,
     ``insecure`` and ``http``), or an image :func:`pyops.pull` already pulled into ``store``.
+    Without a platform, the host's own architecture is taken when the image has it, else
+    amd64 (see :func:`pyops.oci.pull.pull`). The package is for the platform pulled: it goes
+    to ``local_packages/<arch>/<name>``.
 
     ``program`` is a name looked up on the image's ``PATH`` (from its config's ``Env``, else
     Docker's default) or a path inside the image (relative paths start at the image's
@@ -335,9 +382,12 @@ def from_docker(
                     copy_kept(root, sysroot, kept.paths())
         (staging / CONTENTS_FILE).write_text(kept.to_json() + "\n")
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        final = _install(staging, target / package_name)
+        package_arch = _platform_arch(pulled.platform, label)
+        folder = packages_dir(store.root, package_arch)
+        folder.mkdir(exist_ok=True)
+        final = _install(staging, folder / package_name)
     log.info("%s: package %s at %s", label, package_name, final)
-    made = _package_from_manifest(package_name, final, manifest)
+    made = _package_from_manifest(package_name, final, manifest, package_arch)
     return dataclasses.replace(made, notes=notes)
 
 
@@ -653,6 +703,16 @@ def _find_program(root: Path, program: str, config: ImageConfig, label: str) -> 
     return found
 
 
+def _platform_arch(platform: Platform, label: str) -> Arch:
+    found = arch.find(platform.architecture)
+    if found is None or not found.nanos:
+        raise PackageError(
+            f"{label} is for {platform}; Nanos runs amd64 and arm64 programs only.",
+            hint="pick the image's linux/amd64 or linux/arm64 variant with --arch",
+        )
+    return found
+
+
 def _machine(platform: Platform) -> str | None:
     # An architecture pyops has no name for: skip the check.
     found = arch.find(platform.architecture)
@@ -775,7 +835,9 @@ def _strings(value: Any) -> tuple[str, ...]:
     return ()
 
 
-def _package_from_manifest(name: str, path: Path, manifest: Mapping[str, Any]) -> Package:
+def _package_from_manifest(
+    name: str, path: Path, manifest: Mapping[str, Any], package_arch: Arch = Arch.AMD64
+) -> Package:
     # Go's JSON decoder matches keys case-insensitively, so Ops packages may spell them
     # differently ("program", "args"): look them up the same way.
     fields = {str(k).lower(): v for k, v in manifest.items()}
@@ -800,6 +862,7 @@ def _package_from_manifest(name: str, path: Path, manifest: Mapping[str, Any]) -
         image_env=_strings(meta.get("Env")),
         user=str(meta.get("User") or ""),
         manifest=dict(manifest),
+        arch=package_arch,
     )
 
 
@@ -815,15 +878,19 @@ def _read_manifest(path: Path, name: str) -> dict[str, Any]:
     return data
 
 
-def load_package(name: str, home: Path | str | None = None) -> Package:
-    """The local package ``name``; :class:`PackageError` when there is none."""
-    path = packages_dir(home) / check_package_name(name)
-    if not path.is_dir():
+def load_package(name: str, home: Path | str | None = None, arch: Arch | None = None) -> Package:
+    """The local package ``name`` for ``arch`` (default: :func:`default_arch`'s, else the
+    only one there is); :class:`PackageError` when there is none."""
+    path = _package_folder(name, home, arch)
+    if path is None:
+        where = packages_dir(home, arch)
         raise PackageError(
-            f"there is no local package {name!r} (in {path.parent}).",
+            f"there is no local package {name!r}"
+            + (f" for {arch}" if arch is not None else "")
+            + f" (in {where}).",
             hint="pyops pkg list shows the packages there are.",
         )
-    return _package_from_manifest(name, path, _read_manifest(path, name))
+    return _package_from_manifest(name, path, _read_manifest(path, name), _folder_arch(path, home))
 
 
 def package_contents(package: Package) -> Contents | None:
@@ -837,28 +904,34 @@ def list_packages(home: Path | str | None = None) -> list[Package]:
     base = packages_dir(home)
     if not base.is_dir():
         return []
+    folders = [(entry, Arch.AMD64) for entry in base.iterdir() if entry.name not in _ARCH_NAMES]
+    for package_arch in PACKAGE_ARCHES:
+        if packages_dir(home, package_arch).is_dir():
+            folders += [(e, package_arch) for e in packages_dir(home, package_arch).iterdir()]
     found: list[Package] = []
-    for entry in sorted(base.iterdir(), key=lambda p: p.name):
+    for entry, package_arch in sorted(folders, key=lambda f: (f[0].name, f[1].value)):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         try:
             manifest = _read_manifest(entry, entry.name)
-            found.append(_package_from_manifest(entry.name, entry, manifest))
+            found.append(_package_from_manifest(entry.name, entry, manifest, package_arch))
         except PackageError as exc:
             log.warning("skipping %s: %s", entry, exc)
     return found
 
 
-def remove_package(name: str, home: Path | str | None = None) -> Path:
+def remove_package(name: str, home: Path | str | None = None, arch: Arch | None = None) -> Path:
     """Remove the local package ``name`` and return the path it had.
 
     The folder is first renamed to a hidden name, so a half-removed package is never seen
     under its own name.
     """
-    path = packages_dir(home) / check_package_name(name)
-    if not os.path.lexists(path):
+    path = _package_folder(name, home, arch)
+    if path is None:
         raise PackageError(
-            f"there is no local package {name!r} (in {path.parent}).",
+            f"there is no local package {name!r}"
+            + (f" for {arch}" if arch is not None else "")
+            + f" (in {packages_dir(home, arch)}).",
             hint="pyops pkg list shows the packages there are.",
         )
     _sweep_stale(path.parent)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyops import atomic
+from pyops.arch import Arch
 from pyops.errors import PackageError
 from pyops.oci.layers import unpack_layers
 from pyops.oci.pull import pull
@@ -94,16 +95,18 @@ def probe_package(
     store: Store | None = None,
     progress: Progress = NULL_PROGRESS,
     boot: BootHook | None = None,
+    arch: Arch | None = None,
 ) -> ProbeResult:
     """Boot local package ``name`` (with ``args``, else its own) until it finds no more
     missing files in its image, adding them to the package; see the module doc.
 
     ``boot`` replaces the real boot (for tests); by default each round builds the image
-    with config.json ``ops`` and runs it for ``seconds``.
+    with config.json ``ops`` and runs it for ``seconds``. ``arch`` picks the package's
+    architecture, as for :func:`~pyops.ops.package.load_package`.
     """
     from pyops.ops.package import load_package
 
-    package = load_package(name)
+    package = load_package(name, arch=arch)
     if not package.image or not package.digest:
         raise PackageError(
             f"package {name} does not say which image it was made from, so there is nothing "
@@ -111,7 +114,7 @@ def probe_package(
             hint="make it with pyops pkg from-docker",
         )
     store = store or Store.default()
-    boot = boot or _real_boot(ops, name, args, seconds, progress)
+    boot = boot or _real_boot(ops, name, args, seconds, progress, package.arch)
     with _unpacked(package, store, progress) as root:
         image = ImageRoot(root)
         index = _Index(root)
@@ -142,14 +145,19 @@ def _inside(sysroot: Path, path: str) -> str:
 
 
 def _real_boot(
-    ops: OpsConfig, name: str, args: tuple[str, ...], seconds: float, progress: Progress
+    ops: OpsConfig,
+    name: str,
+    args: tuple[str, ...],
+    seconds: float,
+    progress: Progress,
+    arch: Arch,
 ) -> BootHook:
     def boot(number: int) -> str:
         from pyops.ops.images import fresh_run_copy
         from pyops.ops.recipes import BuildFlags, RunFlags, build_package, vm_config
         from pyops.vm.qemu import Console, Host, run_vm
 
-        flags = BuildFlags(args=args, missing_files=True)
+        flags = BuildFlags(args=args, missing_files=True, arch=arch)
         built = build_package(ops, name, flags, progress=progress)
         host = Host.detect()
         disk = fresh_run_copy(built.path)
@@ -158,7 +166,7 @@ def _real_boot(
         try:
             run_vm(
                 disk,
-                vm_config(ops, RunFlags(), host),
+                vm_config(ops, RunFlags(), host, arch),
                 host=host,
                 stdout=quiet,
                 console=console,
@@ -178,7 +186,7 @@ def _unpacked(package: Package, store: Store, progress: Progress) -> Iterator[Pa
     store (removed afterwards)."""
     ref = ImageRef.parse(package.image).with_digest(package.digest)
     with step(progress, f"unpack {package.image}"):
-        pulled = pull(ref, store=store, platform=package.platform or "linux/amd64")
+        pulled = pull(ref, store=store, platform=package.platform or f"linux/{package.arch}")
     tmp = atomic.temp_path(package.path.parent / f"{package.name}-probe")
     tmp.mkdir()
     try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyops.arch import Arch
 from pyops.ops.build import BuildConfig, BuiltImage, check_image_name, image_name, merge_config
 from pyops.ops.config import OpsConfig
 from pyops.progress import NULL_PROGRESS, Progress, step
@@ -22,7 +23,7 @@ from pyops.progress import NULL_PROGRESS, Progress, step
 if TYPE_CHECKING:
     from pyops.nanos.release import NanosRelease
     from pyops.ops.advice import Note
-    from pyops.vm.qemu import Host, VmConfig
+    from pyops.vm.qemu import Guest, Host, VmConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,9 @@ class BuildFlags:
     size: int | None = None
     nanos_version: str | None = None
     force: bool = False
+    arch: Arch | None = None
+    """The package's architecture, for ``pkg load`` (None: see
+    :func:`~pyops.ops.package.load_package`); a program's is its ELF's."""
     missing_files: bool = False
     """Have Nanos list, at shutdown, the files the program failed to open (Ops:
     ``--missing-files``)."""
@@ -63,17 +67,21 @@ NoteHook = Callable[["Note"], None]
 
 
 def choose_release(
-    version: str | None, ops: OpsConfig, *, progress: Progress = NULL_PROGRESS
+    version: str | None,
+    ops: OpsConfig,
+    *,
+    arch: Arch = Arch.AMD64,
+    progress: Progress = NULL_PROGRESS,
 ) -> NanosRelease:
-    """The Nanos release to build with: ``version``, else config.json's NanosVersion, else
-    the newest installed (the network is asked only when none is), with config.json's
-    Kernel and Boot replacing its parts."""
+    """The Nanos release for ``arch`` to build with: ``version``, else config.json's
+    NanosVersion, else the newest installed (the network is asked only when none is), with
+    config.json's Kernel and Boot replacing its parts."""
     from pyops.nanos.release import get_release, installed_releases
 
     version = version or ops.nanos_version
     # Like Ops, never update Nanos behind the user's back.
-    offline = version is None and bool(installed_releases())
-    release = get_release(version, download=not offline, progress=progress)
+    offline = version is None and bool(installed_releases(arch=arch))
+    release = get_release(version, download=not offline, progress=progress, arch=arch)
     if ops.kernel or ops.boot:
         release = dataclasses.replace(
             release,
@@ -83,10 +91,12 @@ def choose_release(
     return release
 
 
-def vm_config(ops: OpsConfig, flags: RunFlags, host: Host | None = None) -> VmConfig:
+def vm_config(
+    ops: OpsConfig, flags: RunFlags, host: Host | None = None, guest: Arch = Arch.AMD64
+) -> VmConfig:
     """qemu settings: the flags, then config.json's RunConfig, then the defaults. An
-    accelerator ``host`` (default: this machine) cannot use is refused here, before
-    anything is built."""
+    accelerator ``host`` (default: this machine) cannot use for a ``guest`` is refused here,
+    before anything is built."""
     from pyops.vm.qemu import Accel, Host, PortForward, VmConfig, choose_accel
 
     settings = ops.run
@@ -100,7 +110,7 @@ def vm_config(ops: OpsConfig, flags: RunFlags, host: Host | None = None) -> VmCo
         ports=tuple(PortForward.parse(p) for p in (flags.ports or settings.ports))
         + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
     )
-    choose_accel(config.accel, host or Host.detect())
+    choose_accel(config.accel, host or Host.detect(), guest)
     return config
 
 
@@ -112,11 +122,16 @@ def image_path(name: str, home: str | Path | None = None) -> Path:
 
 
 def build_program(
-    ops: OpsConfig, flags: BuildFlags, *, progress: Progress = NULL_PROGRESS
+    ops: OpsConfig,
+    flags: BuildFlags,
+    *,
+    progress: Progress = NULL_PROGRESS,
+    before_build: Callable[[Arch], object] | None = None,
 ) -> BuiltImage:
     """``pyops build``: the image of a host program (and its libraries), reused when
-    nothing that goes into it changed."""
-    from pyops.ops.build import build_image
+    nothing that goes into it changed. The program's ELF machine is the image's
+    architecture; ``before_build`` is given it before a release is chosen."""
+    from pyops.ops.build import build_image, program_arch, resolve_program
 
     config = merge_config(
         ops,
@@ -128,11 +143,22 @@ def build_program(
         klibs=flags.klibs,
         size=flags.size,
     )
-    release = choose_release(flags.nanos_version, ops, progress=progress)
     name = config.name or image_name(config.program)
     config = dataclasses.replace(config, name=check_image_name(name))
     config = _with_missing_files(config, flags)
-    return build_image(config, release, image_path(name), progress=progress, force=flags.force)
+    resolution = resolve_program(config, progress=progress)
+    guest = program_arch(resolution)
+    if before_build is not None:
+        before_build(guest)
+    release = choose_release(flags.nanos_version, ops, arch=guest, progress=progress)
+    return build_image(
+        config,
+        release,
+        image_path(name),
+        progress=progress,
+        force=flags.force,
+        resolution=resolution,
+    )
 
 
 def run_program(
@@ -147,8 +173,14 @@ def run_program(
     """``pyops run``: build (or reuse) the image of a host program and boot a fresh copy of
     it in the foreground; returns the guest program's exit code."""
     host = _host()
-    vm = vm_config(ops, run, host)
-    built = build_program(ops, flags, progress=progress)
+    vms = [vm_config(ops, run, host)]
+    built = build_program(
+        ops,
+        flags,
+        progress=progress,
+        before_build=lambda a: vms.append(vm_config(ops, run, host, a)),
+    )
+    vm = vms[-1]
     verbose = _verbose(ops, run)
     return boot(built.path, vm, host, verbose, progress, show_command, notes, (), built.argv)
 
@@ -169,9 +201,10 @@ def run_package(
     from pyops.ops.package import load_package
 
     host = _host()
-    vm = vm_config(ops, run, host)
+    package = load_package(package_name, arch=flags.arch)
+    vm = vm_config(ops, run, host, package.arch)
     built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
-    entrypoint = load_package(package_name).entrypoint
+    entrypoint = package.entrypoint
     return boot(built.path, vm, host, _verbose(ops, run), progress, show_command, notes, entrypoint)
 
 
@@ -187,13 +220,13 @@ def build_package(
     from pyops.ops.build import build_package_image
     from pyops.ops.package import load_package
 
-    package = load_package(package_name)
+    package = load_package(package_name, arch=flags.arch)
     config: BuildConfig = merge_config(
         ops, package.program, args=flags.args, env=flags.env, name=flags.name
     )
     name = check_image_name(config.name or package.name)
     config = _with_missing_files(dataclasses.replace(config, name=name), flags)
-    release = choose_release(flags.nanos_version, ops, progress=progress)
+    release = choose_release(flags.nanos_version, ops, arch=package.arch, progress=progress)
     return build_package_image(
         package, config, release, image_path(name), cwd=cwd, progress=progress, force=flags.force
     )
@@ -238,16 +271,20 @@ def boot(
     image's, for a package. The image is read only for programs the advice knows, and after
     runs that need explaining."""
     from pyops.ops.images import fresh_run_copy
-    from pyops.vm.qemu import qemu_command, run_vm
+    from pyops.vm.qemu import guest_of, qemu_command, run_vm
 
     with step(progress, "copy the image for this run"):
         disk = fresh_run_copy(image)
+        # An arm64 kernel is copied out beside the run's disk, for qemu's -kernel.
+        guest = guest_of(disk, disk.parent)
     if verbose and show_command is not None:
-        show_command(qemu_command(disk, vm, host))
+        show_command(qemu_command(disk, vm, host, guest=guest))
     if notes is None:
         with step(progress, "boot"):
-            return run_vm(disk, vm, host=host, stdin=None)
-    return _boot_explained(image, disk, vm, host, progress, notes, tuple(entrypoint), tuple(argv))
+            return run_vm(disk, vm, host=host, stdin=None, guest=guest)
+    return _boot_explained(
+        image, disk, vm, host, guest, progress, notes, tuple(entrypoint), tuple(argv)
+    )
 
 
 def _boot_explained(
@@ -255,6 +292,7 @@ def _boot_explained(
     disk: Path,
     vm: VmConfig,
     host: Host,
+    guest: Guest,
     progress: Progress,
     notes: NoteHook,
     entrypoint: tuple[str, ...],
@@ -284,7 +322,7 @@ def _boot_explained(
 
     try:
         with step(progress, "boot"):
-            code = run_vm(disk, vm, host=host, stdin=None, console=console)
+            code = run_vm(disk, vm, host=host, stdin=None, console=console, guest=guest)
     except KeyboardInterrupt:
         explain(None)
         raise

@@ -1,14 +1,29 @@
-"""Booting a Nanos disk with ``qemu-system-x86_64``: the command line, the accelerator, the run.
+"""Booting a Nanos disk with qemu: the command line, the accelerator, the run.
 
-The command line follows Ops's for x86-64 guests (ops-reference.md section 6.3): a q35
-machine, the disk on virtio-scsi, ``isa-debug-exit`` for the exit code, user networking with
-TCP forwards.  Unlike Ops it is built as a list (paths with spaces work) and the accelerator
-is chosen for the host: KVM when ``/dev/kvm`` is usable on an x86-64 Linux host, HVF on an
-Intel Mac, TCG otherwise (an x86-64 guest on an ARM host is always emulated).
+The guest's architecture is its kernel's (the boot filesystem's ``/kernel``, see
+:func:`guest_of`).
 
-The exit code: with the root key ``debug_exit`` the kernel ends by writing the program's
-status to the isa-debug-exit port (nanos ``src/kernel/init.c``, ``platform/pc/service.c``:
-``QEMU_HALT``), which makes qemu exit with ``status * 2 + 1``.
+- x86-64 (``qemu-system-x86_64``): the command line follows Ops's (ops-reference.md section
+  6.3): a q35 machine, the disk on virtio-scsi, ``isa-debug-exit`` for the exit code.
+- arm64 (``qemu-system-aarch64``): the command line of Nanos's own ``platform/virt``
+  Makefile: a ``virt`` machine with GICv2 and no high memory, qemu loading the kernel itself
+  (``-kernel``: the disk has no boot loader), the disk on virtio-blk, ``-semihosting`` for the
+  exit code.
+
+Both get user networking with the forwarded ports. Unlike Ops the line is built as a list
+(paths with spaces work) and the accelerator is chosen for the pair of host and guest: KVM
+for a guest of the Linux host's own architecture where ``/dev/kvm`` is usable, HVF for one
+of the Mac's own (arm64 on Apple Silicon, x86-64 on Intel Macs), TCG otherwise. Ops turns
+acceleration off whenever ``--arch`` is given, and always emulates arm64 guests on Linux.
+
+The exit code: with the root key ``debug_exit`` the kernel ends by handing the program's
+status to qemu (nanos ``src/kernel/init.c``). On x86-64 it writes it to the isa-debug-exit
+port (``platform/pc/service.c``: ``QEMU_HALT``), which makes qemu exit with
+``status * 2 + 1``. On arm64 it makes the semihosting call ``SYS_EXIT`` with
+``ADP_Stopped_ApplicationExit`` (``src/aarch64/crt0.S``: ``angel_shutdown``), and qemu exits
+with the status itself. Where the call is not available (HVF on Apple M1 and M2), the kernel
+says so on the console and powers off through PSCI: the code is then lost, and
+:class:`ExitCodeLost` says so instead of a made-up 0.
 """
 
 from __future__ import annotations
@@ -37,6 +52,31 @@ from pyops.errors import ConfigError, QemuError
 log = logging.getLogger(__name__)
 
 QEMU_X86_64 = "qemu-system-x86_64"
+QEMU_PREFIXES = ("/opt/homebrew/bin", "/usr/local/bin", "/opt/local/bin")
+"""Where Homebrew (Apple Silicon, then Intel Macs) and MacPorts install qemu; looked in after
+``PATH``, which often lacks them (shells started by GUI apps, launchd)."""
+
+LOST_EXIT_CODE = "QEMU exit code will not reflect program exit code"
+"""What an arm64 kernel prints when it cannot hand the exit code to qemu (interrupt.c)."""
+
+
+class ExitCodeLost(QemuError):
+    """The guest stopped, but the way its exit code reaches qemu is not available here."""
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """What the disk itself decides about the virtual machine: the architecture, and for
+    arm64 the kernel file qemu loads."""
+
+    arch: Arch = Arch.AMD64
+    kernel: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.arch.nanos:
+            raise ConfigError(f"Nanos does not run on {self.arch} guests")
+        if self.arch == Arch.ARM64 and self.kernel is None:
+            raise ConfigError("an arm64 guest needs its kernel file (qemu loads it)")
 
 
 class Accel(enum.StrEnum):
@@ -64,7 +104,8 @@ class Host:
     def detect(cls) -> Host:
         """Look at this machine."""
         system = platform.system()
-        return cls(system, platform.machine(), _kvm_usable(system), _hvf_usable(system))
+        machine = platform.machine()
+        return cls(system, machine, _kvm_usable(system, machine), _hvf_usable(system))
 
 
 def normalise_machine(machine: str) -> str:
@@ -73,11 +114,14 @@ def normalise_machine(machine: str) -> str:
     return arch.find(machine) or machine.lower()
 
 
-def _kvm_usable(system: str) -> bool:
+def _kvm_usable(system: str, machine: str = "x86_64") -> bool:
     if system != "Linux":
         return False
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
+    if normalise_machine(machine) != Arch.AMD64:
+        # arm64 CPUs list no virtualisation flag in /proc/cpuinfo; /dev/kvm is the test.
+        return True
     # /dev/kvm can exist where guests still cannot run (some sandboxes and nested setups);
     # like Ops, also require the CPU to advertise hardware virtualisation.
     try:
@@ -165,18 +209,25 @@ def memory_bytes(text: str) -> int:
     return size
 
 
-def choose_accel(requested: Accel, host: Host) -> Accel:
-    """The accelerator to use for an x86-64 guest on ``host``; refuses one that cannot work."""
+def choose_accel(requested: Accel, host: Host, guest: Arch = Arch.AMD64) -> Accel:
+    """The accelerator to use for a ``guest`` on ``host``; refuses one that cannot work.
+
+    A hypervisor runs only guests of the host's own architecture: KVM on Linux, HVF on
+    macOS (x86-64 on Intel Macs, arm64 on Apple Silicon). Anything else is emulated (TCG).
+    """
+    native = host.machine == guest
     if requested == Accel.AUTO:
-        if host.machine == Arch.AMD64 and host.system == "Linux" and host.kvm:
+        if native and host.system == "Linux" and host.kvm:
             return Accel.KVM
-        if host.machine == Arch.AMD64 and host.system == "Darwin" and host.hvf:
+        if native and host.system == "Darwin" and host.hvf:
             return Accel.HVF
         return Accel.TCG
+    what = f"{guest.uname} guests"
     if requested == Accel.KVM:
-        if host.system != "Linux" or host.machine != Arch.AMD64:
+        if host.system != "Linux" or not native:
             raise QemuError(
-                f"KVM cannot run x86-64 guests on this {host.system} {host.machine} host",
+                f"KVM cannot run {what} on this {host.system} {host.machine} host"
+                + (" (KVM runs guests of the host's own architecture only)" if not native else ""),
                 hint="use --accel tcg (or auto)",
             )
         if not host.kvm:
@@ -186,10 +237,12 @@ def choose_accel(requested: Accel, host: Host) -> Accel:
                 hint="add yourself to the kvm group, or use --accel tcg (slower)",
             )
     if requested == Accel.HVF:
-        if host.system != "Darwin" or host.machine != Arch.AMD64:
+        if host.system != "Darwin" or not native:
+            mac = "Intel Macs" if guest == Arch.AMD64 else "Apple Silicon Macs"
+            other = "Apple Silicon" if guest == Arch.AMD64 else "Intel Macs"
             raise QemuError(
-                "HVF runs x86-64 guests only on Intel Macs"
-                + (" (Apple Silicon emulates them with TCG)" if host.system == "Darwin" else ""),
+                f"HVF runs {what} only on {mac}"
+                + (f" ({other} emulate them with TCG)" if host.system == "Darwin" else ""),
                 hint="use --accel tcg (or auto)",
             )
         if not host.hvf:
@@ -201,11 +254,18 @@ def choose_accel(requested: Accel, host: Host) -> Accel:
 
 
 def qemu_command(
-    disk: str | os.PathLike[str], config: VmConfig, host: Host, *, monitor: str | None = None
+    disk: str | os.PathLike[str],
+    config: VmConfig,
+    host: Host,
+    *,
+    monitor: str | None = None,
+    guest: Guest = Guest(),
 ) -> list[str]:
-    """The full qemu argv for booting ``disk``; nothing is run. ``monitor``: a Unix socket
-    path for qemu's monitor (none by default)."""
-    accel = choose_accel(config.accel, host)
+    """The full qemu argv for booting ``disk`` as ``guest`` (default: x86-64); nothing is
+    run. ``monitor``: a Unix socket path for qemu's monitor (none by default)."""
+    accel = choose_accel(config.accel, host, guest.arch)
+    if guest.arch == Arch.ARM64:
+        return _arm64_command(disk, config, accel, monitor, guest)
     binary = config.qemu or QEMU_X86_64
     argv = [
         binary,
@@ -231,18 +291,74 @@ def qemu_command(
     else:
         argv += ["-accel", "tcg", "-cpu", "max"]
     argv += ["-drive", f"file={_drive_path(disk)},format=raw,if=none,id=hd0"]
+    argv += [
+        "-device", "virtio-net,bus=pci.4,addr=0x0,netdev=n0,mac=52:54:00:12:34:56",
+        "-netdev", _netdev(config),
+    ]  # fmt: skip
+    return argv + _console_and_monitor(monitor)
+
+
+def _arm64_command(
+    disk: str | os.PathLike[str], config: VmConfig, accel: Accel, monitor: str | None, guest: Guest
+) -> list[str]:
+    assert guest.kernel is not None  # Guest checks it
+    argv = [
+        config.qemu or Arch.ARM64.qemu_binary,
+        "-machine", "virt",
+        "-machine", "gic-version=2",
+        "-machine", "highmem=off",
+        "-m", config.memory,
+    ]  # fmt: skip
+    if config.cpus:
+        argv += ["-smp", str(config.cpus)]
+    if accel == Accel.TCG:
+        argv += ["-accel", "tcg", "-cpu", "max"]
+    else:
+        argv += ["-accel", str(accel), "-cpu", "host"]
+    argv += [
+        "-kernel", os.fspath(Path(guest.kernel).absolute()),  # a plain argument: no escapes
+        "-drive", f"if=none,id=hd0,format=raw,file={_drive_path(disk)}",
+        "-device", "virtio-blk-pci,drive=hd0",
+        "-device", "virtio-rng-pci",
+        "-semihosting",
+        "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
+        "-netdev", _netdev(config),
+    ]  # fmt: skip
+    return argv + _console_and_monitor(monitor)
+
+
+def _netdev(config: VmConfig) -> str:
     netdev = "user,id=n0"
     for fwd in config.ports:
         netdev += f",hostfwd={fwd.protocol}::{fwd.host}-:{fwd.guest}"
-    argv += [
-        "-device", "virtio-net,bus=pci.4,addr=0x0,netdev=n0,mac=52:54:00:12:34:56",
-        "-netdev", netdev,
+    return netdev
+
+
+def _console_and_monitor(monitor: str | None) -> list[str]:
+    return [
         "-display", "none",
         "-serial", "stdio",
         "-monitor", f"unix:{monitor},server=on,wait=off" if monitor else "none",
         "-no-reboot",
     ]  # fmt: skip
-    return argv
+
+
+def guest_of(disk: str | os.PathLike[str], kernel_dir: str | os.PathLike[str]) -> Guest:
+    """The guest a bootable disk makes: its kernel's architecture, and for arm64 its kernel,
+    copied out of the boot filesystem into ``kernel_dir`` (as ``<disk name>.kernel``) for
+    qemu's ``-kernel``."""
+    from pyops import atomic
+    from pyops.nanos.disk import boot_kernel
+    from pyops.nanos.tfs import iter_file_contents
+
+    guest_arch, kernel = boot_kernel(disk)
+    if guest_arch != Arch.ARM64:
+        return Guest(guest_arch)
+    dest = Path(kernel_dir) / (Path(disk).name + ".kernel")
+    with atomic.atomic_path(dest, kernel.size) as tmp, open(tmp, "xb") as out:
+        for piece in iter_file_contents(kernel):
+            out.write(piece)
+    return Guest(guest_arch, os.fspath(dest))
 
 
 def _drive_path(path: str | os.PathLike[str]) -> str:
@@ -250,16 +366,24 @@ def _drive_path(path: str | os.PathLike[str]) -> str:
     return os.fspath(Path(path).absolute()).replace(",", ",,")
 
 
-def find_qemu(binary: str | None = None) -> str:
-    """The path of the qemu binary, or an error that says how to install it."""
+def find_qemu(binary: str | None = None, system: str | None = None) -> str:
+    """The path of the qemu binary (on ``PATH``, else in Homebrew's and MacPorts' folders),
+    or an error that says how to install it on this ``system`` (default: this one's)."""
     name = binary or QEMU_X86_64
     found = shutil.which(name)
+    if found is None and os.sep not in name:
+        for prefix in QEMU_PREFIXES:
+            found = shutil.which(name, path=prefix)
+            if found is not None:
+                break
     if found is None:
-        raise QemuError(
-            f"{name} was not found",
-            hint="install qemu: 'apt-get install qemu-system-x86' on Debian/Ubuntu, "
-            "'brew install qemu' on macOS",
-        )
+        system = system or platform.system()
+        if system == "Darwin":
+            how = "'brew install qemu' (Homebrew) or 'port install qemu' (MacPorts)"
+        else:
+            package = "qemu-system-arm" if "aarch64" in name else "qemu-system-x86"
+            how = f"'apt-get install {package}' on Debian/Ubuntu, 'dnf install {name}' on Fedora"
+        raise QemuError(f"{name} was not found", hint=f"install qemu: {how}")
     return found
 
 
@@ -384,8 +508,12 @@ def run_vm(
     timeout: float | None = None,
     console: Console | None = None,
     power_off_after: float | None = None,
+    guest: Guest | None = None,
 ) -> int:
     """Boot ``disk`` in the foreground and return the guest program's exit code.
+
+    ``guest`` is what :func:`guest_of` makes of the disk (it is asked when not given, and an
+    arm64 kernel is then copied out into a temporary folder for the run).
 
     The console goes to ``stdout`` (default: this process's), and is kept in ``console``
     when one is given. ``power_off_after`` presses the guest's power button after that many
@@ -396,13 +524,20 @@ def run_vm(
     if not Path(disk).is_file():
         raise QemuError(f"{os.fspath(disk)}: no such disk image")
     with contextlib.ExitStack() as stack:
-        monitor: str | None = None
-        if power_off_after is not None:
-            import tempfile
+        import tempfile
 
+        folder: str | None = None
+        if power_off_after is not None or guest is None:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="pyops-qemu-"))
-            monitor = os.path.join(folder, "monitor")
-        argv = qemu_command(disk, config, host or Host.detect(), monitor=monitor)
+        if guest is None:
+            assert folder is not None
+            guest = guest_of(disk, folder)
+        monitor = (
+            os.path.join(folder, "monitor") if power_off_after is not None and folder else None
+        )
+        if guest.arch == Arch.ARM64 and console is None:
+            console = Console(keep=4096)  # to see whether the exit code got lost
+        argv = qemu_command(disk, config, host or Host.detect(), monitor=monitor, guest=guest)
         argv[0] = find_qemu(argv[0])
         check_ports_free(config.ports)
         log.debug("running %s", shlex.join(argv))
@@ -426,7 +561,13 @@ def run_vm(
         finally:
             if tee is not None:
                 tee.join(timeout=5)
-    return interpret_exit(proc.returncode, err.decode("utf-8", "replace"), argv)
+    return interpret_exit(
+        proc.returncode,
+        err.decode("utf-8", "replace"),
+        argv,
+        guest.arch,
+        console.text() if console is not None else "",
+    )
 
 
 def _wait(
@@ -495,11 +636,19 @@ def _signals_stop_the_vm() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def interpret_exit(status: int, stderr: str, argv: Sequence[str]) -> int:
+def interpret_exit(
+    status: int,
+    stderr: str,
+    argv: Sequence[str],
+    guest: Arch = Arch.AMD64,
+    console: str = "",
+) -> int:
     """The guest's exit code from qemu's exit status and messages, or a :class:`QemuError`.
 
-    isa-debug-exit makes qemu exit with ``(value << 1) | 1``; 0 means an ACPI power-off.
-    qemu itself fails with status 1 too, but then it says why on stderr.
+    x86-64: isa-debug-exit makes qemu exit with ``(value << 1) | 1``; 0 means an ACPI
+    power-off. arm64: semihosting's exit makes qemu exit with the value itself, and a kernel
+    that could not make that call says so on the ``console`` (:class:`ExitCodeLost`). qemu
+    itself fails with status 1, but then it says why on stderr.
     """
     errors = [
         line
@@ -514,7 +663,17 @@ def interpret_exit(status: int, stderr: str, argv: Sequence[str]) -> int:
             f"qemu was killed by signal {-status}" + (": " + "; ".join(errors) if errors else ""),
             hint=f"the command was: {shlex.join(argv)}",
         )
-    if status & 1 and not (status == 1 and errors):
+    if guest == Arch.ARM64:
+        if status == 0 and LOST_EXIT_CODE in console:
+            raise ExitCodeLost(
+                "the program stopped, but its exit code is lost: this host's hypervisor does "
+                "not pass the kernel's semihosting exit call to qemu (HVF on Apple M1 and M2 "
+                "lacks it), so Nanos powered off through PSCI instead",
+                hint="boot with --accel tcg when the exit code matters",
+            )
+        if not (status == 1 and errors):
+            return status & 0xFF
+    elif status & 1 and not (status == 1 and errors):
         return (status >> 1) & 0x7F
     if status == 0:
         return 0
