@@ -40,10 +40,12 @@ def find_release() -> tuple[Path | None, str]:
             return folder, ""
         return None, f"PYOPS_NANOS_RELEASE={env} holds no kernel.img and boot.img"
     try:
+        from pyops.arch import Arch
         from pyops.nanos.release import installed_releases
     except ImportError:
         return None, "no Nanos release: set PYOPS_NANOS_RELEASE to a release folder"
-    releases = installed_releases()
+    # Only x86-64 releases: an arm64 one is nanos_release_arm64's.
+    releases = installed_releases(arch=Arch.AMD64)
     if releases:
         return releases[-1].path, ""
     return None, "no Nanos release installed (pyops kernel install --from TARBALL)"
@@ -58,6 +60,51 @@ def nanos_release() -> Path:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     return folder
+
+
+ARM64_HOW = "pyops kernel install --from nanos-release-linux-VERSION-virt.tar.gz"
+
+
+def find_release_arm64() -> tuple[Path | None, str]:
+    """An arm64 release folder (holding kernel.img), and why there is none otherwise.
+
+    ``PYOPS_NANOS_RELEASE_ARM64`` names one; otherwise the newest installed release whose
+    ``arch`` is arm64 is used.
+    """
+    env = os.environ.get("PYOPS_NANOS_RELEASE_ARM64")
+    if env:
+        folder = Path(env)
+        if (folder / "kernel.img").is_file():
+            return folder, ""
+        return None, f"PYOPS_NANOS_RELEASE_ARM64={env} holds no kernel.img"
+    from pyops.arch import Arch
+    from pyops.nanos.release import installed_releases
+
+    releases = installed_releases(arch=Arch.ARM64)
+    if releases:
+        return releases[-1].path, ""
+    return None, f"no arm64 Nanos release installed ({ARM64_HOW})"
+
+
+@pytest.fixture(scope="session")
+def nanos_release_arm64() -> Path:
+    """An arm64 Nanos release folder; skips the test when there is none or no
+    qemu-system-aarch64."""
+    folder, why = find_release_arm64()
+    if folder is None:
+        pytest.skip(why)
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("qemu-system-aarch64 is not installed (Debian: qemu-system-arm)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def aarch64_cc() -> str:
+    """The arm64 cross compiler; skips when there is none."""
+    found = shutil.which("aarch64-linux-gnu-gcc")
+    if found is None:
+        pytest.skip("aarch64-linux-gnu-gcc is not installed (Debian: gcc-aarch64-linux-gnu)")
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +132,12 @@ def compile_c(cc: str, source: str, out: Path, *flags: str) -> Path:
 def install_test_release(folder: Path, home: Path) -> NanosRelease:
     """Install the release ``folder`` into a test's own pyops home, and return it."""
     from pyops.errors import InvalidInput
-    from pyops.nanos.release import get_release, install_release_from
+    from pyops.nanos.release import install_release_from
 
     try:
         return install_release_from(folder, home=home)
     except InvalidInput:  # a folder whose name is not a version
-        install_release_from(folder, version="0.0.0-test", home=home)
-        return get_release("0.0.0-test", home=home, download=False)
+        return install_release_from(folder, version="0.0.0-test", home=home)
 
 
 # --- a synthetic release and a stand-in for qemu, for the tests that do not boot -------------
@@ -118,14 +164,16 @@ def tiny_elf(machine: int = 62, body: bytes = b"") -> bytes:
 SYNTHETIC_KLIBS = ("gpu_nvidia", "ntp", "strace", "tls")
 
 
-def make_release_folder(folder: Path) -> Path:
+def make_release_folder(folder: Path, machine: int = 62) -> Path:
     """A release as Nanos's ``make release`` lays it out, with stand-in contents: it passes
-    pyops's checks and makes real disk images, but boots nothing."""
+    pyops's checks and makes real disk images, but boots nothing. ``machine`` 183 makes an
+    arm64 one (no boot.img)."""
     (folder / "klibs").mkdir(parents=True)
-    make_boot_img(folder / "boot.img")
-    (folder / "kernel.img").write_bytes(tiny_elf(body=b"synthetic kernel\n" * 64))
+    if machine == 62:
+        make_boot_img(folder / "boot.img")
+    (folder / "kernel.img").write_bytes(tiny_elf(machine, b"synthetic kernel\n" * 64))
     for name in SYNTHETIC_KLIBS:
-        (folder / "klibs" / name).write_bytes(tiny_elf(body=name.encode() * 16))
+        (folder / "klibs" / name).write_bytes(tiny_elf(machine, name.encode() * 16))
     return folder
 
 
@@ -199,12 +247,14 @@ class FakeQemu:
 
 @pytest.fixture
 def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeQemu:
-    """Puts a stand-in ``qemu-system-x86_64`` first on PATH (see :class:`FakeQemu`)."""
+    """Puts a stand-in ``qemu-system-x86_64`` and ``qemu-system-aarch64`` first on PATH
+    (see :class:`FakeQemu`)."""
     bindir = tmp_path / "fake-qemu-bin"
     bindir.mkdir()
-    script = bindir / "qemu-system-x86_64"
-    script.write_text(_FAKE_QEMU.format(python=sys.executable))
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    for name in ("qemu-system-x86_64", "qemu-system-aarch64"):
+        script = bindir / name
+        script.write_text(_FAKE_QEMU.format(python=sys.executable))
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     log = tmp_path / "qemu-runs.jsonl"
     monkeypatch.setenv("PYOPS_TEST_QEMU_LOG", str(log))
@@ -242,7 +292,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     unmarked = [
         item.nodeid
         for item in items
-        if "nanos_release" in getattr(item, "fixturenames", ())
+        if {"nanos_release", "nanos_release_arm64"} & set(getattr(item, "fixturenames", ()))
         and item.get_closest_marker("boot") is None
     ]
     if unmarked:

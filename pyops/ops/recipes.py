@@ -83,10 +83,14 @@ def choose_release(
     offline = version is None and bool(installed_releases(arch=arch))
     release = get_release(version, download=not offline, progress=progress, arch=arch)
     if ops.kernel or ops.boot:
+        from pyops.nanos.boot import kernel_arch
+
+        kernel = Path(ops.kernel) if ops.kernel else release.kernel
         release = dataclasses.replace(
             release,
-            kernel=Path(ops.kernel) if ops.kernel else release.kernel,
+            kernel=kernel,
             boot_img=Path(ops.boot) if ops.boot else release.boot_img,
+            arch=kernel_arch(kernel)[1],  # what the program is checked against
         )
     return release
 

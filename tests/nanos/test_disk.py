@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from pyops.errors import DiskFull, FilesystemFull, HostFileError, ImageFormatError, ReleaseError
+from pyops.arch import Arch
+from pyops.errors import (
+    DiskFull,
+    FilesystemFull,
+    HostFileError,
+    ImageFormatError,
+    InvalidInput,
+    ReleaseError,
+)
 from pyops.nanos.disk import (
     BOOTFS_SIZE,
     KLOG_SIZE,
+    boot_kernel,
     chs,
     load_boot_image,
     open_image,
@@ -24,7 +33,7 @@ from pyops.nanos.manifest import Manifest
 from pyops.nanos.tfs import read_file_bytes
 from pyops.nanos.tree import File, ImageData, Tree
 
-from ..conftest import make_boot_img
+from ..conftest import make_boot_img, tiny_elf
 
 
 def test_partition_entries_of_the_worked_example() -> None:
@@ -47,6 +56,70 @@ def elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "k.c").write_text("int main(void) { return 0; }\n")
     subprocess.run(["gcc", "-O0", "-o", str(d / "kernel.img"), str(d / "k.c")], check=True)
     return d / "kernel.img"
+
+
+def test_arm64_disk_layout(tmp_path: Path) -> None:
+    """No boot loader: sector 0 is Nanos's virt stub (a filesystem region of length 0
+    before the table, and the signature), the klog area follows at 512, then the boot FS
+    with the kernel and klibs, then the root FS."""
+    kernel = tmp_path / "kernel.img"
+    kernel.write_bytes(tiny_elf(183, b"\0" * 5000))
+    klib = tmp_path / "strace"
+    klib.write_bytes(tiny_elf(183))
+    tree = Tree()
+    tree.add_file("/hello", b"hi\n")
+    info = write_disk(
+        tmp_path / "disk.img",
+        tree,
+        Manifest(program="/hello"),
+        boot_img=None,
+        kernel=kernel,
+        klibs={"strace": klib},
+    )
+    data = (tmp_path / "disk.img").read_bytes()
+    assert not any(data[:0x1B2])
+    assert struct.unpack_from("<QI", data, 0x1B2) == (0, 12)  # region: length 0, filesystem
+    assert data[0x1FE:0x200] == b"\x55\xaa"
+    p1 = 512 + KLOG_SIZE
+    assert not any(data[512:p1])
+    assert data[0x1BE:0x1CE] == partition_entry(0x83, p1 // 512, BOOTFS_SIZE // 512)
+    assert info.root_offset == p1 + BOOTFS_SIZE
+    assert data[0x1CE:0x1DE] == partition_entry(
+        0x83, info.root_offset // 512, (len(data) - info.root_offset) // 512
+    )
+    arch, stored = boot_kernel(tmp_path / "disk.img")
+    assert arch == Arch.ARM64
+    assert read_file_bytes(stored) == kernel.read_bytes()
+    image = open_image(tmp_path / "disk.img")
+    boot_tree = image.boot_tree()
+    assert boot_tree is not None and sorted(p for p, _ in boot_tree.walk()) == [
+        "/",
+        "/kernel",
+        "/klib",
+        "/klib/strace",
+    ]
+    assert image.manifest.program == "/hello"
+
+
+def test_disk_architecture_checks(tmp_path: Path, elf: Path) -> None:
+    arm = tmp_path / "arm.img"
+    arm.write_bytes(tiny_elf(183))
+    boot = tmp_path / "boot.img"
+    make_boot_img(boot)
+    tree, manifest = Tree(), Manifest(program="/x")
+    tree.add_file("/x", b"x")
+    out = tmp_path / "disk.img"
+    with pytest.raises(InvalidInput, match="arm64 disk has no boot.img"):
+        write_disk(out, tree, manifest, boot_img=boot, kernel=arm)
+    with pytest.raises(InvalidInput, match="x86-64 disk needs"):
+        write_disk(out, tree, manifest, boot_img=None, kernel=elf)
+    with pytest.raises(ReleaseError, match="is an x86_64 Nanos klib, not an aarch64 one"):
+        write_disk(out, tree, manifest, boot_img=None, kernel=arm, klibs=[elf])
+    assert not out.exists()
+    write_disk(out, tree, manifest, boot_img=boot, kernel=elf)
+    assert boot_kernel(out)[0] == Arch.AMD64
+    with pytest.raises(ImageFormatError, match="not a bootable Nanos disk"):
+        boot_kernel(boot)
 
 
 def test_disk_layout(tmp_path: Path, elf: Path) -> None:

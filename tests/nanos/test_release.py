@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pyops.arch import Arch
 from pyops.cli import cli
 from pyops.errors import InvalidInput, ReleaseError
 from pyops.nanos.release import (
     NanosRelease,
     download_release,
+    find_installed,
     get_release,
     install_release_from,
     installed_releases,
@@ -32,6 +34,8 @@ from pyops.nanos.release import (
     version_key,
 )
 from pyops.oci.net import HttpClient
+
+from ..conftest import tiny_elf
 
 # --- fixtures --------------------------------------------------------------------------------
 
@@ -269,6 +273,110 @@ def test_list_is_in_version_order_and_rm(tmp_path: Path, home: Path, elf_bytes: 
     assert "installed: 0.1.9, 0.2.0" in err
 
 
+# --- arm64 releases --------------------------------------------------------------------------
+
+ARM_KERNEL = tiny_elf(183, b"arm64 kernel")
+
+
+def arm_release_files(klib: bytes = tiny_elf(183, b"klib")) -> dict[str, bytes]:
+    """An arm64 (virt) release as Nanos lays it out: no boot.img, a UEFI loader for arm64."""
+    return {
+        "kernel.img": ARM_KERNEL,
+        "bootaa64.efi": b"MZ not really a PE file",
+        "klibs/strace": klib,
+    }
+
+
+def test_arm64_release_is_installed_beside_the_x86_one(
+    tmp_path: Path, home: Path, elf_bytes: bytes
+) -> None:
+    x86 = make_tarball(tmp_path / "nanos-release-linux-0.1.7.tar.gz", release_files(elf_bytes))
+    arm = make_tarball(tmp_path / "nanos-release-linux-0.1.7-virt.tar.gz", arm_release_files())
+    assert run("kernel", "install", "--from", str(x86))[0] == 0
+    code, out, err = run("kernel", "install", "--from", str(arm))
+    assert code == 0, err
+    assert out.split("\t")[:2] == ["0.1.7", "arm64"]
+    assert leftovers(home) == ["0.1.7", "0.1.7-arm"]  # Ops's folder name for it
+
+    releases = installed_releases(home)
+    assert [(r.version, r.arch) for r in releases] == [("0.1.7", Arch.AMD64), ("0.1.7", Arch.ARM64)]
+    (arm_release,) = installed_releases(home, Arch.ARM64)
+    assert arm_release.boot_img is None
+    assert arm_release.kernel.read_bytes() == ARM_KERNEL
+    assert arm_release.efi is not None and arm_release.efi.name == "bootaa64.efi"
+    assert arm_release.label == "0.1.7 (arm64)"
+    assert get_release(home=home, download=False, arch=Arch.ARM64) == arm_release
+    assert find_installed("0.1.7", home, Arch.ARM64) == arm_release
+    assert get_release(home=home, download=False).arch == Arch.AMD64
+
+    code, out, _ = run("kernel", "list")
+    assert [line.split("\t")[:2] for line in out.splitlines()] == [
+        ["0.1.7", "amd64"],
+        ["0.1.7", "arm64"],
+    ]
+    code, out, _ = run("kernel", "list", "--json")
+    assert [(i["arch"], i["boot_img"] is None) for i in json.loads(out)] == [
+        ("amd64", False),
+        ("arm64", True),
+    ]
+    code, out, _ = run("kernel", "rm", "--arch", "aarch64", "0.1.7")
+    assert code == 0
+    assert leftovers(home) == ["0.1.7"]
+
+
+def test_arm64_release_from_a_folder_is_known_by_its_kernel(tmp_path: Path, home: Path) -> None:
+    folder = make_folder(tmp_path / "unpacked", arm_release_files())
+    release = install_release_from(folder, version="0.2.0")
+    assert (release.arch, release.path.name) == (Arch.ARM64, "0.2.0-arm")
+
+
+def test_no_arm64_release_says_how_to_get_one(home: Path, tmp_path: Path, elf_bytes: bytes) -> None:
+    install_release_from(make_folder(tmp_path / "r", release_files(elf_bytes)), version="0.1.7")
+    with pytest.raises(ReleaseError, match="no Nanos release for arm64") as info:
+        get_release(home=home, download=False, arch=Arch.ARM64)
+    assert info.value.hint and "--arch arm64" in info.value.hint
+    assert "nanos-release-linux-VERSION-virt.tar.gz" in info.value.hint
+    with pytest.raises(ReleaseError, match="0.1.7 for arm64 is not installed"):
+        get_release("0.1.7", home=home, download=False, arch=Arch.ARM64)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ("x86 kernel", "its name says arm64, but kernel.img is an x86_64 kernel"),
+        ("x86 klib", "is an x86_64 Nanos klib, not an aarch64 one"),
+        ("riscv kernel", "Nanos runs on x86-64 and arm64 only"),
+    ],
+)
+def test_mismatched_arm64_release_is_refused(
+    tmp_path: Path, home: Path, elf_bytes: bytes, files: str, message: str
+) -> None:
+    content = arm_release_files()
+    if files == "x86 kernel":
+        content["kernel.img"] = elf_bytes
+    elif files == "x86 klib":
+        content = arm_release_files(klib=elf_bytes)
+    else:
+        content["kernel.img"] = tiny_elf(243)
+    tarball = make_tarball(tmp_path / "nanos-release-linux-0.1.7-virt.tar.gz", content)
+    code, _, err = run("kernel", "install", "--from", str(tarball))
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in err
+    assert leftovers(home) == []
+
+
+def test_x86_release_without_boot_img_is_refused(
+    tmp_path: Path, home: Path, elf_bytes: bytes
+) -> None:
+    content = release_files(elf_bytes)
+    del content["boot.img"]
+    tarball = make_tarball(tmp_path / "nanos-release-linux-0.1.7.tar.gz", content)
+    with pytest.raises(ReleaseError, match="boot.img is missing"):
+        install_release_from(tarball)
+    assert leftovers(home) == []
+
+
 # --- downloading -----------------------------------------------------------------------------
 
 
@@ -382,6 +490,15 @@ def test_latest_ttl_expiry_and_stale_fallback(server: ReleaseServer, home: Path)
     url = server.url
     server.close()
     assert latest_version(home=home, base_url=url, ttl=0) == "0.1.31"
+
+
+def test_download_arm64_release(server: ReleaseServer, home: Path) -> None:
+    tarball = make_tarball(home.parent / "t.tar.gz", arm_release_files()).read_bytes()
+    server.files["/nanos/release/0.1.30/nanos-release-linux-0.1.30-virt.tar.gz"] = tarball
+    release = get_release("0.1.30", home=home, base_url=server.url, arch=Arch.ARM64)
+    assert (release.arch, release.path) == (Arch.ARM64, home / "releases" / "0.1.30-arm")
+    assert server.requests[-1] == "/nanos/release/0.1.30/nanos-release-linux-0.1.30-virt.tar.gz"
+    assert leftovers(home) == ["0.1.30-arm"]
 
 
 def test_md5_mismatch_refused(server: ReleaseServer, home: Path, tarball_bytes: bytes) -> None:

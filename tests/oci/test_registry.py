@@ -220,10 +220,15 @@ def test_multi_arch_index_picks_amd64(
     registries: Registries,  # noqa: F811
     store: Store,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import pyops.arch
+
     ref = f"{registries.token.host}/{registries.images.multi}"
+    monkeypatch.setattr(pyops.arch, "host", lambda: pyops.arch.Arch.AMD64)
     pulled = pull(ref, store=store)
     assert (pulled.config.os, pulled.config.architecture) == ("linux", "amd64")
+    assert str(pulled.platform) == "linux/amd64"
     unpack_layers(pulled.layers, tmp_path / "amd64")
     assert (tmp_path / "amd64/etc/platform").read_bytes() == registries.images.amd64_marker
     arm = pull(ref, store=store, platform="linux/arm64")
@@ -232,6 +237,30 @@ def test_multi_arch_index_picks_amd64(
     assert (tmp_path / "arm64/etc/platform").read_bytes() == registries.images.arm64_marker
     with pytest.raises(PlatformNotFound, match="linux/s390x.*linux/amd64, linux/arm64/v8"):
         pull(ref, store=store, platform="linux/s390x")
+
+
+def test_default_platform_follows_the_host(
+    registries: Registries,  # noqa: F811
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As Docker on the host: the host's own architecture when the index has it, else
+    amd64; a single-platform image as it is, when Nanos runs it."""
+    import pyops.arch
+    from pyops.arch import Arch
+
+    ref = f"{registries.plain.host}/{registries.images.multi}"
+    monkeypatch.setattr(pyops.arch, "host", lambda: Arch.ARM64)  # an Apple Silicon Mac
+    pulled = pull(ref, store=store)
+    assert (pulled.config.architecture, str(pulled.platform)) == ("arm64", "linux/arm64")
+    monkeypatch.setattr(pyops.arch, "host", lambda: Arch.RISCV64)  # no Nanos for it
+    assert str(pull(ref, store=store).platform) == "linux/amd64"
+    monkeypatch.setattr(pyops.arch, "host", lambda: Arch.AMD64)
+    # the arm64 image alone, asked for with no platform on an x86-64 host: taken as it is
+    single = pull(f"{registries.plain.host}/test/multi:arm64", store=store)
+    assert str(single.platform) == "linux/arm64"
+    with pytest.raises(PlatformNotFound, match="is for linux/arm64, not linux/amd64"):
+        pull(f"{registries.plain.host}/test/multi:arm64", store=store, platform="linux/amd64")
 
 
 def test_single_platform_image_for_another_platform(

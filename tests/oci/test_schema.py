@@ -287,3 +287,12 @@ def test_deep_json_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYOPS_LIMIT_JSON_DEPTH", "3")
     with pytest.raises(LimitExceeded, match="JSON_DEPTH"):
         ImageConfig.from_json(b'{"config": {"Labels": {"a": {"b": {}}}}}')
+
+
+def test_default_platforms_follow_the_host() -> None:
+    from pyops.arch import Arch
+    from pyops.oci.schema import DEFAULT_PLATFORM, Platform, default_platforms
+
+    assert default_platforms(Arch.ARM64) == (Platform("linux", "arm64"), DEFAULT_PLATFORM)
+    assert default_platforms(Arch.AMD64) == (DEFAULT_PLATFORM,)
+    assert default_platforms(Arch.S390X) == (DEFAULT_PLATFORM,)  # Nanos has no s390x kernel

@@ -37,6 +37,7 @@ from ..conftest import (
     compile_c,
     fixture_source,
     install_test_release,
+    make_release_folder,
 )
 
 HELLO = fixture_source("hello.c")
@@ -351,6 +352,55 @@ def test_run_builds_then_hands_qemu_a_fresh_copy(
     first, second = fake_qemu.drives()
     assert second == (str(copy), hashlib.sha256(pristine.read_bytes()).hexdigest())
     assert first[1] == second[1]
+
+
+@pytest.fixture(scope="module")
+def hello_arm64(tmp_path_factory: pytest.TempPathFactory, aarch64_cc: str) -> Path:
+    return compile_c(aarch64_cc, HELLO, tmp_path_factory.mktemp("arm") / "hello-arm", "-static")
+
+
+def test_an_arm64_program_boots_an_arm64_guest(
+    home: Path,
+    fake_release: NanosRelease,
+    tmp_path: Path,
+    hello_arm64: Path,
+    fake_qemu: FakeQemu,
+) -> None:
+    """The program's ELF machine picks the release, the disk and the qemu line."""
+    arm = install_test_release(make_release_folder(tmp_path / "0.1.99-virt", 183), home)
+    assert (arm.version, arm.arch) == ("0.1.99", "arm64")
+    fake_qemu.answer(status=3)  # semihosting: qemu's status is the program's code itself
+    result = CliRunner().invoke(cli, ["run", str(hello_arm64), "-v"])
+    assert result.exit_code == 3, result.output
+    (argv,) = fake_qemu.runs()
+    assert os.path.basename(argv[0]) == "qemu-system-aarch64"
+    kernel = Path(argv[argv.index("-kernel") + 1])
+    assert kernel == home / "runs" / "hello-arm.img.kernel"
+    assert kernel.read_bytes() == arm.kernel.read_bytes()  # copied out of the disk
+    assert "-semihosting" in argv and "isa-debug-exit" not in argv
+    assert "qemu-system-aarch64" in result.stderr  # -v shows the command line
+    image = open_image(home / "images" / "hello-arm.img")
+    assert image.manifest.environment["NANOS_ARCH"] == "arm64"
+    assert image.manifest.environment["NANOS_VERSION"] == "0.1.99"
+
+
+def test_an_arm64_program_needs_an_arm64_release(
+    home: Path, fake_release: NanosRelease, tmp_path: Path, hello_arm64: Path
+) -> None:
+    result = CliRunner().invoke(cli, ["build", str(hello_arm64)])
+    assert result.exit_code == 1
+    assert "no Nanos release for arm64 is installed" in result.stderr
+    assert "pyops kernel install --arch arm64" in result.stderr
+    assert "Traceback" not in result.output
+    assert not list(home.glob("images/*"))
+    # A config.json kernel of the other architecture is refused before anything is written.
+    install_test_release(make_release_folder(tmp_path / "0.1.99-virt", 183), home)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"Kernel": str(fake_release.kernel)}))
+    result = CliRunner().invoke(cli, ["build", str(hello_arm64), "-c", str(config)])
+    assert result.exit_code == 1
+    assert "is for arm64 (aarch64), but the Nanos kernel" in result.stderr
+    assert not list(home.glob("images/*.img"))
 
 
 def test_a_kernel_changed_in_place_rebuilds(

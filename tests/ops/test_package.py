@@ -8,6 +8,8 @@ with what the host's ``ldd`` says about the same programs, mapped into the image
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -17,15 +19,33 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from pyops import atomic
+from pyops.arch import Arch
 from pyops.cli import cli
-from pyops.errors import LibraryNotFound, ManifestNotFound, PackageError, PlatformNotFound
+from pyops.errors import (
+    CaseCollision,
+    LibraryNotFound,
+    ManifestNotFound,
+    PackageError,
+    PlatformNotFound,
+)
 from pyops.oci.net import HttpClient, HttpResponse
-from pyops.oci.pull import pull
+from pyops.oci.pull import PulledImage, pull
+from pyops.oci.reference import ImageRef
+from pyops.oci.schema import (
+    LAYER_GZIP,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    Platform,
+)
 from pyops.oci.store import Store
 from pyops.ops.contents import CONTENTS_FILE
 from pyops.ops.package import (
@@ -41,6 +61,8 @@ from pyops.ops.package import (
     remove_package,
 )
 
+from ..elf.test_hostile_elf import make_elf
+from ..layer_fixtures import Entry, F, write_layer
 from ..registry_server import PASSWORD, USER, Registries, _umoci_rootless, run
 
 TRIPLET_DIR = "usr/lib/x86_64-linux-gnu"
@@ -288,8 +310,14 @@ def _tree(sysroot: Path) -> tuple[set[str], dict[str, str], set[str]]:
 
 
 def _store_entries(store: Store) -> list[str]:
+    """The packages (and anything else) in the store's amd64 folder; nothing else may be
+    left beside the architecture folders."""
     base = packages_dir(store.root)
-    return sorted(os.listdir(base)) if base.exists() else []
+    if not base.exists():
+        return []
+    assert set(os.listdir(base)) <= {"amd64"}
+    folder = packages_dir(store.root, Arch.AMD64)
+    return sorted(os.listdir(folder)) if folder.exists() else []
 
 
 # -- from_docker ------------------------------------------------------------------------------
@@ -311,7 +339,8 @@ def test_from_docker_packages_exactly_the_closure(
     package = from_docker(pkg_image.ref, "greet", store=store)
 
     assert package.name == "pkgroot_pkg"
-    assert package.path == packages_dir(store.root) / "pkgroot_pkg"
+    assert package.path == packages_dir(store.root, Arch.AMD64) / "pkgroot_pkg"
+    assert package.arch == Arch.AMD64 and package.platform == "linux/amd64"
     # The temporary root was in memory (this machine has a /dev/shm) or in the package
     # store, and is gone.
     assert unpacked_into
@@ -511,9 +540,9 @@ def test_cli_pkg_commands(
     result = runner.invoke(cli, ["pkg", "list"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "VERSION", "PROGRAM", "IMAGE"]
-    assert lines[1].split()[:3] == ["myls", "pkg", "/usr/bin/ls"]
-    assert lines[2].split()[:3] == ["pkgroot_pkg", "pkg", "/usr/bin/greet"]
+    assert lines[0].split() == ["NAME", "ARCH", "VERSION", "PROGRAM", "IMAGE"]
+    assert lines[1].split()[:4] == ["myls", "amd64", "pkg", "/usr/bin/ls"]
+    assert lines[2].split()[:4] == ["pkgroot_pkg", "amd64", "pkg", "/usr/bin/greet"]
 
     result = runner.invoke(cli, ["pkg", "list", "--json"])
     listed = json.loads(result.stdout)
@@ -692,3 +721,134 @@ def test_what_a_killed_run_left_in_the_scratch_folder_is_removed(
     monkeypatch.setattr(package, "_memory_available", lambda: 0)  # and no room now
     assert package.scratch_folder(2**20) is None
     assert sorted(os.listdir(tmp_path)) == [mine.name]
+
+
+# -- a host folder that folds names (macOS) ---------------------------------------------------
+
+
+def _local_image(tmp_path: Path, *layers: list[Entry]) -> PulledImage:
+    """An image whose layers are files written here (no registry): /app/tool, a static
+    program, over ``layers``."""
+    tool = make_elf()  # no interpreter, no libraries
+    paths, diff_ids, descriptors = [], [], []
+    for i, entries in enumerate([[F("app/tool", tool, mode=0o755)], *layers]):
+        path, diff_id = write_layer(tmp_path / f"layer{i}.tar.gz", entries)
+        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        paths.append(path)
+        diff_ids.append(diff_id)
+        descriptors.append(Descriptor(LAYER_GZIP, digest, path.stat().st_size))
+    config = ImageConfig("amd64", "linux", entrypoint=("/app/tool",), diff_ids=tuple(diff_ids))
+    config_blob = Descriptor(OCI_CONFIG, "sha256:" + "c" * 64, 2)
+    manifest = ImageManifest(OCI_MANIFEST, config_blob, tuple(descriptors))
+    return PulledImage(
+        ImageRef.parse("local.test/folding:1"),
+        "sha256:" + "d" * 64,
+        manifest,
+        config,
+        Platform("linux", "amd64"),
+        tmp_path / "config.json",
+        tuple(paths),
+    )
+
+
+HEADERS = "usr/include/linux/netfilter"
+COLLIDING = [F(f"{HEADERS}/xt_CONNMARK.h", b"upper"), F(f"{HEADERS}/xt_connmark.h", b"lower")]
+
+
+@pytest.fixture()
+def folding_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every folder the layers are unpacked in folds names, as on macOS's APFS: the probe
+    says so, and the unpacker then keeps the books that find the collisions. No /dev/shm
+    either: the root is unpacked in the package store."""
+    import pyops.oci.folding
+    import pyops.ops.package
+
+    monkeypatch.setattr(pyops.oci.folding, "folds", lambda folder: True)
+    monkeypatch.setattr(pyops.ops.package, "SCRATCH_FOLDERS", ())
+
+
+@pytest.mark.usefixtures("folding_host")
+def test_a_collision_the_package_does_not_keep_does_not_matter(
+    tmp_path: Path, store: Store
+) -> None:
+    image = _local_image(tmp_path, COLLIDING)
+    package = from_docker(image, "/app/tool", name="tool", store=store)
+    files, _, _ = _tree(package.sysroot)
+    assert files == {"/app/tool"}
+    assert _store_entries(store) == ["tool"]
+
+
+@pytest.mark.usefixtures("folding_host")
+@pytest.mark.parametrize(
+    "names",
+    [("xt_CONNMARK.h", "xt_connmark.h"), ("caf\u00e9.h", "cafe\u0301.h")],
+    ids=["case", "normalisation"],
+)
+def test_a_kept_collision_is_refused_naming_both_paths(
+    tmp_path: Path, store: Store, names: tuple[str, str]
+) -> None:
+    # Both files are in the working directory, which the package keeps.
+    first, second = names
+    image = _local_image(tmp_path, [F(f"{HEADERS}/{first}", b"1"), F(f"{HEADERS}/{second}", b"2")])
+    image = dataclasses.replace(
+        image, config=dataclasses.replace(image.config, working_dir=f"/{HEADERS}")
+    )
+    with pytest.raises(CaseCollision) as info:
+        from_docker(image, "/app/tool", name="tool", store=store)
+    message = str(info.value)
+    assert message.startswith("local.test/folding:1: the image has both ")
+    assert f"/{HEADERS}/{first} and /{HEADERS}/{second}, whose names differ only" in message
+    assert str(packages_dir(store.root)) in message
+    assert info.value.hint is not None and "Case-sensitive APFS" in info.value.hint
+    assert "PYOPS_HOME" in info.value.hint
+    assert _store_entries(store) == []  # nothing half-written, no staging folder left
+    assert os.listdir(packages_dir(store.root)) == []
+
+    with pytest.raises(CaseCollision, match=r"the package keeps the whole root filesystem"):
+        from_docker(image, "/app/tool", name="tool", copy=True, store=store)
+    assert os.listdir(packages_dir(store.root)) == []
+
+
+@pytest.mark.usefixtures("folding_host")
+def test_a_whiteout_of_the_name_left_out_keeps_the_other(tmp_path: Path, store: Store) -> None:
+    image = _local_image(
+        tmp_path,
+        [F("etc/App.conf", b"kept"), F("etc/app.conf", b"left out")],
+        [F("etc/.wh.app.conf")],
+    )
+    package = from_docker(image, "/app/tool", name="tool", copy=True, store=store)
+    assert (package.sysroot / "etc/App.conf").read_bytes() == b"kept"  # not whited out
+    assert os.listdir(package.sysroot / "etc") == ["App.conf"]
+
+
+def test_without_folding_both_names_are_packaged(tmp_path: Path, store: Store) -> None:
+    image = _local_image(tmp_path, COLLIDING)
+    package = from_docker(image, "/app/tool", name="tool", copy=True, store=store)
+    headers = package.sysroot / HEADERS
+    assert sorted(os.listdir(headers)) == ["xt_CONNMARK.h", "xt_connmark.h"]
+    assert (headers / "xt_connmark.h").read_bytes() == b"lower"
+
+
+def test_no_scratch_folder_without_proc_meminfo_nor_dev_shm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS: no /proc/meminfo, no /dev/shm; the root is unpacked on disk, no error."""
+    import builtins
+
+    import pyops.ops.package as package
+
+    real_open = builtins.open
+
+    def no_proc(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(file).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert package._memory_available() is None
+    monkeypatch.setattr(package, "SCRATCH_FOLDERS", (str(tmp_path / "no-dev-shm"),))
+    assert package.scratch_folder(2**20) is None
+    assert package.scratch_folder(0) is None
+    monkeypatch.setattr(package, "SCRATCH_FOLDERS", (str(tmp_path),))
+    assert package.scratch_folder(0) is None  # a folder, but the memory free is unknown
+    assert os.listdir(tmp_path) == []

@@ -57,7 +57,7 @@ class Home:
         )
 
     def package(self, name: str) -> Path:
-        return self.path / "local_packages" / name
+        return self.path / "local_packages" / "amd64" / name
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from pyops.arch import Arch
 from pyops.errors import ConfigError, QemuError
+from pyops.vm import qemu
 from pyops.vm.qemu import (
     Accel,
+    ExitCodeLost,
+    Guest,
     Host,
     PortForward,
     VmConfig,
     check_ports_free,
     choose_accel,
+    find_qemu,
     interpret_exit,
     qemu_command,
 )
@@ -45,6 +50,147 @@ def test_auto_accelerator_per_host(host: Host, accel: str, cpu: str) -> None:
     assert argv[0] == "qemu-system-x86_64"
     assert value_after(argv, "-accel") == [accel]
     assert value_after(argv, "-cpu") == [cpu]
+
+
+ARM_GUEST = Guest(Arch.ARM64, "/releases/0.1.55-arm/kernel.img")
+
+
+@pytest.mark.parametrize(
+    ("host", "accel", "cpu"),
+    [
+        (APPLE_SILICON, "hvf", "host"),  # native speed on Apple Silicon
+        (LINUX_ARM, "kvm", "host"),
+        (Host("Linux", "aarch64", kvm=False, hvf=False), "tcg", "max"),
+        (INTEL_MAC, "tcg", "max"),  # HVF runs only the Mac's own architecture
+        (LINUX_KVM, "tcg", "max"),  # and so does KVM
+        (LINUX_NO_KVM, "tcg", "max"),
+    ],
+)
+def test_arm64_guest_accelerator_per_host(host: Host, accel: str, cpu: str) -> None:
+    argv = qemu_command("/images/my disk.img", VmConfig(), host, guest=ARM_GUEST)
+    assert argv[0] == "qemu-system-aarch64"
+    assert value_after(argv, "-accel") == [accel]
+    assert value_after(argv, "-cpu") == [cpu]
+
+
+def test_arm64_machine_and_devices() -> None:
+    argv = qemu_command(
+        "/images/a,b.img", VmConfig(memory="1G", cpus=2), LINUX_NO_KVM, guest=ARM_GUEST
+    )
+    assert value_after(argv, "-machine") == ["virt", "gic-version=2", "highmem=off"]
+    assert value_after(argv, "-m") == ["1G"]
+    assert value_after(argv, "-smp") == ["2"]
+    # qemu loads the kernel itself: the disk has no boot loader
+    assert value_after(argv, "-kernel") == ["/releases/0.1.55-arm/kernel.img"]
+    assert value_after(argv, "-drive") == ["if=none,id=hd0,format=raw,file=/images/a,,b.img"]
+    devices = value_after(argv, "-device")
+    assert "virtio-blk-pci,drive=hd0" in devices
+    assert "virtio-rng-pci" in devices
+    assert "isa-debug-exit" not in devices
+    assert "-semihosting" in argv  # how the exit code reaches qemu
+    assert value_after(argv, "-serial") == ["stdio"]
+    assert "-no-reboot" in argv
+
+
+def test_arm64_guest_needs_its_kernel() -> None:
+    with pytest.raises(ConfigError, match="kernel"):
+        Guest(Arch.ARM64)
+    with pytest.raises(ConfigError, match="does not run"):
+        Guest(Arch.RISCV64, "k")
+
+
+@pytest.mark.parametrize(
+    ("requested", "host", "message"),
+    [
+        (Accel.HVF, INTEL_MAC, "Apple Silicon Macs"),
+        (Accel.HVF, LINUX_ARM, "Apple Silicon Macs"),
+        (Accel.KVM, LINUX_KVM, "own architecture"),
+        (Accel.KVM, APPLE_SILICON, "KVM cannot run"),
+        (Accel.KVM, Host("Linux", "aarch64", kvm=False, hvf=False), "KVM is not usable"),
+    ],
+)
+def test_arm64_unusable_accelerators_are_refused(
+    requested: Accel, host: Host, message: str
+) -> None:
+    with pytest.raises(QemuError, match=message) as info:
+        choose_accel(requested, host, Arch.ARM64)
+    assert info.value.hint and "tcg" in info.value.hint
+
+
+@pytest.mark.parametrize(("status", "code"), [(0, 0), (1, 1), (3, 3), (255, 255)])
+def test_arm64_exit_code_is_qemus_status(status: int, code: int) -> None:
+    assert interpret_exit(status, "", ["qemu"], Arch.ARM64) == code
+
+
+def test_arm64_lost_exit_code_is_said_plainly() -> None:
+    console = (
+        "\nAngel shutdown trap failed; shutting down with PSCI.\n"
+        "QEMU exit code will not reflect program exit code.\n"
+    )
+    with pytest.raises(ExitCodeLost, match="exit code is lost") as info:
+        interpret_exit(0, "", ["qemu"], Arch.ARM64, console)
+    assert info.value.hint and "tcg" in info.value.hint
+    # qemu's own failure is still qemu's
+    with pytest.raises(QemuError, match="Could not open"):
+        interpret_exit(1, "qemu-system-aarch64: -drive x: Could not open 'x'\n", ["q"], Arch.ARM64)
+
+
+def test_kvm_on_arm64_linux_needs_no_cpu_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    # arm64 CPUs list no vmx/svm flag: a usable /dev/kvm is the whole test there.
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: path == "/dev/kvm")
+
+    def no_proc(*args: object, **kw: object) -> object:
+        raise FileNotFoundError("/proc/cpuinfo")
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    assert qemu._kvm_usable("Linux", "aarch64") is True
+    # x86-64 also needs vmx or svm, and a host without /proc has none to show
+    assert qemu._kvm_usable("Linux", "x86_64") is False
+    assert qemu._kvm_usable("Darwin", "arm64") is False
+
+
+def test_hvf_is_asked_of_sysctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout="1\n", stderr="")
+
+    monkeypatch.setattr(qemu.subprocess, "run", fake_run)
+    assert qemu._hvf_usable("Darwin") is True
+    assert calls == [["sysctl", "-n", "kern.hv_support"]]
+    monkeypatch.setattr(
+        qemu.subprocess,
+        "run",
+        lambda argv, **kw: subprocess.CompletedProcess(argv, 0, stdout="0\n", stderr=""),
+    )
+    assert qemu._hvf_usable("Darwin") is False
+    assert qemu._hvf_usable("Linux") is False  # never asked off macOS
+
+    def missing(argv: list[str], **kw: object) -> object:
+        raise FileNotFoundError("sysctl")
+
+    monkeypatch.setattr(qemu.subprocess, "run", missing)
+    assert qemu._hvf_usable("Darwin") is False
+
+
+def test_qemu_is_found_in_homebrews_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    brew = tmp_path / "opt/homebrew/bin"
+    brew.mkdir(parents=True)
+    binary = brew / "qemu-system-aarch64"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(qemu, "QEMU_PREFIXES", (str(brew), "/nonexistent"))
+    assert find_qemu("qemu-system-aarch64") == str(binary)
+    with pytest.raises(QemuError, match="qemu-system-x86_64 was not found") as info:
+        find_qemu("qemu-system-x86_64", system="Darwin")
+    assert info.value.hint and "brew install qemu" in info.value.hint
+    with pytest.raises(QemuError) as info:
+        find_qemu("qemu-system-aarch64x", system="Linux")
+    assert info.value.hint and "qemu-system-arm" in info.value.hint
 
 
 def test_common_machine_and_devices() -> None:
