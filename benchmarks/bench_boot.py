@@ -40,6 +40,7 @@ from common import MB, ROOT, SKIPPED, Row, emit
 
 sys.path.insert(0, str(ROOT))
 
+from pyops.arch import Arch  # noqa: E402
 from pyops.errors import InvalidInput  # noqa: E402
 from pyops.nanos.release import install_release_from, installed_releases  # noqa: E402
 from pyops.ops.build import image_name  # noqa: E402
@@ -52,17 +53,17 @@ TIMEOUT = 300.0  # seconds; a boot that never prints is killed
 
 
 def find_release() -> Path | str:
-    """The release folder to copy (``PYOPS_NANOS_RELEASE``, else the newest installed one),
-    or why there is none."""
+    """The release folder to copy (``PYOPS_NANOS_RELEASE``, else the newest installed x86-64
+    one), or why there is none."""
     env = os.environ.get("PYOPS_NANOS_RELEASE")
     if env:
         folder = Path(env)
         if (folder / "kernel.img").is_file() and (folder / "boot.img").is_file():
             return folder
         return f"PYOPS_NANOS_RELEASE={env} holds no kernel.img and boot.img"
-    releases = installed_releases()
+    releases = installed_releases(arch=Arch.AMD64)
     if not releases:
-        return "no Nanos release installed (pyops kernel install --from TARBALL)"
+        return "no x86-64 Nanos release installed (pyops kernel install --from TARBALL)"
     return releases[-1].path
 
 

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "ldd": "bench_ldd.py",
     "boot": "bench_boot.py",
     "pkg": "bench_pkg.py",
+    "arch": "bench_arch.py",
 }
 
 

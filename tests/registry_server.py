@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -275,6 +276,19 @@ class Images:
     amd64_marker: bytes = b""
     arm64_marker: bytes = b""
     host_ls: bytes = b""
+    hello_multi: str = "test/hello-multi:1"
+    """An OCI index over two images of fixtures/arch_hello.c, amd64 first, then arm64: each
+    holds the program dynamically linked against its architecture's glibc, with that glibc
+    at Debian's paths; Entrypoint :attr:`hello_multi_program`. Not pushed when a compiler or
+    library is missing (:attr:`hello_multi_missing` says which)."""
+    hello_multi_missing: str = ""
+    hello_multi_program: str = "/usr/bin/arch_hello"
+    hello_multi_greeting: str = "hello from the image"
+    """The image's ``ARCH_GREETING``."""
+    hello_multi_machines: dict[str, str] = field(
+        default_factory=lambda: {"amd64": "x86_64", "arm64": "aarch64"}
+    )
+    """What the program prints as its machine, by the image's architecture."""
 
 
 def _umoci_rootless() -> list[str]:
@@ -360,7 +374,83 @@ def build_images(work: Path, push_host: str) -> Images:
     push("demo", "test/multi:amd64")
     push("arm", "test/multi:arm64")
     _push_index(push_host, "test/multi", "latest", ["arm64", "amd64"])
+    images.hello_multi_missing = _build_hello_multi(work, layout, images)
+    if images.hello_multi_missing:
+        images.hello_multi = ""
+    else:
+        repository, _, tag = images.hello_multi.partition(":")
+        for arch in images.hello_multi_machines:
+            push(f"hello-{arch}", f"{repository}:{arch}")
+        _push_index(push_host, repository, tag, list(images.hello_multi_machines))
     return images
+
+
+ARM64_GLIBC = Path("/usr/aarch64-linux-gnu/lib")
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _ldd_paths(program: Path) -> list[str]:
+    """The absolute paths the host's ``ldd`` lists for ``program`` (its loader included)."""
+    out = run("ldd", program)
+    paths = []
+    for line in out.splitlines():
+        match = re.search(r"=> (/\S+)", line) or re.match(r"\s*(/\S+) \(", line)
+        if match:
+            paths.append(match.group(1))
+    return paths
+
+
+def _build_hello_multi(work: Path, layout: Path, images: Images) -> str:
+    """Tags ``hello-amd64`` and ``hello-arm64`` in ``layout``: fixtures/arch_hello.c built
+    with gcc against the host's glibc, and with aarch64-linux-gnu-gcc against Debian's arm64
+    glibc, each with its libraries. Returns why they could not be built, or ""."""
+    gcc, cross = shutil.which("gcc"), shutil.which("aarch64-linux-gnu-gcc")
+    if gcc is None or cross is None:
+        return "needs gcc and aarch64-linux-gnu-gcc (Debian: gcc, gcc-aarch64-linux-gnu)"
+    arm_libs = {
+        "/lib/ld-linux-aarch64.so.1": ARM64_GLIBC / "ld-linux-aarch64.so.1",
+        "/lib/aarch64-linux-gnu/libc.so.6": ARM64_GLIBC / "libc.so.6",
+    }
+    if not all(path.is_file() for path in arm_libs.values()):
+        return f"needs the arm64 glibc in {ARM64_GLIBC} (Debian: libc6-arm64-cross)"
+    build = work / "hello-multi"
+    build.mkdir()
+    source = FIXTURES / "arch_hello.c"
+    programs = {"amd64": build / "arch_hello-amd64", "arm64": build / "arch_hello-arm64"}
+    try:
+        run(gcc, "-O1", "-o", programs["amd64"], source)
+        run(cross, "-O1", "-o", programs["arm64"], source, f"-L{ARM64_GLIBC}")
+        host_libs = _ldd_paths(programs["amd64"])
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        return f"cannot build fixtures/arch_hello.c for both architectures: {reason}"
+    if not any("ld-linux-x86-64" in path for path in host_libs):
+        return f"needs an x86-64 glibc host (ldd lists {host_libs})"
+    libraries = {
+        "amd64": {path: Path(path).resolve() for path in host_libs},
+        "arm64": arm_libs,
+    }
+    bundle = work / "bundle-hello"
+    for arch, program in programs.items():
+        image = f"{layout}:hello-{arch}"
+        run("umoci", "new", "--image", image)
+        if bundle.exists():
+            shutil.rmtree(bundle)
+        run("umoci", "unpack", *_umoci_rootless(), "--image", image, bundle)
+        root = bundle / "rootfs"
+        for path, host in {images.hello_multi_program: program, **libraries[arch]}.items():
+            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(host, root / path.lstrip("/"))
+        (root / "srv").mkdir()
+        run("umoci", "repack", "--image", image, bundle)
+        run(
+            "umoci", "config", "--image", image,
+            "--config.entrypoint", images.hello_multi_program, "--config.cmd", "from-the-image",
+            "--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--config.env", f"ARCH_GREETING={images.hello_multi_greeting}",
+            "--config.workingdir", "/srv", "--architecture", arch, "--os", "linux",
+        )  # fmt: skip
+    return ""
 
 
 def _push_index(host: str, repository: str, tag: str, tags: list[str]) -> None:

@@ -197,6 +197,9 @@ class Missing:
     """``not found``, or why a candidate stopped the search."""
     fatal: bool = True
     """False for preloads, which the loader skips with a warning."""
+    skipped: tuple[str, ...] = ()
+    """Files of that name the loader passed over, each with why (another machine or class:
+    glibc goes on searching)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
@@ -206,6 +209,7 @@ class Missing:
             "searched": list(self.searched),
             "reason": self.reason,
             "fatal": self.fatal,
+            "skipped": list(self.skipped),
         }
 
 
@@ -800,6 +804,7 @@ class _Search:
             return found
         assert self.glibc is not None
         searched: list[str] = []
+        skipped: list[str] = []
         stop: str | None = None
 
         def attempt(path: str, via: str) -> _Step:
@@ -809,6 +814,7 @@ class _Search:
                 return True
             verdict, detail = self.check_candidate(node, path)
             if verdict == "skip":
+                skipped.append(str(detail))
                 return True
             if verdict == "stop":
                 stop = str(detail)
@@ -850,7 +856,14 @@ class _Search:
             return result
         reason = stop if stop is not None else "not found"
         self.missing.append(
-            Missing(name, requester.path, _unique(searched), reason, fatal=not preload)
+            Missing(
+                name,
+                requester.path,
+                _unique(searched),
+                reason,
+                fatal=not preload,
+                skipped=_unique(skipped),
+            )
         )
         return None
 
@@ -1429,6 +1442,17 @@ def _missing_error(fatal: list[Missing], search: _Search) -> PyopsError:
     searched = ", ".join(first.searched) if first.searched else "nothing"
     hint = "add the library to the image, or set LD_LIBRARY_PATH in the image's environment"
     glibc = search.glibc
+    if first.skipped:
+        main = search.main.info
+        return LibraryNotFound(
+            f"{first.name} needed by {first.needed_by} was not found for its machine "
+            f"({_describe(main)}): the loader passes over {'; '.join(first.skipped)}{more}",
+            library=first.name,
+            needed_by=first.needed_by,
+            searched=first.searched,
+            hint=f"add the {main.machine.removeprefix('EM_').lower()} build of {first.name} "
+            "to the image (libraries of another architecture are never loaded)",
+        )
     if glibc is not None and "/" not in first.name:
         fs = search.fs
         elsewhere = [d for d in glibc.conf_dirs if fs.entry(d, first.name) is not None]

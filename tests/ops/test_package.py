@@ -509,6 +509,42 @@ def test_ops_packages_and_stale_folders(tmp_path: Path) -> None:
     assert sorted(os.listdir(base)) == [mine.name, "lua_5.2.4"]
 
 
+def _package_at(folder: Path, program: str) -> None:
+    (folder / "sysroot").mkdir(parents=True)
+    (folder / MANIFEST_FILE).write_text(json.dumps({"Program": program, "Args": [program]}))
+
+
+def test_packages_per_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ops's layout: local_packages/<arch>/<name>; a name means the host's architecture
+    first, else the only one the package is made for; --arch picks one."""
+    import pyops.arch
+
+    _package_at(packages_dir(tmp_path, Arch.AMD64) / "both", "/x86")
+    _package_at(packages_dir(tmp_path, Arch.ARM64) / "both", "/arm")
+    _package_at(packages_dir(tmp_path, Arch.ARM64) / "armonly", "/arm")
+    _package_at(packages_dir(tmp_path) / "legacy", "/old")  # as an older pyops left it
+    listed = [(p.name, p.arch) for p in list_packages(tmp_path)]
+    assert listed == [
+        ("armonly", Arch.ARM64),
+        ("both", Arch.AMD64),
+        ("both", Arch.ARM64),
+        ("legacy", Arch.AMD64),
+    ]
+    monkeypatch.setattr(pyops.arch, "host", lambda: Arch.AMD64)
+    assert load_package("both", tmp_path).program == "/x86"
+    assert load_package("armonly", tmp_path).arch == Arch.ARM64
+    assert load_package("legacy", tmp_path).arch == Arch.AMD64
+    monkeypatch.setattr(pyops.arch, "host", lambda: Arch.ARM64)  # an Apple Silicon Mac
+    assert load_package("both", tmp_path).program == "/arm"
+    assert load_package("both", tmp_path, Arch.AMD64).program == "/x86"
+    with pytest.raises(PackageError, match="no local package 'armonly' for amd64"):
+        load_package("armonly", tmp_path, Arch.AMD64)
+    assert (
+        remove_package("both", tmp_path, Arch.ARM64) == packages_dir(tmp_path, Arch.ARM64) / "both"
+    )
+    assert load_package("both", tmp_path).program == "/x86"
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 
