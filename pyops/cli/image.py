@@ -87,7 +87,7 @@ def image_list(as_json: bool) -> None:
         return
     width = max(len(e.name) for e in entries)
     for e in entries:
-        click.echo(f"{e.name:<{width}}  {e.size / 1048576:8.1f} MiB  {e.path}")
+        click.echo(f"{e.name:<{width}}  {e.arch or '?':<5}  {e.size / 1048576:8.1f} MiB  {e.path}")
 
 
 @image.command("rm")

@@ -26,6 +26,9 @@ class ImageEntry:
     size: int
     """Bytes the file claims (images are sparse: less is used on disk)."""
     modified: float
+    arch: str = ""
+    """The architecture of its kernel (``amd64``, ``arm64``), or empty when the image is not
+    a bootable disk pyops can read."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dictionary."""
@@ -34,6 +37,7 @@ class ImageEntry:
             "path": os.fspath(self.path),
             "size": self.size,
             "modified": self.modified,
+            "arch": self.arch,
         }
 
 
@@ -114,8 +118,20 @@ def list_images(home: str | os.PathLike[str] | None = None) -> list[ImageEntry]:
         if path.name.startswith(".") or not path.is_file():
             continue
         st = path.stat()
-        out.append(ImageEntry(path.name[: -len(".img")], path, st.st_size, st.st_mtime))
+        out.append(
+            ImageEntry(path.name[: -len(".img")], path, st.st_size, st.st_mtime, _arch_of(path))
+        )
     return out
+
+
+def _arch_of(path: Path) -> str:
+    from pyops.errors import PyopsError
+    from pyops.nanos.disk import boot_kernel
+
+    try:
+        return str(boot_kernel(path)[0])
+    except PyopsError:
+        return ""
 
 
 def remove_image(name: str, home: str | os.PathLike[str] | None = None) -> Path:
@@ -128,6 +144,7 @@ def remove_image(name: str, home: str | os.PathLike[str] | None = None) -> Path:
     path.unlink()
     path.with_name(path.name + ".key").unlink(missing_ok=True)
     (runs_dir(home) / path.name).unlink(missing_ok=True)
+    (runs_dir(home) / f"{path.name}.kernel").unlink(missing_ok=True)  # an arm64 run's kernel
     return path
 
 

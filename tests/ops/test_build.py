@@ -382,6 +382,10 @@ def test_an_arm64_program_boots_an_arm64_guest(
     image = open_image(home / "images" / "hello-arm.img")
     assert image.manifest.environment["NANOS_ARCH"] == "arm64"
     assert image.manifest.environment["NANOS_VERSION"] == "0.1.99"
+    listed = CliRunner().invoke(cli, ["image", "list"])
+    assert listed.stdout.split()[:2] == ["hello-arm", "arm64"]
+    result = CliRunner().invoke(cli, ["image", "rm", "hello-arm"])
+    assert result.exit_code == 0 and not kernel.exists()
 
 
 def test_an_arm64_program_needs_an_arm64_release(
