@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pyops.errors import (
     AuthError,
     Cancelled,
+    CaseCollision,
     ConfigError,
     DigestMismatch,
     DiskFull,
@@ -100,6 +101,7 @@ __all__ = [
     "BuildFlags",
     "BuiltImage",
     "Cancelled",
+    "CaseCollision",
     "ConfigError",
     "Contents",
     "DigestMismatch",

@@ -114,6 +114,12 @@ class PackageError(PyopsError):
     """A package is missing, incomplete or invalid."""
 
 
+class CaseCollision(PackageError):
+    """A package would keep a path of the image that the host folder it was unpacked in
+    cannot hold: the image has two names there that differ only in case or Unicode
+    normalisation, which that folder's filesystem takes for one (macOS's APFS)."""
+
+
 class DiskFull(PyopsError):
     """The disk (or quota) holding a file pyops writes has no room left."""
 

@@ -18,7 +18,11 @@ with the handling recorded in the reference doc section 5:
   ownership is not applied;
 - folder modes and times are applied last, through folder descriptors opened from the root
   without following any link, and only to folders the unpacker itself made or kept (a folder
-  later replaced, for instance by a symlink, is forgotten with everything below it).
+  later replaced, for instance by a symlink, is forgotten with everything below it);
+- in a host folder that folds names (case-insensitive or normalisation-insensitive, as
+  macOS's APFS: :mod:`pyops.oci.folding`), names are looked up as the image spells them, and
+  an entry whose name differs only in case or normalisation from one already there is left
+  out rather than merged with it, the pair recorded (:attr:`Unpacker.collisions`).
 
 Every layer is hostile, so the work it can cost is bounded as the bytes flow (:mod:`pyops.limits`):
 the bytes unpacked over all layers (``UNPACKED_BYTES``), the ratio of a layer's unpacked to its
@@ -49,6 +53,7 @@ from typing import IO, Protocol
 
 from pyops import atomic, limits, rootfs
 from pyops.errors import DigestMismatch, HostFileError, LayerError, UnsafeLayerPath
+from pyops.oci import folding
 from pyops.oci.tarstream import ByteSource, TarStream
 from pyops.progress import NULL_PROGRESS, Progress
 
@@ -74,6 +79,9 @@ _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 Parts = tuple[str, ...]
 Modes = list[int | None]
+Collision = tuple[str, str]
+"""Two in-image paths whose names differ only in case or Unicode normalisation: the one
+unpacked, the one left out."""
 
 
 class _ByteSource(Protocol):
@@ -477,6 +485,8 @@ class _Applier:
         self._known_host: str | None = None  # host path of the folders remembered
         self._writer: _Writer | None = None
         self._pending: set[str] = set()  # paths given to the writer since it was drained
+        self._lstat: rootfs.Lstat = rootfs.host_lstat(self._root)
+        self._readlink: rootfs.Readlink = rootfs.host_readlink(self._root)
 
     def host(self, parts: Parts) -> str:
         # Every component comes from split_image_path/_resolve: no '..', no '/', no NUL, and
@@ -548,7 +558,15 @@ class _Applier:
         k = len(known_in)
         if 0 < k < len(parts) and parts[:k] == known_in:  # the last is resolved anew
             start = (k, known_out)
-        return _resolve(self._root, parts, follow_last, self.budget.depth, start)
+        found = rootfs.resolve(
+            parts,
+            self._lstat,
+            self._readlink,
+            follow_last=follow_last,
+            max_steps=self.budget.depth,
+            start=start,
+        )
+        return found.parts, list(found.modes)
 
     def _remember(self, given: Parts, folders: Parts) -> None:
         """``given`` resolves to ``folders``, which are all real folders now."""
@@ -698,9 +716,13 @@ class _Applier:
     def _parent_dirs(self, member: str, parent: Parts, modes: Modes) -> None:
         for i, mode in enumerate(modes):
             if mode is None:
-                os.mkdir(self.host(parent[: i + 1]), 0o755)
+                self._mkdir(parent[: i + 1])
             elif not stat.S_ISDIR(mode):
                 raise self._error(member, f"needs /{'/'.join(parent[: i + 1])} to be a directory.")
+
+    def _mkdir(self, parts: Parts) -> None:
+        """Make the missing folder ``parts`` on the way to a member."""
+        os.mkdir(self.host(parts), 0o755)
 
     def _target(self, member: str, parts: Parts) -> tuple[Parts, int | None]:
         """Where ``parts`` lands (its parents made), and what is there now (lstat mode)."""
@@ -834,6 +856,235 @@ class _Applier:
         self._mark(target)
 
 
+class _Collision(Exception):
+    """The member is not applied: it would land on another name's entry (recorded)."""
+
+
+class _Names:
+    """The entries of one host folder: the exact name of each by its folded key
+    (:func:`pyops.oci.folding.fold`), and the ``_Names`` of its subfolders looked at.
+
+    Entries are never taken out: a name whose entry was removed since stays until another
+    name claims its key, which then checks that it is gone (:meth:`_FoldingApplier._claim`).
+    So the one entry on the host under a key, if there is one, has the name kept for it.
+    """
+
+    __slots__ = ("exact", "folders")
+
+    def __init__(self, exact: dict[str, str]) -> None:
+        self.exact = exact
+        self.folders: dict[str, _Names] = {}
+
+
+class _FoldingApplier(_Applier):
+    """An :class:`_Applier` for a host folder that folds names (:mod:`pyops.oci.folding`),
+    where two image entries whose names differ only in case or normalisation would be one.
+
+    The names the host holds are looked up through :class:`_Names`, exactly as the image
+    spells them: a name whose key another name holds is missing (as it is in the image),
+    never the other entry, so whiteouts, opaque markers and replacements only ever touch the
+    entry of their own name. A member whose name, or a folder on its way, would land on
+    another name's entry is not applied: the pair goes to :attr:`collisions`, and both paths
+    to :attr:`ambiguous` (with everything below them, and hard links to the path left out).
+    When a later layer removes what was left out (a whiteout, an opaque marker) or a later
+    member replaces it, the image no longer has it, and the pair is forgotten.
+    """
+
+    def __init__(self, root: Path, budget: _Budget) -> None:
+        super().__init__(root, budget)
+        self.collisions: list[Collision] = []
+        self.ambiguous: dict[Parts, Collision] = {}
+        """In-root paths (resolved) that do not hold what the image has there, and why."""
+        # The paths left out, each with its collision and the last layer that put something
+        # at or below it; and the path unpacked of each collision.
+        self._left_out: dict[Parts, tuple[Collision, int]] = {}
+        self._kept: dict[Collision, Parts] = {}
+        self._layer = 0
+        self._names = _Names(self._listing(()))
+        self._last: tuple[Parts, _Names] = ((), self._names)
+        self._lstat = self._exact_lstat
+
+    def _listing(self, folder: Parts) -> dict[str, str]:
+        exact: dict[str, str] = {}
+        for name in os.listdir(self.host(folder)):
+            exact.setdefault(folding.fold(name), name)
+        return exact
+
+    def _folder(self, folder: Parts) -> _Names:
+        """The names of the existing host folder ``folder`` (listed the first time)."""
+        last, node = self._last
+        if folder == last:
+            return node
+        start = len(last)
+        if not (start < len(folder) and folder[:start] == last):
+            node, start = self._names, 0
+        for i in range(start, len(folder)):
+            child = node.folders.get(folder[i])
+            if child is None:
+                child = node.folders[folder[i]] = _Names(self._listing(folder[: i + 1]))
+            node = child
+        self._last = (folder, node)
+        return node
+
+    def _holds(self, parts: Parts) -> bool:
+        """Whether the entry the host finds at ``parts`` (if any) is of that exact name."""
+        name = parts[-1]
+        return self._folder(parts[:-1]).exact.get(folding.fold(name), name) == name
+
+    def _exact_lstat(self, parts: Parts) -> int | None:
+        if not self._holds(parts):
+            return None  # another name's entry: in the image, this one is not there
+        try:
+            return os.lstat(os.path.join(self._root, *parts)).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _claim(self, folder: Parts, name: str) -> None:
+        """Take ``name``'s key in ``folder`` for an entry about to be made there; raise
+        :class:`_Collision` (recorded) if an entry of another name holds it."""
+        exact = self._folder(folder).exact
+        key = folding.fold(name)
+        have = exact.setdefault(key, name)
+        if have == name:
+            return
+        self.barrier()  # the writer may not have made ``have`` yet
+        try:
+            os.lstat(os.path.join(self.host(folder), have))
+        except (FileNotFoundError, NotADirectoryError):
+            exact[key] = name  # removed since: the key is free
+            return
+        self._collide((*folder, have), (*folder, name))
+        raise _Collision
+
+    def start_layer(self, label: str) -> None:
+        super().start_layer(label)
+        self._layer += 1
+
+    def _collide(self, kept: Parts, left_out: Parts) -> None:
+        pair = ("/" + "/".join(kept), "/" + "/".join(left_out))
+        if pair not in self._kept:
+            self.collisions.append(pair)
+            self._kept[pair] = kept
+            log.info("%s: %s is not unpacked: %s holds its name", self.layer_label, *pair[::-1])
+        self.ambiguous.setdefault(kept, pair)
+        self._leave_out(left_out, pair)
+
+    def _leave_out(self, parts: Parts, pair: Collision) -> None:
+        self.ambiguous[parts] = pair
+        self._left_out[parts] = (pair, self._layer)
+
+    def _removed_lower(
+        self, start: Parts, *, below_only: bool = False, replaced: bool = False
+    ) -> None:
+        """This layer removed what lower layers put at ``start`` (or below it only), or
+        ``replaced`` everything there: so are the entries left out there, and the collisions
+        left without any are forgotten."""
+        n = len(start)
+        top = self._layer + 1 if replaced else self._layer
+        gone = [
+            parts
+            for parts, (_, layer) in self._left_out.items()
+            if layer < top and parts[:n] == start and (len(parts) > n or not below_only)
+        ]
+        if not gone:
+            return
+        pairs = set()
+        for parts in gone:
+            pair, _ = self._left_out.pop(parts)
+            pairs.add(pair)
+            if self.ambiguous.get(parts) == pair:
+                del self.ambiguous[parts]
+        pairs -= {pair for pair, _ in self._left_out.values()}
+        for pair in pairs:
+            self.collisions.remove(pair)
+            kept = self._kept.pop(pair)
+            if self.ambiguous.get(kept) == pair:
+                del self.ambiguous[kept]
+
+    def ambiguity(self, parts: Parts) -> Collision | None:
+        """The collision that leaves the in-root path ``parts`` (resolved) or a folder above
+        it without what the image has there, if any."""
+        ambiguous = self.ambiguous
+        for i in range(len(parts), 0, -1):
+            pair = ambiguous.get(parts[:i])
+            if pair is not None:
+                return pair
+        return None
+
+    def _mkdir(self, parts: Parts) -> None:
+        self._claim(parts[:-1], parts[-1])
+        super()._mkdir(parts)
+
+    def _target(self, member: str, parts: Parts) -> tuple[Parts, int | None]:
+        target, mode = super()._target(member, parts)
+        self._claim(target[:-1], target[-1])
+        return target, mode
+
+    def _remove_lower(self, start: Parts) -> None:
+        if self._left_out:
+            self._removed_lower(start)
+        if start and not self._holds(start):
+            return  # another name's entry is there: the one named is not on the host
+        super()._remove_lower(start)
+
+    def opaque(self, directory: Parts) -> None:
+        super().opaque(directory)
+        if self._left_out:
+            parent, modes = self.resolve(directory)
+            if not modes or (modes[-1] is not None and stat.S_ISDIR(modes[-1])):
+                self._removed_lower(parent, below_only=True)
+
+    def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        try:
+            if self._known_folder(parts) is not None:
+                self._claim(self._known[1], parts[-1])
+            super().directory(info, parts)
+        except _Collision:
+            pass
+
+    def _replacing(self, parts: Parts) -> None:
+        """A member other than a folder was made at ``parts``: in the image, it replaces
+        whatever was there, an entry left out too."""
+        if self._left_out:
+            target, _ = self.resolve(parts, follow_last=False)
+            self._removed_lower(target, replaced=True)
+
+    def regular(self, info: tarfile.TarInfo, parts: Parts, data: ByteSource) -> None:
+        try:
+            if self._known_folder(parts) is not None:
+                self._claim(self._known[1], parts[-1])
+            super().regular(info, parts, data)
+        except _Collision:
+            return  # the archive skips the member's data
+        self._replacing(parts)
+
+    def symlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        try:
+            super().symlink(info, parts)
+        except _Collision:
+            return
+        self._replacing(parts)
+
+    def hardlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        try:
+            link_parts = split_image_path(info.linkname)
+        except UnsafeLayerPath:
+            link_parts = ()  # refused below
+        if link_parts:
+            self.barrier()
+            source, modes = self.resolve(link_parts, follow_last=False)
+            pair = self.ambiguity(source) if modes[-1] is None else None
+            if pair is not None:  # a link to an entry left out: left out too
+                target, _ = self.resolve(parts, follow_last=False)
+                self._leave_out(target, pair)
+                return
+        try:
+            super().hardlink(info, parts)
+        except _Collision:
+            return
+        self._replacing(parts)
+
+
 def _make_root(dest_root: Path) -> None:
     """``mkdir -p`` without recursion (Path.mkdir(parents=True) recurses per level)."""
     missing: list[Path] = []
@@ -871,11 +1122,23 @@ def unpack_layers(
     :class:`~pyops.errors.DiskFull` when the disk fills up, and
     :class:`~pyops.errors.DigestMismatch` for a diff_id mismatch; the destination is then
     partly written and must be thrown away.
+
+    When ``dest_root`` folds names (:mod:`pyops.oci.folding`), an entry whose name differs
+    only in case or Unicode normalisation from one unpacked before is left out, with a
+    warning (:attr:`Unpacker.collisions`).
     """
     unpacker = Unpacker(dest_root, len(layers), diff_ids=diff_ids, progress=progress)
     for number, path in enumerate(layers, start=1):
         unpacker.apply(number, path)
     unpacker.finish()
+    for kept, left_out in unpacker.collisions:
+        log.warning(
+            "%s is not unpacked: %s holds its name, as %s does not tell names apart that "
+            "differ only in case or Unicode normalisation",
+            left_out,
+            kept,
+            dest_root,
+        )
 
 
 class Unpacker:
@@ -884,6 +1147,11 @@ class Unpacker:
 
     Layers must be given in order, each once (``apply(1, ...)``, ``apply(2, ...)``, ...),
     then :meth:`finish` applies the folders' modes. Errors are :func:`unpack_layers`'.
+
+    ``folds`` says whether ``dest_root`` folds names (case, Unicode normalisation); None
+    (the default) asks the folder itself (:func:`pyops.oci.folding.folds`). In a folder
+    that folds, two entries whose names differ only that way are never merged: the later
+    one is left out and the pair recorded (:attr:`collisions`, :meth:`ambiguity`).
     """
 
     def __init__(
@@ -893,6 +1161,7 @@ class Unpacker:
         *,
         diff_ids: Sequence[str] | None = None,
         progress: Progress = NULL_PROGRESS,
+        folds: bool | None = None,
     ) -> None:
         if diff_ids is not None and len(diff_ids) != count:
             raise LayerError(f"the image config lists {len(diff_ids)} diff_ids for {count} layers.")
@@ -902,7 +1171,32 @@ class Unpacker:
         self.progress = progress
         self.applied = 0
         _make_root(dest_root)
-        self._applier = _Applier(Path(os.path.realpath(dest_root)), _Budget())
+        if folds is None:
+            try:
+                with atomic.reporting_disk_full(dest_root / "-"):
+                    folds = folding.folds(dest_root)
+            except OSError as exc:
+                raise HostFileError(f"cannot write in {dest_root}: {exc.strerror or exc}") from exc
+        self.folds = folds
+        root = Path(os.path.realpath(dest_root))
+        self._applier = (_FoldingApplier if folds else _Applier)(root, _Budget())
+
+    @property
+    def collisions(self) -> list[Collision]:
+        """The entries left out so far, each with the one unpacked that holds its name:
+        ``(unpacked, left out)`` in-image paths, folders resolved. Empty unless the folder
+        folds names."""
+        applier = self._applier
+        return list(applier.collisions) if isinstance(applier, _FoldingApplier) else []
+
+    def ambiguity(self, path: str) -> Collision | None:
+        """The collision that leaves the in-image ``path`` (folders resolved, as in
+        :attr:`collisions`) without what the image has there: ``path`` is one of its pair, or
+        below one, or a hard link to the entry left out. None when it is not so."""
+        applier = self._applier
+        if not isinstance(applier, _FoldingApplier):
+            return None
+        return applier.ambiguity(split_image_path(path))
 
     @property
     def entries(self) -> int:

@@ -22,7 +22,14 @@ the host has a ``/dev/shm`` with room for twice the image (and as much memory av
 the root goes there and only what is kept is copied to the package store. Otherwise it is
 made inside the package store, what is not kept is removed from it, and it is renamed into
 ``sysroot/``: nothing is written twice. Should the memory folder fill up anyway, the
-unpacking starts over on disk.
+unpacking starts over on disk. A host without ``/proc/meminfo`` or ``/dev/shm`` (macOS)
+always unpacks on disk.
+
+On a disk that does not tell apart names differing only in case or Unicode normalisation
+(macOS's APFS by default), an image entry whose name folds onto another's is left out when
+the layers are unpacked (:class:`~pyops.oci.layers.Unpacker`): the package is made all the
+same when it keeps neither, and refused with :class:`~pyops.errors.CaseCollision`, naming
+both, when it keeps one of them, or anything below one (``copy=True`` keeps everything).
 
 Among the run-time extras, **not** ``/etc/resolv.conf``: in a container it is bind-mounted
 by the runtime, so the copy in an image is empty or describes the machine that built it, and
@@ -85,7 +92,7 @@ from pyops import home as _home
 from pyops.arch import Arch
 from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
-from pyops.errors import DiskFull, LibraryNotFound, PackageError, PyopsError
+from pyops.errors import CaseCollision, DiskFull, LibraryNotFound, PackageError, PyopsError
 from pyops.oci.auth import Credentials
 from pyops.oci.layers import Unpacker
 from pyops.oci.net import HttpClient
@@ -361,6 +368,7 @@ def from_docker(
         notes = _wrapper_notes(root, found, pulled.config)
         if copy:
             kept = Contents((Part("copy", "the whole root filesystem (--copy)", ()),))
+            _refuse_collisions(unpacking, None, target)
             os.rename(root, sysroot)
         else:
             with step(progress, "keep what the program needs"):
@@ -375,6 +383,7 @@ def from_docker(
                     excluded_extras=_EXCLUDED_EXTRAS,
                     closure_only=closure_only,
                 )
+                _refuse_collisions(unpacking, kept.paths(), target)
                 if root.parent == staging:  # on the same disk: what is kept stays in place
                     prune(root, kept.paths())
                     os.rename(root, sysroot)
@@ -467,6 +476,48 @@ class _Unpacking:
         return self.root
 
 
+CASE_SENSITIVE_HINT = (
+    "Put PYOPS_HOME on a case-sensitive volume. On macOS: `hdiutil create -type SPARSEBUNDLE "
+    "-size 20g -fs 'Case-sensitive APFS' -volname pyops ~/pyops.sparsebundle`, "
+    "`hdiutil attach ~/pyops.sparsebundle`, then run pyops with PYOPS_HOME=/Volumes/pyops/home."
+)
+"""How to get a host folder that holds apart the names of an image (:class:`CaseCollision`)."""
+
+
+def _refuse_collisions(unpacking: _Unpacking, kept: Sequence[str] | None, target: Path) -> None:
+    """Raise :class:`CaseCollision` when a path the package keeps (``kept``; None: all of
+    them) is one the unpacked root could not hold as the image has it: two names of the
+    image that differ only in case or Unicode normalisation are one entry in a folder that
+    folds names (:class:`~pyops.oci.layers.Unpacker`), the later one left out."""
+    unpacker = unpacking.unpacker
+    if unpacker is None or not (collisions := unpacker.collisions):
+        return
+    found: tuple[str, tuple[str, str]] | None = None
+    if kept is None:
+        found = ("the whole root filesystem (--copy)", collisions[0])
+    else:
+        for path in kept:
+            pair = unpacker.ambiguity(path)
+            if pair is not None:
+                found = (path, pair)
+                break
+    if found is None:
+        for unpacked, left_out in collisions:
+            log.info("%s is not unpacked (%s holds its name), nor kept", left_out, unpacked)
+        return
+    what, (unpacked, left_out) = found
+    root = unpacking.root
+    folder = target if root.is_relative_to(target) else root.parent
+    others = len(collisions) - 1
+    more = f" ({others} more such pair{'s' if others > 1 else ''} in the image)" if others else ""
+    raise CaseCollision(
+        f"the image has both {unpacked} and {left_out}, whose names differ only in case or "
+        f"Unicode normalisation, and {folder} is on a filesystem that does not tell such "
+        f"names apart, so {left_out} could not be unpacked{more}; the package keeps {what}.",
+        hint=CASE_SENSITIVE_HINT,
+    )
+
+
 def scratch_folder(need: int) -> Path | None:
     """A new folder's path in one of :data:`SCRATCH_FOLDERS` with room for twice ``need``
     bytes, when as much memory is available too; None when there is none (not Linux, a
@@ -497,6 +548,8 @@ def scratch_folder(need: int) -> Path | None:
 
 
 def _memory_available() -> int | None:
+    """Linux's estimate of the memory available (``MemAvailable``); None where there is no
+    ``/proc/meminfo`` (macOS) or it does not say."""
     try:
         with open("/proc/meminfo", "rb") as f:
             for line in f:

@@ -267,3 +267,48 @@ def test_a_full_output_is_a_full_disk_not_a_host_file_error(
         assert caught.value.errno == errno.ENOSPC
     finally:
         os.close(fd)
+
+
+def _copy_image(tmp_path: Path, name: str, files: list[HostFile], offsets: list[int]) -> bytes:
+    out = tmp_path / name
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        DataCopy(fd, offsets, list(files), worker=False).finish()
+    finally:
+        os.close(fd)
+    return out.read_bytes()
+
+
+def test_without_copy_file_range_nor_pwritev_the_image_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS has neither: large files are copied in pieces, runs joined and written once."""
+    import pyops.nanos.copyfile as copyfile
+
+    sizes = [0, 1, 513, 4096, SMALL_FILE, SMALL_FILE + 1, 9 * 1024 * 1024 + 3] * 3
+    files = make_files(tmp_path / "src", sizes)
+    offsets = packed(files, start=4096)
+    calls: list[int] = []
+    real_copy_file_range = copyfile._copy_file_range
+    if real_copy_file_range is not None:
+
+        def counting(*args: int) -> int:
+            calls.append(args[2])
+            return real_copy_file_range(*args)
+
+        monkeypatch.setattr(copyfile, "_copy_file_range", counting)
+    normal = _copy_image(tmp_path, "normal", files, offsets)
+    assert calls or real_copy_file_range is None  # the large files went through it
+
+    for name in ("copy_file_range", "pwritev"):
+        monkeypatch.delattr(os, name, raising=False)
+        monkeypatch.setattr(copyfile, f"_{name}", getattr(os, name, None))
+    preads: list[int] = []
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, pos: preads.append(n) or real_pread(fd, n, pos))
+    calls.clear()
+    fallback = _copy_image(tmp_path, "fallback", files, offsets)
+    assert not calls and preads  # copied through this process
+    assert fallback == normal
+    want = expected_image(files, offsets)  # its last sector padded, which no run writes
+    assert normal == want[: len(normal)] and not want[len(normal) :].strip(b"\0")

@@ -490,3 +490,28 @@ def test_data_region_is_not_preallocated_in_memory() -> None:
     finally:
         os.close(fd)
         os.unlink(name)
+
+
+def test_without_posix_fallocate_the_image_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS has no posix_fallocate: the data region is not reserved, the bytes are the same."""
+    import pyops.nanos.tfs as tfs
+
+    monkeypatch.setattr(tfs, "_filesystem_type", lambda fd: None)  # not tmpfs: reserve
+    reserved: list[int] = []
+    real = getattr(os, "posix_fallocate", None)
+    if real is not None:
+
+        def counting(fd: int, start: int, length: int) -> None:
+            reserved.append(length)
+            real(fd, start, length)
+
+        monkeypatch.setattr(os, "posix_fallocate", counting)
+    write_raw_volume(tmp_path / "normal.img", build_sample_tree(tmp_path))
+    assert reserved or real is None
+    monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    reserved.clear()
+    write_raw_volume(tmp_path / "fallback.img", build_sample_tree(tmp_path))
+    assert not reserved
+    assert (tmp_path / "fallback.img").read_bytes() == (tmp_path / "normal.img").read_bytes()
