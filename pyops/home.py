@@ -7,6 +7,8 @@
     runs/NAME.img     the copy of NAME.img its last run booted and wrote to
     local_packages/   packages made by pkg from-docker, in Ops's format
     releases/VERSION  installed Nanos releases
+    volumes/NAME:UUID.raw  TFS volumes to mount in a guest (pyops.ops.volumes)
+    instances/NAME/   a virtual machine started in the background: its state, disk and log
 
 Every function takes ``home`` to name another home (None: ``PYOPS_HOME``, else
 ``~/.pyops``).
@@ -47,3 +49,11 @@ def packages_dir(home: Home = None) -> Path:
 
 def releases_dir(home: Home = None) -> Path:
     return root(home) / "releases"
+
+
+def volumes_dir(home: Home = None) -> Path:
+    return root(home) / "volumes"
+
+
+def instances_dir(home: Home = None) -> Path:
+    return root(home) / "instances"

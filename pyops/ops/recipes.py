@@ -10,12 +10,14 @@ it changed), and boots a fresh copy of it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyops.arch import Arch
+from pyops.errors import PyopsError
 from pyops.ops.build import BuildConfig, BuiltImage, check_image_name, image_name, merge_config
 from pyops.ops.config import OpsConfig
 from pyops.progress import NULL_PROGRESS, Progress, step
@@ -23,6 +25,7 @@ from pyops.progress import NULL_PROGRESS, Progress, step
 if TYPE_CHECKING:
     from pyops.nanos.release import NanosRelease
     from pyops.ops.advice import Note
+    from pyops.ops.instances import Instance
     from pyops.vm.qemu import Guest, Host, VmConfig
 
 
@@ -332,3 +335,54 @@ def _boot_explained(
         raise
     explain(code)
     return code
+
+
+def instance_of_image(
+    ops: OpsConfig,
+    image: str,
+    run: RunFlags,
+    *,
+    name: str | None = None,
+) -> Instance:
+    """``pyops instance create IMAGE``: the image (a name of ``pyops image list``, or a disk
+    file) started in the background as an instance."""
+    from pyops.nanos.disk import boot_kernel
+    from pyops.ops.instances import create_instance
+
+    path = Path(image)
+    if not (os.sep in image or image.endswith(".img")) or not path.is_file():
+        path = image_path(image)
+    if not path.is_file():
+        from pyops.ops.images import list_images
+
+        known = ", ".join(e.name for e in list_images()) or "none"
+        raise PyopsError(
+            f"there is no image {image!r} (images: {known})",
+            hint="give an image name from pyops image list, or the path of a disk image",
+        )
+    host = _host()
+    arch, _ = boot_kernel(path)
+    return create_instance(path, vm_config(ops, run, host, arch), name=name, host=host)
+
+
+def instance_of_package(
+    ops: OpsConfig,
+    package_name: str,
+    flags: BuildFlags,
+    run: RunFlags,
+    *,
+    name: str | None = None,
+    cwd: str | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> Instance:
+    """``pyops pkg load --background`` and ``pyops instance create --package``: the
+    package's image built (or reused), then started in the background."""
+    from pyops.ops.instances import create_instance
+    from pyops.ops.package import load_package
+
+    host = _host()
+    package = load_package(package_name, arch=flags.arch)
+    vm = vm_config(ops, run, host, package.arch)
+    built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
+    with step(progress, "start the instance"):
+        return create_instance(built.path, vm, name=name, host=host)

@@ -178,13 +178,16 @@ class PortForward:
 
 @dataclass(frozen=True, slots=True)
 class VmConfig:
-    """How to run a disk: memory, CPUs, accelerator, forwarded ports."""
+    """How to run a disk: memory, CPUs, accelerator, forwarded ports, volumes attached."""
 
     memory: str = "2G"
     cpus: int | None = None
     accel: Accel = Accel.AUTO
     ports: tuple[PortForward, ...] = ()
     qemu: str | None = None  # the qemu binary; default: qemu-system-x86_64 on PATH
+    volumes: tuple[str, ...] = ()
+    """Volume files attached as further disks, in order (the guest finds each by its label
+    or UUID, not by its position)."""
 
     def __post_init__(self) -> None:
         memory_bytes(self.memory)
@@ -260,12 +263,14 @@ def qemu_command(
     *,
     monitor: str | None = None,
     guest: Guest = Guest(),
+    qmp: str | None = None,
 ) -> list[str]:
     """The full qemu argv for booting ``disk`` as ``guest`` (default: x86-64); nothing is
-    run. ``monitor``: a Unix socket path for qemu's monitor (none by default)."""
+    run. ``monitor``: a Unix socket path for qemu's human monitor, ``qmp`` one for its
+    machine protocol (none by default)."""
     accel = choose_accel(config.accel, host, guest.arch)
     if guest.arch == Arch.ARM64:
-        return _arm64_command(disk, config, accel, monitor, guest)
+        return _arm64_command(disk, config, accel, monitor, guest) + _qmp(qmp)
     binary = config.qemu or QEMU_X86_64
     argv = [
         binary,
@@ -291,11 +296,20 @@ def qemu_command(
     else:
         argv += ["-accel", "tcg", "-cpu", "max"]
     argv += ["-drive", f"file={_drive_path(disk)},format=raw,if=none,id=hd0"]
+    for number, volume in enumerate(config.volumes, start=1):
+        argv += [
+            "-drive", f"file={_drive_path(volume)},format=raw,if=none,id=vol{number}",
+            "-device", f"scsi-hd,bus=scsi0.0,drive=vol{number}",
+        ]  # fmt: skip
     argv += [
         "-device", "virtio-net,bus=pci.4,addr=0x0,netdev=n0,mac=52:54:00:12:34:56",
         "-netdev", _netdev(config),
     ]  # fmt: skip
-    return argv + _console_and_monitor(monitor)
+    return argv + _console_and_monitor(monitor) + _qmp(qmp)
+
+
+def _qmp(path: str | None) -> list[str]:
+    return ["-qmp", f"unix:{path},server=on,wait=off"] if path else []
 
 
 def _arm64_command(
@@ -319,6 +333,13 @@ def _arm64_command(
         "-kernel", os.fspath(Path(guest.kernel).absolute()),  # a plain argument: no escapes
         "-drive", f"if=none,id=hd0,format=raw,file={_drive_path(disk)}",
         "-device", "virtio-blk-pci,drive=hd0",
+    ]  # fmt: skip
+    for number, volume in enumerate(config.volumes, start=1):
+        argv += [
+            "-drive", f"if=none,id=vol{number},format=raw,file={_drive_path(volume)}",
+            "-device", f"virtio-blk-pci,drive=vol{number}",
+        ]  # fmt: skip
+    argv += [
         "-device", "virtio-rng-pci",
         "-semihosting",
         "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
