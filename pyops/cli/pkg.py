@@ -268,6 +268,12 @@ def pkg_rm(name: str, arch: Any) -> None:
 @click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date.")
 @click.option("--missing-files", is_flag=True, help="List the files the program failed to open.")
 @_arch_option(_PACKAGE_ARCH_HELP)
+@click.option(
+    "--background",
+    is_flag=True,
+    help="Start it as an instance in the background and print its name (pyops instance ...).",
+)
+@click.option("--instance-name", help="With --background: the instance's name.")
 @click.pass_context
 def pkg_load(
     ctx: click.Context,
@@ -287,6 +293,8 @@ def pkg_load(
     force: bool,
     missing_files: bool,
     arch: Any,
+    background: bool,
+    instance_name: str | None,
 ) -> None:
     """Build an image from local package NAME and boot it; exit with its exit code.
 
@@ -295,23 +303,33 @@ def pkg_load(
     directory in the image.
     """
     from pyops.ops.build import parse_env
-    from pyops.ops.recipes import BuildFlags, RunFlags, run_package
+    from pyops.ops.recipes import BuildFlags, RunFlags, instance_of_package, run_package
 
     del local  # packages are always local here; the flag exists for Ops's muscle memory
+    flags = BuildFlags(
+        args=args,
+        env=parse_env(env),
+        name=image_name,
+        nanos_version=nanos_version,
+        force=force,
+        missing_files=missing_files,
+        arch=arch,
+    )
+    run = RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose)
+    progress = TqdmProgress(verbose=bool(verbose))
+    if background:
+        ops = _load_ops_config(config_file)
+        made = instance_of_package(ops, name, flags, run, name=instance_name, progress=progress)
+        click.echo(made.name)
+        return
+    if instance_name is not None:
+        raise click.UsageError("--instance-name goes with --background.")
     code = run_package(
         _load_ops_config(config_file),
         name,
-        BuildFlags(
-            args=args,
-            env=parse_env(env),
-            name=image_name,
-            nanos_version=nanos_version,
-            force=force,
-            missing_files=missing_files,
-            arch=arch,
-        ),
-        RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
-        progress=TqdmProgress(verbose=bool(verbose)),
+        flags,
+        run,
+        progress=progress,
         show_command=_show_command,
         notes=_show_note,
     )

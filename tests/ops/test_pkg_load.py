@@ -88,6 +88,31 @@ def test_package_from_a_registry_boots_with_its_own_and_given_arguments(
     assert manifest.environment["PWD"] == "/srv"
     assert "new" in console, console  # libgreet.so of the image's last layer says "new"
 
+    # In the background: the command returns once qemu runs; the instance keeps the
+    # program's console and, once it is over, its exit code.
+    bg = subprocess.run(
+        [sys.executable, "-m", "pyops", "pkg", "load", "lister", "--background"]
+        + ["--instance-name", "bg", "-a", "hi.txt"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert bg.returncode == 0, bg.stderr
+    assert bg.stdout.strip() == "bg"
+    import time
+
+    from pyops.ops.instances import get_instance, stop_instance
+
+    deadline = time.monotonic() + 240
+    while get_instance("bg", store.root).state != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    done = get_instance("bg", store.root)
+    assert (done.state, done.exit_code) == ("stopped", 0), done
+    assert "hi.txt" in done.console.read_text(errors="replace")
+    assert stop_instance("bg", home=store.root).state == "stopped"  # nothing to stop
+
 
 def test_pkg_load_builds_the_package_image_and_boots_a_fresh_copy(
     pkg_image: PkgImage,  # noqa: F811
