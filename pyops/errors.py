@@ -74,6 +74,10 @@ class ConfigError(PyopsError):
     """A config.json or a command-line setting is invalid."""
 
 
+class VolumeError(PyopsError):
+    """A volume of the volume store is missing, taken, ambiguous or cannot be mounted."""
+
+
 class QemuError(PyopsError):
     """qemu is missing, or cannot start the virtual machine as asked."""
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pyops.cli._app import cli
 from pyops.errors import PyopsError
+
+if TYPE_CHECKING:
+    from pyops.nanos.tree import Tree
 
 # --- pyops image ---------------------------------------------------------------------------
 
@@ -107,9 +110,15 @@ def image_rm(names: tuple[str, ...]) -> None:
 @click.option("--last-run", is_flag=True, help="Read the copy IMAGE's last run wrote to.")
 def image_ls(image_path: str, path: str, boot: bool, last_run: bool) -> None:
     """List a directory of an image (a path, or a name from ``image list``)."""
+    _disk, tree = _open_tree(image_path, boot, last_run)
+    show_listing(tree, path)
+
+
+def show_listing(tree: Tree, path: str) -> None:
+    """``ls`` of ``path`` in a :class:`~pyops.nanos.tree.Tree` read from an image or volume:
+    a folder's entries, or the one entry ``path`` names."""
     from pyops.nanos.tree import Directory
 
-    _disk, tree = _open_tree(image_path, boot, last_run)
     real, node = tree.lookup(path)
     if not isinstance(node, Directory):
         kind, size, extra = _describe(node)
@@ -126,9 +135,15 @@ def image_ls(image_path: str, path: str, boot: bool, last_run: bool) -> None:
 @click.option("--last-run", is_flag=True, help="Read the copy IMAGE's last run wrote to.")
 def image_tree(image_path: str, boot: bool, last_run: bool) -> None:
     """Show every file of an image as a tree."""
+    _disk, tree = _open_tree(image_path, boot, last_run)
+    show_tree(tree)
+
+
+def show_tree(tree: Tree) -> None:
+    """Every entry of a :class:`~pyops.nanos.tree.Tree` read from an image or volume, drawn
+    as a tree."""
     from pyops.nanos.tree import Directory
 
-    _disk, tree = _open_tree(image_path, boot, last_run)
     click.echo("/")
     # Depth first with an explicit stack: an image may nest folders thousands deep.
     stack: list[tuple[Directory, list[str], str]] = [
@@ -157,13 +172,19 @@ def image_tree(image_path: str, boot: bool, last_run: bool) -> None:
 @click.option("--last-run", is_flag=True, help="Read the copy IMAGE's last run wrote to.")
 def image_cat(image_path: str, path: str, boot: bool, last_run: bool) -> None:
     """Write the contents of a file in an image to standard output."""
+    _disk, tree = _open_tree(image_path, boot, last_run)
+    show_file(tree, path, image_path)
+
+
+def show_file(tree: Tree, path: str, where: str) -> None:
+    """Write the file ``path`` of a :class:`~pyops.nanos.tree.Tree` read from an image or
+    volume (``where``, for the message when it is not a file) to standard output."""
     from pyops.nanos.tfs import iter_file_contents
     from pyops.nanos.tree import Contents, File, ImageData
 
-    _disk, tree = _open_tree(image_path, boot, last_run)
     real, node = tree.lookup(path)
     if not isinstance(node, File):
-        raise PyopsError(f"{path} is not a regular file in {image_path}")
+        raise PyopsError(f"{path} is not a regular file in {where}")
     out = sys.stdout.buffer
     source = node.source
     if isinstance(source, Contents):

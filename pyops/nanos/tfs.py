@@ -647,6 +647,20 @@ def read_volume(f: BinaryIO, offset: int = 0, length: int | None = None) -> Volu
     return Volume(info, VERSION, root, offset, log.records)
 
 
+def read_identity(f: BinaryIO, offset: int = 0, length: int | None = None) -> tuple[bytes, str]:
+    """The UUID and label of the TFS volume at byte ``offset`` of ``f``, from its first
+    sector alone (the log is not read): what Nanos matches a volume by when it mounts it.
+
+    Raises :class:`ImageFormatError` when that sector is not a TFS version 5 header.
+    """
+    if length is None:
+        f.seek(0, os.SEEK_END)
+        length = f.tell() - offset
+    if length < SECTOR:
+        raise ImageFormatError("the volume is smaller than one sector")
+    return _LogReader(f, offset, length).header()
+
+
 class _LogReader:
     """Walks a volume's log: its header, then frame after frame across its extensions."""
 
