@@ -23,6 +23,9 @@ def _build_options(f: F) -> F:
         click.option("--size", help="Total image size, e.g. 512M (default: fit content)."),
         click.option("--nanos-version", help="Nanos release to use (default: newest installed)."),
         click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date."),
+        click.option(
+            "--mounts", "mounts", multiple=True, help="Mount a volume: VOLUME:/path (repeat)."
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -40,6 +43,7 @@ def _build_flags(
     size: str | None,
     nanos_version: str | None,
     force: bool,
+    mounts: tuple[str, ...] = (),
     missing_files: bool = False,
 ) -> Any:
     from pyops.ops.build import parse_env
@@ -58,6 +62,7 @@ def _build_flags(
         nanos_version=nanos_version,
         force=force,
         missing_files=missing_files,
+        mounts=mounts,
     )
 
 

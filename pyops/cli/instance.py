@@ -25,6 +25,9 @@ def _run_options(f: Any) -> Any:
             "--accel", type=click.Choice(["auto", "kvm", "hvf", "tcg"]), default=None, help="[auto]"
         ),
         click.option("-c", "--config", "config_file", help="An Ops config.json (RunConfig)."),
+        click.option(
+            "--mounts", "mounts", multiple=True, help="Mount a volume: VOLUME:/path (repeat)."
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -49,6 +52,7 @@ def instance_create(
     smp: int | None,
     accel: str | None,
     config_file: str | None,
+    mounts: tuple[str, ...],
 ) -> None:
     """Start IMAGE (a name from `pyops image list`, or a disk file) in the background.
 
@@ -62,13 +66,18 @@ def instance_create(
     run = RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel)
     if package is not None:
         made = instance_of_package(
-            ops, package, BuildFlags(args=args, arch=arch), run, name=name, progress=TqdmProgress()
+            ops,
+            package,
+            BuildFlags(args=args, arch=arch, mounts=mounts),
+            run,
+            name=name,
+            progress=TqdmProgress(),
         )
     else:
         if args or arch:
             raise click.UsageError("-a and --arch go with --package.")
         assert image is not None
-        made = instance_of_image(ops, image, run, name=name)
+        made = instance_of_image(ops, image, run, name=name, mounts=mounts)
     click.echo(made.name)
 
 
@@ -169,3 +178,25 @@ def instance_delete(names: tuple[str, ...]) -> None:
     for name in names:
         delete_instance(name)
         click.echo(f"deleted {name}")
+
+
+@instance.command("attach")
+@click.argument("name")
+@click.argument("volume")
+def instance_attach(name: str, volume: str) -> None:
+    """Hot-plug VOLUME (a name or UUID) into the running instance NAME."""
+    from pyops.ops.instances import attach_volume
+
+    attach_volume(name, volume)
+    click.echo(f"attached {volume} to {name}")
+
+
+@instance.command("detach")
+@click.argument("name")
+@click.argument("volume")
+def instance_detach(name: str, volume: str) -> None:
+    """Hot-unplug VOLUME from the running instance NAME."""
+    from pyops.ops.instances import detach_volume
+
+    detach_volume(name, volume)
+    click.echo(f"detached {volume} from {name}")

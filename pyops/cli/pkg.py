@@ -274,6 +274,7 @@ def pkg_rm(name: str, arch: Any) -> None:
     help="Start it as an instance in the background and print its name (pyops instance ...).",
 )
 @click.option("--instance-name", help="With --background: the instance's name.")
+@click.option("--mounts", "mounts", multiple=True, help="Mount a volume: VOLUME:/path (repeat).")
 @click.pass_context
 def pkg_load(
     ctx: click.Context,
@@ -295,6 +296,7 @@ def pkg_load(
     arch: Any,
     background: bool,
     instance_name: str | None,
+    mounts: tuple[str, ...],
 ) -> None:
     """Build an image from local package NAME and boot it; exit with its exit code.
 
@@ -314,6 +316,7 @@ def pkg_load(
         force=force,
         missing_files=missing_files,
         arch=arch,
+        mounts=mounts,
     )
     run = RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose)
     progress = TqdmProgress(verbose=bool(verbose))

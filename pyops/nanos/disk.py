@@ -355,6 +355,69 @@ def boot_kernel(path: str | os.PathLike[str]) -> tuple[Arch, ImageData]:
     return arch, data
 
 
+def rewrite_disk(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    manifest: Manifest,
+    *,
+    directories: Sequence[str] = (),
+    progress: Progress = NULL_PROGRESS,
+) -> DiskInfo:
+    """Write at ``output`` the disk ``source`` is, with ``manifest`` as its root
+    configuration and ``directories`` made where missing: the same files, kernel, klibs and
+    boot loader (an instance with volumes mounted that its image does not name, for
+    example). ``source`` is only read."""
+    import tempfile
+
+    from pyops.nanos.tfs import read_file_bytes
+
+    image = open_image(source)
+    boot_tree = image.boot_tree()
+    boot_part = next((p for p in image.partitions if p.type != PARTITION_ESP), None)
+    if boot_tree is None or boot_part is None:
+        raise ImageFormatError(f"{source} is not a bootable Nanos disk (no boot filesystem)")
+    arch, _ = boot_kernel(source)
+    with tempfile.TemporaryDirectory(prefix="pyops-rewrite-") as tmp:
+        parts: dict[str, Path] = {}
+        for path, node in boot_tree.walk():
+            if isinstance(node, File) and isinstance(node.source, ImageData):
+                host = Path(tmp, path.strip("/").replace("/", "_"))
+                host.write_bytes(read_file_bytes(node.source))
+                parts[path] = host
+        if "/kernel" not in parts:
+            raise ImageFormatError(f"{source}: its boot filesystem holds no kernel")
+        boot_img: Path | None = None
+        if arch == Arch.AMD64:
+            with open(source, "rb") as f:
+                loader = bytearray(f.read(boot_part.offset - KLOG_SIZE))
+            loader[PARTITION_TABLE : PARTITION_TABLE + 64] = bytes(64)
+            boot_img = Path(tmp, "boot.img")
+            boot_img.write_bytes(loader)
+        klibs = {p.removeprefix("/klib/"): h for p, h in parts.items() if p.startswith("/klib/")}
+        tree = image.tree()
+        for folder in directories:
+            if not tree.exists(folder):
+                tree.add_directory(folder)
+
+        def write(size: int | None) -> DiskInfo:
+            return write_disk(
+                output,
+                tree,
+                manifest,
+                boot_img=boot_img,
+                kernel=parts["/kernel"],
+                klibs=klibs,
+                label=image.root.info.label,
+                size=size,
+                progress=progress,
+            )
+
+        try:
+            return write(image.size)  # the room for the guest's writes stays what it was
+        except FilesystemFull:
+            return write(None)
+
+
 def open_image(path: str | os.PathLike[str]) -> DiskImage:
     """Open a Nanos disk image (ours or any other writer's) or a bare TFS volume."""
     p = Path(path)
@@ -418,6 +481,7 @@ __all__ = [
     "load_boot_image",
     "open_image",
     "read_partitions",
+    "rewrite_disk",
     "write_disk",
     "write_raw_volume",
 ]

@@ -70,6 +70,8 @@ class BuildConfig:
     extra_paths: tuple[tuple[str, str], ...] = ()
     """(host path, image path) of files and directories to add (config Files, Dirs, MapDirs)."""
     name_servers: tuple[str, ...] = ()
+    directories: tuple[str, ...] = ()
+    """Folders the image must have (where volumes are mounted)."""
 
 
 def merge_config(
@@ -295,6 +297,8 @@ class BuiltImage:
     info: DiskInfo | None
     argv: tuple[str, ...] = ()
     """The program's command line in the image."""
+    volumes: tuple[str, ...] = ()
+    """The volume files its root configuration mounts, to attach when it boots."""
 
 
 def resolve_program(config: BuildConfig, *, progress: Progress = NULL_PROGRESS) -> Resolution:
@@ -366,6 +370,9 @@ def build_image(
 def _add_user_files(tree: Tree, config: BuildConfig) -> None:
     for host, path in config.extra_paths:
         tree.add_host_path(host, path)
+    for folder in config.directories:
+        if not tree.exists(folder):
+            tree.add_directory(folder)
 
 
 def write_image(

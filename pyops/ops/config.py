@@ -37,6 +37,8 @@ class RunSettings:
     accel: bool | None = None
     verbose: bool | None = None
     image_name: str | None = None
+    mounts: tuple[str, ...] = ()
+    """``RunConfig.Mounts``: ``VOLUME:/path`` strings, as ``--mounts`` takes them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,8 @@ class OpsConfig:
     debugflags: tuple[str, ...] = ()
     no_trace: tuple[str, ...] = ()
     reboot_on_exit: bool = False
+    mounts: Mapping[str, str] = field(default_factory=dict)
+    """``Mounts``: volume name (or UUID) -> guest folder."""
     run: RunSettings = field(default_factory=RunSettings)
     base_dir: Path = Path(".")
     """The directory of the config file (Ops's ``LocalFilesParentDirectory``)."""
@@ -81,6 +85,7 @@ _TOP = {
     "nameservers": "name_servers",
     "targetroot": "target_root",
     "nanosversion": "nanos_version",
+    "mounts": "mounts",
     "debugflags": "debugflags",
     "notrace": "no_trace",
     "rebootonexit": "reboot_on_exit",
@@ -95,17 +100,18 @@ _RUN = {
     "accel": "accel",
     "verbose": "verbose",
     "imagename": "image_name",
+    "mounts": "mounts",
 }
 # Keys of Ops's types.Config that pyops accepts but does not act on (yet).
 _IGNORED_TOP = {
-    "programpath", "disableargscopy", "klibdir", "uefi", "uefiboot", "tfsv4", "mounts",
+    "programpath", "disableargscopy", "klibdir", "uefi", "uefiboot", "tfsv4",
     "builddir", "nightlybuild", "force", "version", "language", "description", "volumesdir",
     "packagebaseurl", "packagemanifesturl", "home", "cloudconfig", "targetconfig",
 }  # fmt: skip
 _IGNORED_RUN = {
     "debug", "gdbport", "bridged", "bridgename", "bridgeipaddress", "tapname", "ipaddress",
     "ipv6address", "netmask", "gateway", "nics", "instancename", "instancegroup", "kernel",
-    "vga", "qmp", "mgmt", "background", "backgrounddetach", "atexit", "mounts", "gpus",
+    "vga", "qmp", "mgmt", "background", "backgrounddetach", "atexit", "gpus",
     "gputype", "showdebug", "showerrors", "showwarnings", "json", "canipforward",
     "attachvolumeoninstancecreate", "volumesizeingb", "threadspercore",
 }  # fmt: skip
@@ -180,7 +186,7 @@ def _convert(name: str, key: str, value: Any, source: str, base_dir: Path) -> An
     if name in ("args", "files", "dirs", "klibs", "name_servers", "debugflags", "no_trace"):
         items = _strings(value, where)
         return items
-    if name in ("env", "map_dirs"):
+    if name in ("env", "map_dirs", "mounts"):
         return _string_map(value, where)
     if name == "manifest_passthrough":
         if not isinstance(value, dict):
@@ -210,7 +216,7 @@ def _run(value: Any, where: str) -> RunSettings:
                 continue
             raise ConfigError(f"{where}: unknown key {key!r}")
         sub = f"{where}.{key}"
-        if name in ("ports", "udp_ports"):
+        if name in ("ports", "udp_ports", "mounts"):
             out[name] = _strings(item, sub)
         elif name in ("memory", "image_name"):
             out[name] = _string(item, sub)

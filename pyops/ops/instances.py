@@ -37,6 +37,7 @@ from pyops import atomic
 from pyops import home as _home
 from pyops.arch import Arch
 from pyops.errors import InvalidInput, PyopsError, QemuError
+from pyops.nanos.manifest import Manifest
 from pyops.vm.qemu import Accel, Host, PortForward, VmConfig
 from pyops.vm.supervise import CONSOLE, EXIT, LAUNCH, QEMU_ERR, QEMU_PID, write_json
 
@@ -302,10 +303,13 @@ def create_instance(
     home: str | os.PathLike[str] | None = None,
     host: Host | None = None,
     timeout: float = START_TIMEOUT,
+    manifest: Manifest | None = None,
+    directories: Sequence[str] = (),
 ) -> Instance:
     """Start the disk ``image`` in the background as instance ``name`` and return it once
-    qemu answers. The instance boots its own copy of the image. Nothing is left behind if
-    it cannot start (a port taken, qemu missing, qemu failing)."""
+    qemu answers. The instance boots its own copy of the image (with ``manifest`` as its
+    root configuration and ``directories`` added, when given). Nothing is left behind if it
+    cannot start (a port or a volume taken, qemu missing, qemu failing)."""
     from pyops.nanos.disk import boot_kernel
 
     source = Path(image)
@@ -327,11 +331,16 @@ def create_instance(
     tmp = atomic.temp_path(folder)
     tmp.mkdir()
     try:
-        from pyops.ops.images import copy_sparse
+        if manifest is not None:
+            from pyops.nanos.disk import rewrite_disk
 
-        size = source.stat().st_size
-        with open(source, "rb") as src, open(tmp / DISK, "xb") as out:
-            copy_sparse(src.fileno(), out.fileno(), size)
+            rewrite_disk(source, tmp / DISK, manifest, directories=directories)
+        else:
+            from pyops.ops.images import copy_sparse
+
+            size = source.stat().st_size
+            with open(source, "rb") as src, open(tmp / DISK, "xb") as out:
+                copy_sparse(src.fileno(), out.fileno(), size)
         write_json(
             tmp / STATE,
             {
@@ -484,6 +493,95 @@ def _kill(instance: Instance) -> None:
             time.sleep(0.05)
 
 
+def attach_volume(
+    name: str, volume: str, *, home: str | os.PathLike[str] | None = None
+) -> Instance:
+    """Hot-plug ``volume`` (a name or UUID) into the running instance ``name``, as Ops does
+    (QMP ``blockdev-add`` and ``device_add`` of a SCSI disk). Nanos mounts a volume it is
+    given where its root configuration's ``mounts`` says (by UUID), also after boot; one
+    it does not name is attached but not mounted, which the returned instance's
+    ``details["unmounted"]`` says."""
+    from pyops.ops.volumes import find_volume
+    from pyops.vm.qemu import volume_blockdev_args, volume_node
+    from pyops.vm.qmp import Qmp
+
+    instance = _running(name, home, "attach a volume to")
+    found = find_volume(volume, home)
+    path = os.fspath(found.path)
+    if any(os.path.realpath(v) == os.path.realpath(path) for v in instance.volumes):
+        raise InstanceError(f"volume {found.name} is attached to instance {name} already")
+    _check_volumes([path], home, name)
+    node = volume_node(path)
+    with Qmp(instance.qmp_socket) as qmp:
+        qmp.execute("blockdev-add", volume_blockdev_args(path))
+        try:
+            qmp.execute(
+                "device_add",
+                {"driver": "scsi-hd", "bus": "scsi0.0", "drive": node, "id": f"dev-{node}"},
+            )
+        except PyopsError:
+            qmp.execute("blockdev-del", {"node-name": node})
+            raise
+    _update_state(instance, volumes=[*instance.volumes, path])
+    return _load(instance.path)
+
+
+def detach_volume(
+    name: str, volume: str, *, home: str | os.PathLike[str] | None = None
+) -> Instance:
+    """Hot-unplug ``volume`` from the running instance ``name`` (QMP ``device_del``, then
+    ``blockdev-del`` once qemu has let go of it; Nanos unmounts a disk that goes away)."""
+    from pyops.ops.volumes import find_volume
+    from pyops.vm.qemu import volume_node
+    from pyops.vm.qmp import Qmp, QmpError
+
+    instance = _running(name, home, "detach a volume from")
+    found = find_volume(volume, home)
+    real = os.path.realpath(found.path)
+    attached = [v for v in instance.volumes if os.path.realpath(v) == real]
+    if not attached:
+        raise InstanceError(
+            f"volume {found.name} is not attached to instance {name}",
+            hint=f"attached: {', '.join(Path(v).name for v in instance.volumes) or 'none'}",
+        )
+    node = volume_node(found.path)
+    with Qmp(instance.qmp_socket) as qmp:
+        qmp.execute("device_del", {"id": f"dev-{node}"})
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                qmp.execute("blockdev-del", {"node-name": node})
+                break
+            except QmpError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # the device goes once the guest's driver is done with it
+    _update_state(instance, volumes=[v for v in instance.volumes if v not in attached])
+    return _load(instance.path)
+
+
+def _running(name: str, home: str | os.PathLike[str] | None, what: str) -> Instance:
+    instance = get_instance(name, home)
+    if instance.state != "running":
+        raise InstanceError(
+            f"cannot {what} instance {name}: it is {instance.state}",
+            hint=f"pyops instance start {name}, or give the volume with --mounts",
+        )
+    if instance.arch != Arch.AMD64:
+        raise InstanceError(
+            f"cannot {what} instance {name}: hot-plugging is for x86-64 instances (the arm64 "
+            "machine pyops boots has no slot for a disk added later)",
+            hint=f"stop it and start it with --mounts: pyops instance delete {name}, then "
+            "pyops instance create IMAGE --mounts VOLUME:/path",
+        )
+    return instance
+
+
+def _update_state(instance: Instance, **changes: Any) -> None:
+    state = _read_json(instance.path / STATE) or {}
+    write_json(instance.path / STATE, {**state, **changes})
+
+
 def delete_instance(name: str, *, home: str | os.PathLike[str] | None = None) -> Path:
     """Stop the instance (killing it if need be) and remove everything it had."""
     instance = get_instance(name, home)
@@ -525,7 +623,7 @@ def follow_console(
 # --- claims on ports and volumes ------------------------------------------------------------
 
 
-def _others(home: str | os.PathLike[str] | None, name: str) -> Iterator[Instance]:
+def _others(home: str | os.PathLike[str] | None, name: str | None) -> Iterator[Instance]:
     for other in list_instances(home):
         if other.name != name and other.state in ("running", "starting", "unreachable"):
             yield other
@@ -545,13 +643,21 @@ def _check_ports(
                 )
 
 
-def _check_volumes(volumes: Sequence[str], home: str | os.PathLike[str] | None, name: str) -> None:
+def check_volumes_free(volumes: Sequence[str], home: str | os.PathLike[str] | None = None) -> None:
+    """Refuse volumes attached to a running instance: a volume has one user at a time."""
+    _check_volumes(volumes, home, None)
+
+
+def _check_volumes(
+    volumes: Sequence[str], home: str | os.PathLike[str] | None, name: str | None
+) -> None:
     wanted = {os.path.realpath(v) for v in volumes}
     for other in _others(home, name):
         for v in other.volumes:
             if os.path.realpath(v) in wanted:
                 raise InstanceError(
-                    f"volume {Path(v).name} is attached to instance {other.name}, which runs",
+                    f"volume {Path(v).name.split(':')[0]} is attached to instance {other.name}, "
+                    "which runs",
                     hint=f"a volume is used by one machine at a time: pyops instance stop "
                     f"{other.name} first",
                 )

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pyops.nanos.release import NanosRelease
     from pyops.ops.advice import Note
     from pyops.ops.instances import Instance
+    from pyops.ops.volumes import Volume
     from pyops.vm.qemu import Guest, Host, VmConfig
 
 
@@ -48,6 +49,8 @@ class BuildFlags:
     missing_files: bool = False
     """Have Nanos list, at shutdown, the files the program failed to open (Ops:
     ``--missing-files``)."""
+    mounts: tuple[str, ...] = ()
+    """``--mounts VOLUME:/path``: volumes to mount, besides config.json's ``Mounts``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +156,13 @@ def build_program(
     name = config.name or image_name(config.program)
     config = dataclasses.replace(config, name=check_image_name(name))
     config = _with_missing_files(config, flags)
+    config, volumes = _with_mounts(config, ops, flags.mounts)
     resolution = resolve_program(config, progress=progress)
     guest = program_arch(resolution)
     if before_build is not None:
         before_build(guest)
     release = choose_release(flags.nanos_version, ops, arch=guest, progress=progress)
-    return build_image(
+    built = build_image(
         config,
         release,
         image_path(name),
@@ -166,6 +170,7 @@ def build_program(
         force=flags.force,
         resolution=resolution,
     )
+    return dataclasses.replace(built, volumes=volumes)
 
 
 def run_program(
@@ -187,7 +192,7 @@ def run_program(
         progress=progress,
         before_build=lambda a: vms.append(vm_config(ops, run, host, a)),
     )
-    vm = vms[-1]
+    vm = _attach(vms[-1], built.volumes)
     verbose = _verbose(ops, run)
     return boot(built.path, vm, host, verbose, progress, show_command, notes, (), built.argv)
 
@@ -211,6 +216,7 @@ def run_package(
     package = load_package(package_name, arch=flags.arch)
     vm = vm_config(ops, run, host, package.arch)
     built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
+    vm = _attach(vm, built.volumes)
     entrypoint = package.entrypoint
     return boot(built.path, vm, host, _verbose(ops, run), progress, show_command, notes, entrypoint)
 
@@ -233,10 +239,56 @@ def build_package(
     )
     name = check_image_name(config.name or package.name)
     config = _with_missing_files(dataclasses.replace(config, name=name), flags)
+    config, volumes = _with_mounts(config, ops, flags.mounts)
     release = choose_release(flags.nanos_version, ops, arch=package.arch, progress=progress)
-    return build_package_image(
+    built = build_package_image(
         package, config, release, image_path(name), cwd=cwd, progress=progress, force=flags.force
     )
+    return dataclasses.replace(built, volumes=volumes)
+
+
+def chosen_mounts(ops: OpsConfig, given: Sequence[str] = ()) -> dict[str, Volume]:
+    """The volumes to mount, as guest path -> volume: config.json's ``Mounts``, then
+    ``RunConfig.Mounts``, then ``given`` (``--mounts``), a later one replacing an earlier
+    one of the same volume."""
+    if not (ops.mounts or ops.run.mounts or given):
+        return {}
+    from pyops.ops.volumes import parse_mounts, resolve_mounts
+
+    merged: dict[str, str] = {}
+    for source in ([f"{k}:{v}" for k, v in ops.mounts.items()], ops.run.mounts, given):
+        merged.update(parse_mounts(source))
+    # the same guest folder from two sources is refused as from one
+    parse_mounts([f"{k}:{v}" for k, v in merged.items()])
+    return resolve_mounts(merged)
+
+
+def _with_mounts(
+    config: BuildConfig, ops: OpsConfig, given: Sequence[str]
+) -> tuple[BuildConfig, tuple[str, ...]]:
+    """``config`` with the chosen volumes in its root configuration (and their folders in
+    its tree), and the volume files to attach."""
+    volumes = chosen_mounts(ops, given)
+    if not volumes:
+        return config, ()
+    from pyops.ops.volumes import mount_point, mounts_manifest
+
+    config = dataclasses.replace(
+        config,
+        extra_manifest={**config.extra_manifest, "mounts": mounts_manifest(volumes)},
+        directories=config.directories + tuple(mount_point(p) for p in volumes),
+    )
+    return config, tuple(os.fspath(v.path) for v in volumes.values())
+
+
+def _attach(vm: VmConfig, volumes: Sequence[str]) -> VmConfig:
+    """``vm`` with ``volumes`` attached, once no running instance has one of them."""
+    if not volumes:
+        return vm
+    from pyops.ops.instances import check_volumes_free
+
+    check_volumes_free(volumes)
+    return dataclasses.replace(vm, volumes=tuple(volumes))
 
 
 def _with_missing_files(config: BuildConfig, flags: BuildFlags) -> BuildConfig:
@@ -343,9 +395,14 @@ def instance_of_image(
     run: RunFlags,
     *,
     name: str | None = None,
+    mounts: Sequence[str] = (),
 ) -> Instance:
     """``pyops instance create IMAGE``: the image (a name of ``pyops image list``, or a disk
-    file) started in the background as an instance."""
+    file) started in the background as an instance.
+
+    The volumes its root configuration mounts are attached (found by UUID in the volume
+    store). With ``mounts`` (and config.json's), the instance's disk is the image rewritten
+    to mount those instead; the image itself stays as built."""
     from pyops.nanos.disk import boot_kernel
     from pyops.ops.instances import create_instance
 
@@ -362,7 +419,44 @@ def instance_of_image(
         )
     host = _host()
     arch, _ = boot_kernel(path)
-    return create_instance(path, vm_config(ops, run, host, arch), name=name, host=host)
+    vm = vm_config(ops, run, host, arch)
+    volumes = chosen_mounts(ops, mounts)
+    if volumes:
+        from pyops.nanos.disk import open_image
+        from pyops.ops.volumes import mount_point, mounts_manifest
+
+        manifest = open_image(path).manifest
+        manifest = dataclasses.replace(
+            manifest, extra={**manifest.extra, "mounts": mounts_manifest(volumes)}
+        )
+        vm = dataclasses.replace(vm, volumes=tuple(os.fspath(v.path) for v in volumes.values()))
+        folders = tuple(mount_point(p) for p in volumes)
+        return create_instance(
+            path, vm, name=name, host=host, manifest=manifest, directories=folders
+        )
+    vm = dataclasses.replace(vm, volumes=_image_volumes(path))
+    return create_instance(path, vm, name=name, host=host)
+
+
+def _image_volumes(path: Path) -> tuple[str, ...]:
+    """The volume files the image at ``path`` mounts (its root's ``mounts``), by UUID."""
+    from pyops.nanos.disk import open_image
+
+    mounts = open_image(path).manifest.extra.get("mounts")
+    if not isinstance(mounts, Mapping) or not mounts:
+        return ()
+    from pyops.ops.volumes import find_volume
+
+    found = []
+    for key, where in mounts.items():
+        try:
+            found.append(os.fspath(find_volume(str(key)).path))
+        except PyopsError as exc:
+            raise PyopsError(
+                f"{path.name} mounts volume {key} at {where}, which is not here: {exc}",
+                hint=exc.hint,
+            ) from exc
+    return tuple(found)
 
 
 def instance_of_package(
@@ -384,5 +478,6 @@ def instance_of_package(
     package = load_package(package_name, arch=flags.arch)
     vm = vm_config(ops, run, host, package.arch)
     built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
+    vm = dataclasses.replace(vm, volumes=built.volumes)
     with step(progress, "start the instance"):
         return create_instance(built.path, vm, name=name, host=host)

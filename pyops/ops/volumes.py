@@ -382,6 +382,9 @@ def delete_volume(name: str, home: str | os.PathLike[str] | None = None) -> Path
         if len(matches) > 1:
             raise _ambiguous(name, [text for _, text in matches])
         path = matches[0][0]
+        from pyops.ops.instances import check_volumes_free
+
+        check_volumes_free([os.fspath(path)], home)  # not while a machine uses it
         try:
             path.unlink()
         except OSError as exc:

@@ -296,10 +296,11 @@ def qemu_command(
     else:
         argv += ["-accel", "tcg", "-cpu", "max"]
     argv += ["-drive", f"file={_drive_path(disk)},format=raw,if=none,id=hd0"]
-    for number, volume in enumerate(config.volumes, start=1):
+    for volume in config.volumes:
+        node = volume_node(volume)
         argv += [
-            "-drive", f"file={_drive_path(volume)},format=raw,if=none,id=vol{number}",
-            "-device", f"scsi-hd,bus=scsi0.0,drive=vol{number}",
+            "-blockdev", volume_blockdev(volume),
+            "-device", f"scsi-hd,bus=scsi0.0,drive={node},id=dev-{node}",
         ]  # fmt: skip
     argv += [
         "-device", "virtio-net,bus=pci.4,addr=0x0,netdev=n0,mac=52:54:00:12:34:56",
@@ -334,10 +335,11 @@ def _arm64_command(
         "-drive", f"if=none,id=hd0,format=raw,file={_drive_path(disk)}",
         "-device", "virtio-blk-pci,drive=hd0",
     ]  # fmt: skip
-    for number, volume in enumerate(config.volumes, start=1):
+    for volume in config.volumes:
+        node = volume_node(volume)
         argv += [
-            "-drive", f"if=none,id=vol{number},format=raw,file={_drive_path(volume)}",
-            "-device", f"virtio-blk-pci,drive=vol{number}",
+            "-blockdev", volume_blockdev(volume),
+            "-device", f"virtio-blk-pci,drive={node},id=dev-{node}",
         ]  # fmt: skip
     argv += [
         "-device", "virtio-rng-pci",
@@ -346,6 +348,32 @@ def _arm64_command(
         "-netdev", _netdev(config),
     ]  # fmt: skip
     return argv + _console_and_monitor(monitor)
+
+
+def volume_node(path: str | os.PathLike[str]) -> str:
+    """qemu's name for the block node of a volume file (its device is ``dev-`` and this):
+    the same for a file whichever machine attaches it, so it can be detached by it."""
+    import hashlib
+
+    real = os.path.realpath(os.fspath(path))
+    return "vol" + hashlib.sha256(os.fsencode(real)).hexdigest()[:12]
+
+
+def volume_blockdev(path: str | os.PathLike[str]) -> str:
+    """The ``-blockdev`` value of a volume file, in JSON (no escaping of its path needed)."""
+    import json
+
+    return json.dumps(volume_blockdev_args(path), separators=(",", ":"))
+
+
+def volume_blockdev_args(path: str | os.PathLike[str]) -> dict[str, object]:
+    """QMP ``blockdev-add`` arguments of a volume file: raw, over the file."""
+    real = os.fspath(Path(path).absolute())
+    return {
+        "driver": "raw",
+        "node-name": volume_node(path),
+        "file": {"driver": "file", "filename": real},
+    }
 
 
 def _netdev(config: VmConfig) -> str:

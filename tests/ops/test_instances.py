@@ -302,3 +302,92 @@ def test_a_long_home_gets_a_short_socket(tmp_path: Path) -> None:
     assert len(os.fsencode(path)) <= 100
     assert path == socket_path(deep)  # the same every time
     assert socket_path(tmp_path / "i" / "web") == os.fspath(tmp_path / "i" / "web" / "qmp.sock")
+
+
+# --- volumes ---------------------------------------------------------------------------------
+
+VOLUME_RW = fixture_source("volume_rw.c")
+
+
+def wait_stopped(home: Path, name: str, timeout: float = 240) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = json.loads(pyops(home, "instance", "list", "--json").stdout)
+        (entry,) = [e for e in listed if e["name"] == name]
+        if entry["state"] == "stopped" or time.monotonic() > deadline:
+            return dict(entry)
+        time.sleep(0.5)
+
+
+@pytest.mark.boot
+def test_a_volume_keeps_what_a_guest_wrote_for_the_next(
+    home: Path, nanos_release: Path, tmp_path: Path, cc: str
+) -> None:
+    install_test_release(nanos_release, home)
+    program = compile_c(cc, VOLUME_RW, tmp_path / "volume_rw")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from the host")
+    made = pyops(home, "volume", "create", "shared", "-d", str(data), "-s", "8M")
+    assert made.returncode == 0, made.stderr
+    # The image names the volume (by UUID) at /data; creating the instance attaches it.
+    built = pyops(home, "build", str(program), "-a", "first", "--mounts", "shared:/data")
+    assert built.returncode == 0, built.stderr
+    assert pyops(home, "instance", "create", "volume_rw", "-i", "one").returncode == 0
+    first = wait_stopped(home, "one")
+    assert first["exit_code"] == 0, pyops(home, "instance", "logs", "one").stdout
+    logs = pyops(home, "instance", "logs", "one").stdout
+    assert "/data/in.txt: from the host" in logs
+    assert "/data/out.txt: missing" in logs
+    cat = pyops(home, "volume", "cat", "shared", "/out.txt")
+    assert cat.returncode == 0, cat.stderr
+    assert cat.stdout == "written by first"
+
+    # A second instance of an image that names no volume, given it with --mounts: the
+    # instance's disk mounts it, the image stays as built.
+    assert pyops(home, "build", str(program), "-a", "second", "-i", "plain").returncode == 0
+    second = pyops(home, "instance", "create", "plain", "-i", "two", "--mounts", "shared:/data")
+    assert second.returncode == 0, second.stderr
+    assert wait_stopped(home, "two")["exit_code"] == 0
+    assert "/data/out.txt: written by first" in pyops(home, "instance", "logs", "two").stdout
+    assert pyops(home, "volume", "cat", "shared", "/out.txt").stdout == "written by second"
+    manifest = pyops(home, "image", "manifest", "plain", "--json")
+    assert "mounts" not in json.loads(manifest.stdout)["manifest"]
+
+
+@pytest.mark.boot
+def test_a_volume_in_use_is_refused_and_can_be_hot_plugged(
+    home: Path, nanos_release: Path, tmp_path: Path, cc: str
+) -> None:
+    install_test_release(nanos_release, home)
+    server = compile_c(cc, SERVER, tmp_path / "fserver")
+    assert pyops(home, "volume", "create", "vol", "-s", "4M").returncode == 0
+    assert pyops(home, "build", str(server), "--mounts", "vol:/data").returncode == 0
+    port = free_port()
+    made = pyops(home, "instance", "create", "fserver", "-i", "web", "-p", f"{port}:8080")
+    assert made.returncode == 0, made.stderr
+    assert ask(port, b"up") == b"nanos got: up"  # booted
+
+    # One machine at a time: another instance, a foreground run, a deletion are refused.
+    again = pyops(home, "instance", "create", "fserver", "-i", "web2", "-p", f"{free_port()}:8080")
+    assert again.returncode == 1
+    assert "volume vol is attached to instance web, which runs" in again.stderr
+    run = pyops(home, "run", str(server), "--mounts", "vol:/data")
+    assert run.returncode == 1 and "attached to instance web" in run.stderr
+    gone = pyops(home, "volume", "delete", "vol")
+    assert gone.returncode == 1 and "attached to instance web" in gone.stderr
+    assert sorted(p.name for p in (home / "instances").iterdir()) == ["web"]
+
+    # Hot-unplug and plug again while it runs; the guest keeps answering.
+    detached = pyops(home, "instance", "detach", "web", "vol")
+    assert detached.returncode == 0, detached.stderr
+    assert json.loads(pyops(home, "instance", "list", "--json").stdout)[0]["volumes"] == []
+    attached = pyops(home, "instance", "attach", "web", "vol")
+    assert attached.returncode == 0, attached.stderr
+    (entry,) = json.loads(pyops(home, "instance", "list", "--json").stdout)
+    assert [Path(v).name.split(":")[0] for v in entry["volumes"]] == ["vol"]
+    assert ask(port, b"still") == b"nanos got: still"
+    twice = pyops(home, "instance", "attach", "web", "vol")
+    assert twice.returncode == 1 and "attached to instance web already" in twice.stderr
+    assert pyops(home, "instance", "delete", "web").returncode == 0
+    assert pyops(home, "volume", "delete", "vol").returncode == 0

@@ -477,3 +477,20 @@ def test_nanos_dump_reads_the_volume(home: Path, folder: Path, tmp_path: Path) -
     assert host_all(out) == {p: v for p, v in expected.items() if not isinstance(v, tuple)}
     shown = dump_tree(dump, volume.path)
     assert "conf -> etc/app/conf.toml" in shown and "app-link -> app" in shown
+
+
+def test_mounts_from_config_json_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.json's Mounts, then RunConfig.Mounts, then --mounts; the same volume named
+    again takes the later folder, and one folder for two volumes is refused."""
+    from pyops.ops.config import parse_config
+    from pyops.ops.recipes import chosen_mounts
+
+    monkeypatch.setenv("PYOPS_HOME", str(tmp_path / "home"))
+    a = create_volume("a")
+    b = create_volume("b")
+    ops = parse_config({"Mounts": {"a": "/data"}, "RunConfig": {"Mounts": ["b:/logs"]}})
+    assert chosen_mounts(ops) == {"/data": a, "/logs": b}
+    assert chosen_mounts(ops, ["a:/other"]) == {"/other": a, "/logs": b}
+    with pytest.raises(ConfigError, match="/logs"):
+        chosen_mounts(ops, ["a:/logs"])
+    assert chosen_mounts(parse_config({})) == {}
