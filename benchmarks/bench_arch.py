@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from common import ROOT, SKIPPED, Row, emit
+from common import ROOT, SKIPPED, Row, emit, first_line
 
 sys.path.insert(0, str(ROOT))
 
@@ -113,37 +110,6 @@ def install(folder: Path, home: Path, arch: str) -> str:
         return install_release_from(folder, version=f"0.0.0-bench-{arch}", home=home).version
 
 
-def first_line(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, bytes]:
-    """Seconds from start to the program's first line, the exit status, and that line."""
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd
-        )
-        timer = threading.Timer(TIMEOUT, proc.kill)
-        timer.start()
-        elapsed = 0.0
-        seen = b""
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if LINE in line:
-                    elapsed = time.perf_counter() - start
-                    seen = line.strip()
-                    break
-            proc.communicate()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if not elapsed:
-            err.seek(0)
-            tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise SystemExit(f"{shlex.join(argv)[:200]}: no {LINE.decode()!r} line ({tail[0]})")
-    return elapsed, proc.returncode, seen
-
-
 def compare(work: Path, repeat: int) -> Row:
     home = work / "home"
     versions = {}
@@ -164,7 +130,8 @@ def compare(work: Path, repeat: int) -> Row:
         ]  # fmt: skip
     # Warm-up: builds and caches each image, and checks that each guest is what it says.
     for arch, argv in argvs.items():
-        _seconds, status, line = first_line(argv, env, work)
+        got = first_line(argv, env, work, LINE, TIMEOUT)
+        status, line = got.status, got.line
         expected = LINE + GUESTS[arch][3].encode()
         if line != expected or status != EXIT_CODE:
             raise SystemExit(f"{arch}: printed {line!r} and exited {status}, expected {expected!r}")
@@ -176,7 +143,8 @@ def compare(work: Path, repeat: int) -> Row:
     for repetition in range(repeat):
         order = list(GUESTS) if repetition % 2 == 0 else list(reversed(GUESTS))
         for arch in order:
-            seconds, status, _line = first_line(argvs[arch], env, work)
+            got = first_line(argvs[arch], env, work, LINE, TIMEOUT)
+            seconds, status = got.seconds, got.status
             if status != EXIT_CODE:
                 raise SystemExit(f"{arch}: exit status {status}, expected {EXIT_CODE}")
             times[arch].append(seconds)

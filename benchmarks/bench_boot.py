@@ -32,11 +32,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from common import MB, ROOT, SKIPPED, Row, emit
+from common import MB, ROOT, SKIPPED, Row, emit, first_line
 
 sys.path.insert(0, str(ROOT))
 
@@ -94,49 +92,6 @@ def make_data(work: Path, count: int) -> None:
         if i % 100 == 0:
             folder.mkdir(parents=True)
         (folder / f"f{i:05d}.txt").write_text(f"file {i} of the boot benchmark\n" * 3)
-
-
-def first_line(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, float]:
-    """Seconds from start to the program's line, the exit status, and the peak memory (MB)
-    of the started process when the line came (0 where /proc is not there)."""
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd
-        )
-        timer = threading.Timer(TIMEOUT, proc.kill)
-        timer.start()
-        elapsed = peak = 0.0
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if LINE in line:
-                    elapsed = time.perf_counter() - start
-                    peak = vm_hwm(proc.pid)
-                    break
-            proc.communicate()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if not elapsed:
-            err.seek(0)
-            tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise SystemExit(f"{shlex.join(argv)[:200]}: no {LINE.decode()!r} line ({tail[0]})")
-    return elapsed, proc.returncode, peak
-
-
-def vm_hwm(pid: int) -> float:
-    """Peak resident memory of a running process, in MB (its own, not inherited across exec)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / MB
-    except OSError:
-        pass
-    return 0.0
 
 
 def main() -> None:
@@ -204,7 +159,8 @@ def compare(work: Path, release_folder: Path, args: argparse.Namespace) -> Row:
     for repetition in range(args.repeat):
         order = ["pyops", "qemu"] if repetition % 2 == 0 else ["qemu", "pyops"]
         for tool in order:
-            seconds, status, peak = first_line(argvs[tool], env, work)
+            got = first_line(argvs[tool], env, work, LINE, TIMEOUT)
+            seconds, status, peak = got.seconds, got.status, got.peak_mb
             # pyops exits with the program's status; qemu with (status << 1) | 1
             expected = 0 if tool == "pyops" else 1
             if status != expected:

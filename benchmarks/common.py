@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,3 +162,62 @@ def emit(row: Row, as_json: bool) -> None:
     print(f"  ratio pyops/baseline: {row.ratio:.2f}   target {row.target}: {status}")
     if row.note:
         print(f"  {row.note}")
+
+
+@dataclass
+class FirstLine:
+    """When a started program printed the line looked for."""
+
+    seconds: float
+    status: int
+    line: bytes
+    peak_mb: float
+    """The process's peak memory when the line came (0 where /proc is not there)."""
+
+
+def first_line(
+    argv: list[str], env: dict[str, str], cwd: Path, marker: bytes, timeout: float
+) -> FirstLine:
+    """Start ``argv`` and time it to the first line of its output holding ``marker``; the
+    process is killed after ``timeout`` seconds. Exits with the reason when no such line
+    comes."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd
+        )
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        elapsed = peak = 0.0
+        seen = b""
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if marker in line:
+                    elapsed = time.perf_counter() - start
+                    peak = vm_hwm(proc.pid)
+                    seen = line.strip()
+                    break
+            proc.communicate()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if not elapsed:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise SystemExit(f"{shlex.join(argv)[:200]}: no {marker.decode()!r} line ({tail[0]})")
+    return FirstLine(elapsed, proc.returncode, seen, peak)
+
+
+def vm_hwm(pid: int) -> float:
+    """Peak resident memory of a running process, in MB (its own, not inherited across exec)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return 0.0

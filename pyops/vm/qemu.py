@@ -296,17 +296,26 @@ def qemu_command(
     else:
         argv += ["-accel", "tcg", "-cpu", "max"]
     argv += ["-drive", f"file={_drive_path(disk)},format=raw,if=none,id=hd0"]
-    for volume in config.volumes:
-        node = volume_node(volume)
-        argv += [
-            "-blockdev", volume_blockdev(volume),
-            "-device", f"scsi-hd,bus=scsi0.0,drive={node},id=dev-{node}",
-        ]  # fmt: skip
+    argv += _volumes(config, "scsi-hd,bus=scsi0.0")
     argv += [
         "-device", "virtio-net,bus=pci.4,addr=0x0,netdev=n0,mac=52:54:00:12:34:56",
         "-netdev", _netdev(config),
     ]  # fmt: skip
     return argv + _console_and_monitor(monitor) + _qmp(qmp)
+
+
+def _volumes(config: VmConfig, device: str) -> list[str]:
+    """Each volume as a block node and a ``device`` disk, both named after its file."""
+    argv: list[str] = []
+    for volume in config.volumes:
+        node = volume_node(volume)
+        argv += [
+            "-blockdev",
+            volume_blockdev(volume),
+            "-device",
+            f"{device},drive={node},id=dev-{node}",
+        ]
+    return argv
 
 
 def _qmp(path: str | None) -> list[str]:
@@ -335,12 +344,7 @@ def _arm64_command(
         "-drive", f"if=none,id=hd0,format=raw,file={_drive_path(disk)}",
         "-device", "virtio-blk-pci,drive=hd0",
     ]  # fmt: skip
-    for volume in config.volumes:
-        node = volume_node(volume)
-        argv += [
-            "-blockdev", volume_blockdev(volume),
-            "-device", f"virtio-blk-pci,drive={node},id=dev-{node}",
-        ]  # fmt: skip
+    argv += _volumes(config, "virtio-blk-pci")
     argv += [
         "-device", "virtio-rng-pci",
         "-semihosting",

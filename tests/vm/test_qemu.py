@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -292,3 +293,24 @@ def test_a_port_held_only_by_time_wait_sockets_is_free() -> None:
         accepted.close()  # the side that closes first keeps TIME_WAIT on the port
         client.close()
     check_ports_free([PortForward(port, 80)])
+
+
+def test_volumes_are_attached_as_named_block_nodes() -> None:
+    from pyops.vm.qemu import volume_node
+
+    vol = "/home/u/.pyops/volumes/data:0f0e-ab,c.raw"
+    config = VmConfig(volumes=(vol,))
+    node = volume_node(vol)
+    assert node == volume_node(vol) and node.startswith("vol")
+    for argv, device in (
+        (qemu_command("d.img", config, LINUX_NO_KVM), "scsi-hd,bus=scsi0.0"),
+        (qemu_command("d.img", config, LINUX_NO_KVM, guest=ARM_GUEST), "virtio-blk-pci"),
+    ):
+        (blockdev,) = value_after(argv, "-blockdev")
+        # JSON: the path needs no escaping, commas and colons included
+        assert json.loads(blockdev) == {
+            "driver": "raw",
+            "node-name": node,
+            "file": {"driver": "file", "filename": vol},
+        }
+        assert f"{device},drive={node},id=dev-{node}" in value_after(argv, "-device")
