@@ -391,3 +391,23 @@ def test_a_volume_in_use_is_refused_and_can_be_hot_plugged(
     assert twice.returncode == 1 and "attached to instance web already" in twice.stderr
     assert pyops(home, "instance", "delete", "web").returncode == 0
     assert pyops(home, "volume", "delete", "vol").returncode == 0
+
+
+def test_logs_follow_until_the_instance_stops(running: tuple[Path, FakeQmp]) -> None:
+    from pyops.ops.instances import follow_console
+
+    folder, _ = running
+    (folder / "console.log").write_bytes(b"first line\n")
+
+    def later() -> None:
+        time.sleep(0.5)
+        with open(folder / "console.log", "ab") as log:
+            log.write(b"last line\n")
+        write_json(folder / "exit.json", {"run": 1, "exit_code": 0})
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    seen = b"".join(follow_console("web", follow=True))
+    writer.join()
+    assert seen == b"first line\nlast line\n"
+    assert b"".join(follow_console("web")) == seen  # without -f: what is there
