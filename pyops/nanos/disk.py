@@ -341,7 +341,10 @@ def boot_kernel(path: str | os.PathLike[str]) -> tuple[Arch, ImageData]:
             except ImageFormatError as exc:
                 raise ImageFormatError(f"{p}: the boot filesystem is unusable: {exc}") from exc
             data = ImageData(os.fspath(p), extents, file_size)
-            head = b"".join(piece for _, piece in iter_image_data(f, data, 64))[:20]
+            head = b""
+            for _, piece in iter_image_data(f, data, 64):
+                head = piece[:20]  # the ELF header is all that is read
+                break
     except FileNotFoundError:
         raise HostFileError(f"{p}: no such file") from None
     except IsADirectoryError:
