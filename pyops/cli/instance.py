@@ -18,7 +18,13 @@ def instance() -> None:
 
 def _run_options(f: Any) -> Any:
     options = [
-        click.option("-p", "--port", "ports", multiple=True, help="Forward PORT or HOST:GUEST."),
+        click.option(
+            "-p",
+            "--port",
+            "ports",
+            multiple=True,
+            help="Forward a TCP port: PORT, HOST-GUEST (as Ops), HOST:GUEST, or a list A,B.",
+        ),
         click.option("-m", "--memory", default=None, help="Guest memory (default 2G)."),
         click.option("--smp", type=int, default=None, help="Number of virtual CPUs."),
         click.option(

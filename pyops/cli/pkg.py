@@ -254,7 +254,13 @@ def pkg_rm(name: str, arch: Any) -> None:
 @click.argument("name")
 @click.option("-a", "--args", "args", multiple=True, help="Program arguments (repeat).")
 @click.option("-e", "--env", "env", multiple=True, help="NAME=VALUE in the guest (repeat).")
-@click.option("-p", "--port", "ports", multiple=True, help="Forward PORT or HOST:GUEST (TCP).")
+@click.option(
+    "-p",
+    "--port",
+    "ports",
+    multiple=True,
+    help="Forward a TCP port: PORT, HOST-GUEST (as Ops), HOST:GUEST, or a list A,B.",
+)
 @click.option("-c", "--config", "config_file", help="An Ops config.json.")
 @click.option("-i", "--imagename", "image_name", help="Image name (default: the package).")
 @click.option("-m", "--memory", default=None, help="Guest memory (default 2G).")

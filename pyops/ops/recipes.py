@@ -107,7 +107,7 @@ def vm_config(
     """qemu settings: the flags, then config.json's RunConfig, then the defaults. An
     accelerator ``host`` (default: this machine) cannot use for a ``guest`` is refused here,
     before anything is built."""
-    from pyops.vm.qemu import Accel, Host, PortForward, VmConfig, choose_accel
+    from pyops.vm.qemu import Accel, Host, VmConfig, choose_accel, parse_ports
 
     settings = ops.run
     accel = flags.accel
@@ -117,8 +117,7 @@ def vm_config(
         memory=flags.memory or settings.memory or "2G",
         cpus=flags.cpus if flags.cpus is not None else settings.cpus,
         accel=Accel(accel),
-        ports=tuple(PortForward.parse(p) for p in (flags.ports or settings.ports))
-        + tuple(PortForward.parse(p, "udp") for p in settings.udp_ports),
+        ports=parse_ports(flags.ports or settings.ports) + parse_ports(settings.udp_ports, "udp"),
     )
     choose_accel(config.accel, host or Host.detect(), guest)
     return config

@@ -176,6 +176,50 @@ class PortForward:
         return cls(host, guest, protocol)
 
 
+def parse_ports(items: Sequence[str], protocol: str = "tcp") -> tuple[PortForward, ...]:
+    """Port forwards as Ops's ``-p`` takes them (``cmd/network_ports.go``), and pyops's
+    ``HOST:GUEST``: ``80`` forwards host 80 to guest 80, ``80-90`` host 80 to guest 90 (as
+    Ops's ``hostfwd``; not a range), ``80,81`` both; ``-p`` may be repeated. A host port
+    given twice is refused (qemu would fail on it)."""
+    found: list[PortForward] = []
+    for text in items:
+        _check_ops_ports(text)
+        for part in text.split(","):
+            if "-" in part:
+                first, second = part.split("-")
+                found.append(PortForward.parse(f"{first}:{second}", protocol))
+            else:
+                found.append(PortForward.parse(part, protocol))
+    seen: set[int] = set()
+    for fwd in found:
+        if fwd.host in seen:
+            raise ConfigError(
+                f"host port {fwd.host} is forwarded twice", hint="forward each host port once"
+            )
+        seen.add(fwd.host)
+    return tuple(found)
+
+
+def _check_ops_ports(text: str) -> None:
+    """Ops's ``ValidateNetworkPorts``, with its messages; ``:`` is pyops's extension."""
+    hint = "write PORT, HOST-GUEST or HOST:GUEST, several joined by commas (80,8080-80)"
+    if not text:
+        raise ConfigError("invalid port ''", hint=hint)
+    if text[0] == "," or text[-1] == ",":
+        raise ConfigError(f'"{text}" commas must separate numbers', hint=hint)
+    if text[0] in "-:" or text[-1] in "-:":
+        raise ConfigError(f'"{text}" hyphen must separate two numbers', hint=hint)
+    for part in text.split(","):
+        if not part:
+            raise ConfigError(f'"{text}" commas must separate numbers', hint=hint)
+        if part.count("-") > 1 or (part.count("-") and part.count(":")):
+            raise ConfigError(f'"{text}" may have only one hyphen', hint=hint)
+        if part.count(":") > 1 or not all(c.isdigit() and c.isascii() or c in "-:" for c in part):
+            raise ConfigError(f'"{text}" must have only numbers, commas or one hyphen', hint=hint)
+        if part[0] in "-:" or part[-1] in "-:":
+            raise ConfigError(f'"{text}" hyphen must separate two numbers', hint=hint)
+
+
 @dataclass(frozen=True, slots=True)
 class VmConfig:
     """How to run a disk: memory, CPUs, accelerator, forwarded ports, volumes attached."""

@@ -22,6 +22,7 @@ from pyops.vm.qemu import (
     choose_accel,
     find_qemu,
     interpret_exit,
+    parse_ports,
     qemu_command,
 )
 
@@ -314,3 +315,40 @@ def test_volumes_are_attached_as_named_block_nodes() -> None:
             "file": {"driver": "file", "filename": vol},
         }
         assert f"{device},drive={node},id=dev-{node}" in value_after(argv, "-device")
+
+
+# Ops's own cases (cmd/network_ports_test.go: TestValidateNetworkPorts, TestPrepareNetworkPorts)
+@pytest.mark.parametrize("text", ["80", "80-100", "80,90,100", "80-8080,9000", "9000,80-8080"])
+def test_ops_port_forms_are_accepted(text: str) -> None:
+    assert parse_ports([text])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("hello", '"hello" must have only numbers, commas or one hyphen'),
+        ("-80", '"-80" hyphen must separate two numbers'),
+        ("80-8080-9000", '"80-8080-9000" may have only one hyphen'),
+        ("80,", '"80," commas must separate numbers'),
+    ],
+)
+def test_ops_port_errors_are_ops_messages(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_ports([text])
+    assert str(info.value) == message
+    assert info.value.hint and "HOST-GUEST" in info.value.hint
+
+
+def test_ops_port_forms_forward_as_ops_hostfwd_does() -> None:
+    # "A-B" forwards host A to guest B (Ops's portfwd.String), commas split, -p repeats.
+    ports = parse_ports(["80,8080", "9000-10000"])
+    assert ports == (PortForward(80, 80), PortForward(8080, 8080), PortForward(9000, 10000))
+    argv = qemu_command("d.img", VmConfig(ports=ports), LINUX_NO_KVM)
+    assert value_after(argv, "-netdev") == [
+        "user,id=n0,hostfwd=tcp::80-:80,hostfwd=tcp::8080-:8080,hostfwd=tcp::9000-:10000"
+    ]
+    assert parse_ports(["8080:80"]) == (PortForward(8080, 80),)  # pyops's own form stays
+    with pytest.raises(ConfigError, match="host port 80 is forwarded twice"):
+        parse_ports(["80", "80-81"])
+    with pytest.raises(ConfigError, match="only one hyphen"):
+        parse_ports(["80-90:91"])
