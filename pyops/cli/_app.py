@@ -20,14 +20,21 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+ACCELS = ["auto", "kvm", "hvf", "tcg", "true", "false"]
+ACCEL_HELP = (
+    "Hypervisor: KVM or HVF for a guest of the host's own architecture, TCG (emulation) "
+    "otherwise [auto]; Ops's --accel=true/false mean auto/tcg."
+)
+
 
 class TqdmProgress:
     """A :class:`pyops.progress.Progress` drawn with one tqdm bar per key; with
-    ``verbose``, each step is printed with its time when it ends."""
+    ``verbose``, each step is printed with its time when it ends; with ``quiet``, nothing."""
 
-    def __init__(self, verbose: bool = False) -> None:
+    def __init__(self, verbose: bool = False, quiet: bool = False) -> None:
         self._bars: dict[str, tqdm[Any]] = {}
         self._verbose = verbose
+        self._quiet = quiet
         self._steps: dict[str, float] = {}
 
     def begin_step(self, name: str) -> None:
@@ -44,6 +51,8 @@ class TqdmProgress:
             click.echo(f"pyops: {name}: {time.perf_counter() - began:.2f} s{outcome}", err=True)
 
     def start(self, key: str, label: str, total: int | None) -> None:
+        if self._quiet:
+            return
         # tqdm is imported when a bar is first drawn: a run of a cached image draws none.
         from tqdm import tqdm
 

@@ -6,7 +6,16 @@ from typing import Any
 
 import click
 
-from pyops.cli._app import F, TqdmProgress, _load_ops_config, _show_command, _show_note, cli
+from pyops.cli._app import (
+    ACCEL_HELP,
+    ACCELS,
+    F,
+    TqdmProgress,
+    _load_ops_config,
+    _show_command,
+    _show_note,
+    cli,
+)
 
 # --- pyops build / run -----------------------------------------------------------------------
 
@@ -22,7 +31,10 @@ def _build_options(f: F) -> F:
         click.option("--klib", "klibs", multiple=True, help="Add a Nanos klib (repeat)."),
         click.option("--size", help="Total image size, e.g. 512M (default: fit content)."),
         click.option("--nanos-version", help="Nanos release to use (default: newest installed)."),
-        click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date."),
+        click.option("-n", "--nightly", is_flag=True, help="Use Nanos's nightly build."),
+        click.option(
+            "-f", "--force", is_flag=True, help="Rewrite the image even if it is up to date."
+        ),
         click.option(
             "--mounts", "mounts", multiple=True, help="Mount a volume: VOLUME:/path (repeat)."
         ),
@@ -43,8 +55,13 @@ def _build_flags(
     size: str | None,
     nanos_version: str | None,
     force: bool,
+    nightly: bool = False,
     mounts: tuple[str, ...] = (),
     missing_files: bool = False,
+    trace: bool = False,
+    syscall_summary: bool = False,
+    no_trace: tuple[str, ...] = (),
+    debug: bool = False,
 ) -> Any:
     from pyops.ops.build import parse_env
     from pyops.ops.config import parse_size
@@ -59,11 +76,48 @@ def _build_flags(
         target_root=target_root,
         klibs=klibs,
         size=parse_size(size, "--size") if size else None,
-        nanos_version=nanos_version,
+        nanos_version=nanos_version_of(nanos_version, nightly),
         force=force,
         missing_files=missing_files,
         mounts=mounts,
+        trace=trace,
+        syscall_summary=syscall_summary,
+        no_trace=no_trace,
+        debug=debug,
     )
+
+
+def nanos_version_of(version: str | None, nightly: bool) -> str | None:
+    """``--nanos-version``, or the nightly build's name for ``-n`` (Ops's ``--nightly``)."""
+    if not nightly:
+        return version
+    from pyops.nanos.release import NIGHTLY
+
+    if version not in (None, NIGHTLY):
+        raise click.UsageError("-n/--nightly and --nanos-version do not go together.")
+    return NIGHTLY
+
+
+def debug_options(f: F) -> F:
+    """Ops's debugging flags of ``run`` and ``pkg load``, with Ops's short names."""
+    options = [
+        click.option("--udp", "udp_ports", multiple=True, help="Forward a UDP port (as -p)."),
+        click.option("--trace", is_flag=True, help="Trace every syscall (the strace klib)."),
+        click.option(
+            "--syscall-summary", is_flag=True, help="Print a table of the syscalls at exit."
+        ),
+        click.option("--no-trace", multiple=True, help="A syscall to leave out of --trace."),
+        click.option(
+            "-d",
+            "--debug",
+            is_flag=True,
+            help="Wait for gdb before the guest starts (target remote :1234, or -g's port).",
+        ),
+        click.option("-g", "--gdbport", "gdb_port", type=int, help="qemu's gdb server port."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 @cli.command()
@@ -91,12 +145,13 @@ def build(verbose: bool, **kw: Any) -> None:
 @click.option("--smp", type=int, default=None, help="Number of virtual CPUs.")
 @click.option(
     "--accel",
-    type=click.Choice(["auto", "kvm", "hvf", "tcg"]),
+    type=click.Choice(ACCELS),
     default=None,
-    help="Hypervisor: KVM on Linux, HVF on Intel Macs, TCG (emulation) otherwise. [auto]",
+    help=ACCEL_HELP,
 )
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Print the qemu command line.")
 @click.option("--missing-files", is_flag=True, help="List the files the program failed to open.")
+@debug_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -106,6 +161,9 @@ def run(
     smp: int | None,
     accel: str | None,
     verbose: bool | None,
+    udp_ports: tuple[str, ...],
+    gdb_port: int | None,
+    debug: bool,
     **kw: Any,
 ) -> None:
     """Build (or reuse) the image of a host PROGRAM and boot it; exit with its exit code."""
@@ -113,8 +171,17 @@ def run(
 
     code = run_program(
         _load_ops_config(kw["config_file"]),
-        _build_flags(**kw),
-        RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose),
+        _build_flags(debug=debug, **kw),
+        RunFlags(
+            ports=ports,
+            memory=memory,
+            cpus=smp,
+            accel=accel,
+            verbose=verbose,
+            udp_ports=udp_ports,
+            gdb_port=gdb_port,
+            debug=debug,
+        ),
         progress=TqdmProgress(verbose=bool(verbose)),
         show_command=_show_command,
         notes=_show_note,

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pyops.cli._app import TqdmProgress, _arch_option, _load_ops_config, cli
+from pyops.cli._app import ACCEL_HELP, ACCELS, TqdmProgress, _arch_option, _load_ops_config, cli
 
 
 @cli.group()
@@ -27,9 +27,7 @@ def _run_options(f: Any) -> Any:
         ),
         click.option("-m", "--memory", default=None, help="Guest memory (default 2G)."),
         click.option("--smp", type=int, default=None, help="Number of virtual CPUs."),
-        click.option(
-            "--accel", type=click.Choice(["auto", "kvm", "hvf", "tcg"]), default=None, help="[auto]"
-        ),
+        click.option("--accel", type=click.Choice(ACCELS), default=None, help=ACCEL_HELP),
         click.option("-c", "--config", "config_file", help="An Ops config.json (RunConfig)."),
         click.option(
             "--mounts", "mounts", multiple=True, help="Mount a volume: VOLUME:/path (repeat)."

@@ -47,12 +47,18 @@ def kernel_list(as_json: bool) -> None:
     "--version", "from_version", help="The version of --from, when its name does not say it."
 )
 @click.option("--force", is_flag=True, help="Download again even if the version is installed.")
+@click.option("-n", "--nightly", is_flag=True, help="Nanos's nightly build (as VERSION nightly).")
 @_arch_option(
     "Download the release for this architecture (default: amd64; arm64 is Nanos's virt "
     "platform). With --from, the kernel says which it is."
 )
 def kernel_install(
-    version: str | None, source: str | None, from_version: str | None, force: bool, arch: Any
+    version: str | None,
+    source: str | None,
+    from_version: str | None,
+    force: bool,
+    nightly: bool,
+    arch: Any,
 ) -> None:
     """Install Nanos VERSION (default: the latest), or a release given with --from."""
     from pyops.nanos.release import (
@@ -64,6 +70,15 @@ def kernel_install(
     )
 
     release: NanosRelease | None
+    if nightly:
+        from pyops.nanos.release import NIGHTLY
+
+        if version not in (None, NIGHTLY) or from_version not in (None, NIGHTLY):
+            raise click.UsageError("--nightly and a version do not go together.")
+        if source is not None:
+            from_version = NIGHTLY
+        else:
+            version = NIGHTLY
     if source is not None:
         if version is not None:
             raise click.UsageError("give the version of --from with --version, not as VERSION")

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from pyops.cli._app import (
+    ACCEL_HELP,
+    ACCELS,
     TqdmProgress,
     _arch_option,
     _credentials,
@@ -17,6 +19,7 @@ from pyops.cli._app import (
     _show_note,
     cli,
 )
+from pyops.cli.build import debug_options, nanos_version_of
 
 _PLATFORM_HELP = (
     "os/arch[/variant] of a multi-platform image (default: the host's own architecture when "
@@ -36,9 +39,16 @@ def pkg() -> None:
 
 @pkg.command("from-docker")
 @click.argument("image")
-@click.option("-f", "--file", "program", required=True, help="Program name on PATH, or its path.")
-@click.option("-n", "--name", help="Package name (default: <repository>_<tag>).")
+@click.option(
+    "-f",
+    "--file",
+    "program",
+    help="Program name on PATH, or its path (default: the image's Entrypoint, else Cmd).",
+)
+@click.option("--name", help="Package name (default: <repository>_<tag>).")
+@click.option("-a", "--args", "args", multiple=True, help="The package's program arguments.")
 @click.option("--copy", is_flag=True, help="Keep the whole root filesystem.")
+@click.option("--nodiscover", is_flag=True, help="With --copy: do not resolve the libraries.")
 @click.option(
     "--closure-only",
     is_flag=True,
@@ -54,11 +64,16 @@ def pkg() -> None:
     "--probe", is_flag=True, help="Boot the package to find the files it misses, and add them."
 )
 @click.option("-v", "--verbose", is_flag=True, help="Print each step with its time.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, no notes.")
+@click.option("-n", "--nightly", is_flag=True, help="With --probe: boot Nanos's nightly build.")
+@click.option("-l", "--local", is_flag=True, help="Accepted for Ops compatibility.")
 def pkg_from_docker(
     image: str,
-    program: str,
+    program: str | None,
     name: str | None,
+    args: tuple[str, ...],
     copy: bool,
+    nodiscover: bool,
     closure_only: bool,
     arch: Any,
     platform: str | None,
@@ -67,42 +82,60 @@ def pkg_from_docker(
     password_stdin: bool,
     probe: bool,
     verbose: bool,
+    quiet: bool,
+    nightly: bool,
+    local: bool,
 ) -> None:
-    """Make a package of PROGRAM and what it needs from IMAGE, with no Docker daemon.
+    """Make a package of a program and what it needs from IMAGE, with no Docker daemon.
 
-    Prints the package name (on stdout) and the platform taken (on stderr).
+    Prints the package name (on stdout) and the platform taken (on stderr). -f is --file
+    (Ops has no short name for it), and -n is --nightly as in Ops: the name is --name.
     """
     from pyops.ops.package import from_docker
 
+    del local  # packages are always local here; the flag exists for Ops's muscle memory
     if copy and closure_only:
         raise click.UsageError("--copy and --closure-only do not go together.")
+    if nodiscover and not copy:
+        raise click.UsageError("--nodiscover goes with --copy.")
     credentials = _credentials(username, password_stdin)
-    progress = TqdmProgress(verbose=verbose)
+    progress = TqdmProgress(verbose=verbose, quiet=quiet)
     made = from_docker(
         image,
         program,
         name=name,
+        args=args,
         copy=copy,
+        nodiscover=nodiscover,
         closure_only=closure_only,
         platform=_platform(arch, platform),
         credentials=credentials,
         insecure=insecure,
         progress=progress,
     )
-    click.echo(f"pyops: platform {made.platform}", err=True)
-    for note in made.notes:
-        _show_note(note)
+    if not quiet:
+        click.echo(f"pyops: platform {made.platform}", err=True)
+        for note in made.notes:
+            _show_note(note)
     if probe:
-        _probe(made.name, (), None, progress, made.arch)
+        _probe(made.name, (), None, progress, made.arch, nanos_version_of(None, nightly))
     click.echo(made.name)
 
 
 def _probe(
-    name: str, args: tuple[str, ...], config_file: str | None, progress: Any, arch: Any = None
+    name: str,
+    args: tuple[str, ...],
+    config_file: str | None,
+    progress: Any,
+    arch: Any = None,
+    nanos_version: str | None = None,
 ) -> None:
     from pyops.ops.probe import probe_package
 
-    result = probe_package(_load_ops_config(config_file), name, args, progress=progress, arch=arch)
+    ops = _load_ops_config(config_file)
+    result = probe_package(
+        ops, name, args, progress=progress, arch=arch, nanos_version=nanos_version
+    )
     state = "nothing more missing" if result.settled else "stopped: the rounds ran out"
     click.echo(
         f"pyops: probe: {len(result.added)} paths added in {result.rounds} boots ({state})",
@@ -265,13 +298,12 @@ def pkg_rm(name: str, arch: Any) -> None:
 @click.option("-i", "--imagename", "image_name", help="Image name (default: the package).")
 @click.option("-m", "--memory", default=None, help="Guest memory (default 2G).")
 @click.option("--smp", type=int, default=None, help="Number of virtual CPUs.")
-@click.option(
-    "--accel", type=click.Choice(["auto", "kvm", "hvf", "tcg"]), default=None, help="[auto]"
-)
+@click.option("--accel", type=click.Choice(ACCELS), default=None, help=ACCEL_HELP)
 @click.option("--nanos-version", help="Nanos release to use (default: newest installed).")
+@click.option("-n", "--nightly", is_flag=True, help="Use Nanos's nightly build.")
 @click.option("-l", "--local", is_flag=True, help="Accepted for Ops compatibility.")
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Print the qemu command line.")
-@click.option("--force", is_flag=True, help="Rewrite the image even if it is up to date.")
+@click.option("-f", "--force", is_flag=True, help="Rewrite the image even if it is up to date.")
 @click.option("--missing-files", is_flag=True, help="List the files the program failed to open.")
 @_arch_option(_PACKAGE_ARCH_HELP)
 @click.option(
@@ -281,6 +313,7 @@ def pkg_rm(name: str, arch: Any) -> None:
 )
 @click.option("--instance-name", help="With --background: the instance's name.")
 @click.option("--mounts", "mounts", multiple=True, help="Mount a volume: VOLUME:/path (repeat).")
+@debug_options
 @click.pass_context
 def pkg_load(
     ctx: click.Context,
@@ -295,6 +328,7 @@ def pkg_load(
     smp: int | None,
     accel: str | None,
     nanos_version: str | None,
+    nightly: bool,
     local: bool,
     verbose: bool | None,
     force: bool,
@@ -303,6 +337,12 @@ def pkg_load(
     background: bool,
     instance_name: str | None,
     mounts: tuple[str, ...],
+    udp_ports: tuple[str, ...],
+    trace: bool,
+    syscall_summary: bool,
+    no_trace: tuple[str, ...],
+    debug: bool,
+    gdb_port: int | None,
 ) -> None:
     """Build an image from local package NAME and boot it; exit with its exit code.
 
@@ -318,13 +358,26 @@ def pkg_load(
         args=args,
         env=parse_env(env),
         name=image_name,
-        nanos_version=nanos_version,
+        nanos_version=nanos_version_of(nanos_version, nightly),
         force=force,
         missing_files=missing_files,
         arch=arch,
         mounts=mounts,
+        trace=trace,
+        syscall_summary=syscall_summary,
+        no_trace=no_trace,
+        debug=debug,
     )
-    run = RunFlags(ports=ports, memory=memory, cpus=smp, accel=accel, verbose=verbose)
+    run = RunFlags(
+        ports=ports,
+        memory=memory,
+        cpus=smp,
+        accel=accel,
+        verbose=verbose,
+        udp_ports=udp_ports,
+        gdb_port=gdb_port,
+        debug=debug,
+    )
     progress = TqdmProgress(verbose=bool(verbose))
     if background:
         ops = _load_ops_config(config_file)

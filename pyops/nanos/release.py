@@ -70,9 +70,14 @@ INSTALL_HINT = (
 ARM_SUFFIX = "-arm"
 """What an arm64 release's folder name adds to its version (as Ops names it)."""
 
+NIGHTLY = "nightly"
+"""The version name of Nanos's nightly build (``<base>/nightly/nanos-nightly-linux.tar.gz``,
+installed as ``releases/nightly``, as Ops keeps it in ``~/.ops/nightly``)."""
+
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 _TARBALL_NAME = re.compile(
-    r"nanos-release-linux-(?P<version>.+?)(?P<virt>-virt)?\.(?:tar\.gz|tgz|tar)"
+    r"nanos-(?:release-linux-(?P<version>.+?)|(?P<nightly>nightly)-linux)(?P<virt>-virt)?"
+    r"\.(?:tar\.gz|tgz|tar)"
 )
 _FOLDER_NAME = re.compile(
     r"(?:nanos-release-linux-)?(?P<version>\d+(?:\.\d+)+)(?P<arm>-arm|-virt)?"
@@ -177,6 +182,8 @@ def tarball_name(version: str, arch: Arch = Arch.AMD64) -> str:
     """The file name of the release tarball of ``version`` for ``arch``."""
     check_arch(arch)
     virt = "-virt" if arch == Arch.ARM64 else ""
+    if version == NIGHTLY:
+        return f"nanos-nightly-linux{virt}.tar.gz"
     return f"nanos-release-linux-{version}{virt}.tar.gz"
 
 
@@ -210,7 +217,8 @@ def _name_facts(path: str | os.PathLike[str]) -> tuple[str | None, Arch | None]:
     name = os.path.basename(os.path.normpath(os.fspath(path)))
     m = _TARBALL_NAME.fullmatch(name)
     if m:
-        return check_version(m.group("version")), Arch.ARM64 if m.group("virt") else None
+        version = NIGHTLY if m.group("nightly") else check_version(m.group("version"))
+        return version, Arch.ARM64 if m.group("virt") else None
     m = _FOLDER_NAME.fullmatch(name)
     if m:
         return m.group("version"), Arch.ARM64 if m.group("arm") else None

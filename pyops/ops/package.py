@@ -286,10 +286,12 @@ def _version(image: ImageRef) -> str:
 
 def from_docker(
     ref: PulledImage | ImageRef | str,
-    program: str,
+    program: str | None = None,
     *,
     name: str | None = None,
+    args: Sequence[str] = (),
     copy: bool = False,
+    nodiscover: bool = False,
     closure_only: bool = False,
     store: Store | None = None,
     platform: Platform | str | None = None,
@@ -308,7 +310,11 @@ def from_docker(
 
     ``program`` is a name looked up on the image's ``PATH`` (from its config's ``Env``, else
     Docker's default) or a path inside the image (relative paths start at the image's
-    ``WorkingDir``); symlinks are followed inside the image. The package goes to
+    ``WorkingDir``); symlinks are followed inside the image. Without one, the image's
+    command is the program: the first word of its Entrypoint, else of its Cmd (Docker's
+    rule; Ops takes Cmd only). ``args`` replace the image's arguments in the package.
+    ``nodiscover`` (with ``copy`` only, as Ops's ``--nodiscover``) skips resolving the
+    program's libraries: the whole root is kept anyway. The package goes to
     ``<store root>/local_packages/<name>`` (default name: :func:`default_package_name`),
     replacing a package of that name once the new one is complete. What it keeps, and why,
     is :func:`pyops.ops.contents.select`'s policy (recorded in ``contents.json``, read back
@@ -320,6 +326,11 @@ def from_docker(
     in the image or is a script, :class:`LibraryNotFound` when a library is missing. Nothing
     is left in the package store when it fails.
     """
+    if nodiscover and not copy:
+        raise PackageError(
+            "--nodiscover goes with --copy: without it, the libraries found are what is kept",
+            hint="add --copy, or leave out --nodiscover",
+        )
     store = store or Store.default()
     pulled: PulledImage | None = None
     if isinstance(ref, PulledImage):
@@ -361,16 +372,22 @@ def from_docker(
                     unpacking.layer(number, path)
         root = unpacking.finish()
         with step(progress, "resolve the program's libraries"):
-            found = _find_program(root, program, pulled.config, label)
+            found = _program_of(root, program, pulled.config, label)
             resolver = _resolver(root, pulled)
-            resolution = resolver.resolve(found.chain[-1], include_runtime_extras=True)
-        manifest = _manifest(pulled, found, resolution.program.real_path, root)
+            resolution = (
+                None
+                if nodiscover
+                else resolver.resolve(found.chain[-1], include_runtime_extras=True)
+            )
+        real = resolution.program.real_path if resolution is not None else found.chain[-1]
+        manifest = _manifest(pulled, found, real, root, args)
         notes = _wrapper_notes(root, found, pulled.config)
         if copy:
             kept = Contents((Part("copy", "the whole root filesystem (--copy)", ()),))
             _refuse_collisions(unpacking, None, target)
             os.rename(root, sysroot)
         else:
+            assert resolution is not None  # nodiscover goes with copy
             with step(progress, "keep what the program needs"):
                 kept = select(
                     root,
@@ -728,6 +745,25 @@ def _lookup(root: Path, program: str, config: ImageConfig) -> tuple[_Found | Non
     return None, searched
 
 
+def _program_of(root: Path, program: str | None, config: ImageConfig, label: str) -> _Found:
+    """The program given, else the image's command's (Entrypoint, else Cmd)."""
+    if program is not None:
+        return _find_program(root, program, config, label)
+    command = [*config.entrypoint, *config.cmd]
+    if not command:
+        raise PackageError(
+            f"{label} has no Entrypoint or Cmd, so it names no program.",
+            hint="Give the program with -f (a name on the image's PATH, or its path).",
+        )
+    try:
+        return _find_program(root, command[0], config, label)
+    except PackageError as exc:
+        raise PackageError(
+            f"{exc} (It is the image's {'Entrypoint' if config.entrypoint else 'Cmd'}.)",
+            hint=(exc.hint + " " if exc.hint else "") + "Or give the program with -f.",
+        ) from exc
+
+
 def _find_program(root: Path, program: str, config: ImageConfig, label: str) -> _Found:
     found, searched = _lookup(root, program, config)
     if found is None:
@@ -819,12 +855,14 @@ def _default_args(root: Path, found: _Found, config: ImageConfig) -> list[str]:
     return [found.given]
 
 
-def _manifest(pulled: PulledImage, found: _Found, program: str, root: Path) -> dict[str, Any]:
+def _manifest(
+    pulled: PulledImage, found: _Found, program: str, root: Path, args: Sequence[str] = ()
+) -> dict[str, Any]:
     config = pulled.config
     digest_ref = f"{pulled.ref.registry}/{pulled.ref.repository}@{pulled.digest}"
     return {
         "Program": program,
-        "Args": _default_args(root, found, config),
+        "Args": [found.given, *args] if args else _default_args(root, found, config),
         "Version": _version(pulled.ref),
         "Env": _image_env(config),
         "Description": f"made by pyops pkg from-docker from {digest_ref}",

@@ -96,6 +96,7 @@ def probe_package(
     progress: Progress = NULL_PROGRESS,
     boot: BootHook | None = None,
     arch: Arch | None = None,
+    nanos_version: str | None = None,
 ) -> ProbeResult:
     """Boot local package ``name`` (with ``args``, else its own) until it finds no more
     missing files in its image, adding them to the package; see the module doc.
@@ -114,7 +115,7 @@ def probe_package(
             hint="make it with pyops pkg from-docker",
         )
     store = store or Store.default()
-    boot = boot or _real_boot(ops, name, args, seconds, progress, package.arch)
+    boot = boot or _real_boot(ops, name, args, seconds, progress, package.arch, nanos_version)
     with _unpacked(package, store, progress) as root:
         image = ImageRoot(root)
         index = _Index(root)
@@ -151,13 +152,14 @@ def _real_boot(
     seconds: float,
     progress: Progress,
     arch: Arch,
+    nanos_version: str | None = None,
 ) -> BootHook:
     def boot(number: int) -> str:
         from pyops.ops.images import fresh_run_copy
         from pyops.ops.recipes import BuildFlags, RunFlags, build_package, vm_config
         from pyops.vm.qemu import Console, Host, run_vm
 
-        flags = BuildFlags(args=args, missing_files=True, arch=arch)
+        flags = BuildFlags(args=args, missing_files=True, arch=arch, nanos_version=nanos_version)
         built = build_package(ops, name, flags, progress=progress)
         host = Host.detect()
         disk = fresh_run_copy(built.path)

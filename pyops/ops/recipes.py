@@ -51,6 +51,14 @@ class BuildFlags:
     ``--missing-files``)."""
     mounts: tuple[str, ...] = ()
     """``--mounts VOLUME:/path``: volumes to mount, besides config.json's ``Mounts``."""
+    trace: bool = False
+    """Ops's ``--trace``: the kernel traces every syscall (with the strace klib)."""
+    syscall_summary: bool = False
+    """Ops's ``--syscall-summary``: a table of the program's syscalls at exit."""
+    no_trace: tuple[str, ...] = ()
+    """Ops's ``--no-trace``: syscalls left out of the trace."""
+    debug: bool = False
+    """Ops's ``-d``: no address randomisation, for a debugger (see RunFlags.debug)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,12 @@ class RunFlags:
     cpus: int | None = None
     accel: str | None = None
     verbose: bool | None = None
+    udp_ports: tuple[str, ...] = ()
+    gdb_port: int | None = None
+    """Ops's ``-g``: qemu's gdb server on this TCP port."""
+    debug: bool = False
+    """Ops's ``-d``: qemu waits for a debugger before the guest starts (port 1234 unless
+    ``gdb_port``)."""
 
 
 CommandHook = Callable[[Sequence[str]], None]
@@ -110,14 +124,17 @@ def vm_config(
     from pyops.vm.qemu import Accel, Host, VmConfig, choose_accel, parse_ports
 
     settings = ops.run
-    accel = flags.accel
+    accel = {"true": "auto", "false": "tcg"}.get(flags.accel or "", flags.accel)  # Ops's bool
     if accel is None:
         accel = "tcg" if settings.accel is False else "auto"
     config = VmConfig(
         memory=flags.memory or settings.memory or "2G",
         cpus=flags.cpus if flags.cpus is not None else settings.cpus,
         accel=Accel(accel),
-        ports=parse_ports(flags.ports or settings.ports) + parse_ports(settings.udp_ports, "udp"),
+        ports=parse_ports(flags.ports or settings.ports)
+        + parse_ports(flags.udp_ports or settings.udp_ports, "udp"),
+        gdb_port=flags.gdb_port or (1234 if flags.debug else None),
+        wait_for_gdb=flags.debug,
     )
     choose_accel(config.accel, host or Host.detect(), guest)
     return config
@@ -154,7 +171,7 @@ def build_program(
     )
     name = config.name or image_name(config.program)
     config = dataclasses.replace(config, name=check_image_name(name))
-    config = _with_missing_files(config, flags)
+    config = _with_debug_keys(config, flags)
     config, volumes = _with_mounts(config, ops, flags.mounts)
     resolution = resolve_program(config, progress=progress)
     guest = program_arch(resolution)
@@ -237,7 +254,7 @@ def build_package(
         ops, package.program, args=flags.args, env=flags.env, name=flags.name
     )
     name = check_image_name(config.name or package.name)
-    config = _with_missing_files(dataclasses.replace(config, name=name), flags)
+    config = _with_debug_keys(dataclasses.replace(config, name=name), flags)
     config, volumes = _with_mounts(config, ops, flags.mounts)
     release = choose_release(flags.nanos_version, ops, arch=package.arch, progress=progress)
     built = build_package_image(
@@ -290,11 +307,27 @@ def _attach(vm: VmConfig, volumes: Sequence[str]) -> VmConfig:
     return dataclasses.replace(vm, volumes=tuple(volumes))
 
 
-def _with_missing_files(config: BuildConfig, flags: BuildFlags) -> BuildConfig:
-    if not flags.missing_files:
+def _with_debug_keys(config: BuildConfig, flags: BuildFlags) -> BuildConfig:
+    """``config`` with the kernel's debugging keys the flags ask for, as Ops sets them
+    (``cmd/flags_run_local_instance.go``, ``MergeToConfig``)."""
+    keys: dict[str, object] = {}
+    if flags.trace:
+        keys.update(dict.fromkeys(("trace", "debugsyscalls", "fault", "futex_trace"), "t"))
+    if flags.debug:
+        keys["noaslr"] = "t"
+    if flags.syscall_summary:
+        keys["syscall_summary"] = "t"
+    if flags.missing_files:
+        keys["missing_files"] = "t"
+    if flags.no_trace:
+        keys["notrace"] = list(flags.no_trace)
+    if not keys:
         return config
+    klibs = config.klibs
+    if (flags.trace or flags.syscall_summary) and "strace" not in klibs:
+        klibs = (*klibs, "strace")  # the kernel's syscall tracing lives in this klib
     return dataclasses.replace(
-        config, extra_manifest={**config.extra_manifest, "missing_files": "t"}
+        config, extra_manifest={**config.extra_manifest, **keys}, klibs=klibs
     )
 
 

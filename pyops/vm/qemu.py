@@ -232,11 +232,24 @@ class VmConfig:
     volumes: tuple[str, ...] = ()
     """Volume files attached as further disks, in order (the guest finds each by its label
     or UUID, not by its position)."""
+    gdb_port: int | None = None
+    """qemu's gdb server on this TCP port of the host (Ops's ``-g``)."""
+    wait_for_gdb: bool = False
+    """The guest waits, stopped, for the debugger (Ops's ``-d``: qemu's ``-S``)."""
 
     def __post_init__(self) -> None:
         memory_bytes(self.memory)
         if self.cpus is not None and not 0 < self.cpus <= 1024:
             raise ConfigError(f"invalid number of CPUs {self.cpus}", hint="give 1 to 1024")
+        if self.gdb_port is not None:
+            if not 0 < self.gdb_port < 65536:
+                raise ConfigError(f"invalid gdb port {self.gdb_port}: ports are 1 to 65535")
+            if any(p.host == self.gdb_port and p.protocol == "tcp" for p in self.ports):
+                # Ops's message (cmd/flags_run_local_instance.go)
+                raise ConfigError(
+                    f"Port {self.gdb_port} is forwarded and cannot be used as gdb port",
+                    hint="give the debugger another port with -g",
+                )
 
 
 _MEMORY = re.compile(r"([0-9]{1,13})([KMGT]?)", re.IGNORECASE)
@@ -345,7 +358,7 @@ def qemu_command(
         "-device", "virtio-net,bus=pci.4,addr=0x0,netdev=n0,mac=52:54:00:12:34:56",
         "-netdev", _netdev(config),
     ]  # fmt: skip
-    return argv + _console_and_monitor(monitor) + _qmp(qmp)
+    return argv + _debugger(config) + _console_and_monitor(monitor) + _qmp(qmp)
 
 
 def _volumes(config: VmConfig, device: str) -> list[str]:
@@ -395,7 +408,7 @@ def _arm64_command(
         "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
         "-netdev", _netdev(config),
     ]  # fmt: skip
-    return argv + _console_and_monitor(monitor)
+    return argv + _debugger(config) + _console_and_monitor(monitor)
 
 
 def volume_node(path: str | os.PathLike[str]) -> str:
@@ -429,6 +442,11 @@ def _netdev(config: VmConfig) -> str:
     for fwd in config.ports:
         netdev += f",hostfwd={fwd.protocol}::{fwd.host}-:{fwd.guest}"
     return netdev
+
+
+def _debugger(config: VmConfig) -> list[str]:
+    argv = ["-gdb", f"tcp::{config.gdb_port}"] if config.gdb_port else []
+    return argv + (["-S"] if config.wait_for_gdb else [])
 
 
 def _console_and_monitor(monitor: str | None) -> list[str]:

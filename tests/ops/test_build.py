@@ -561,3 +561,49 @@ def test_verbose_build_prints_each_step_with_its_time(
         "write the image",
     ]
     assert all(line.endswith(" s") for line in steps)
+
+
+def test_ops_debugging_flags_of_run(
+    home: Path, fake_release: NanosRelease, hello: Path, fake_qemu: FakeQemu, tmp_path: Path
+) -> None:
+    """Ops's run flags (cmd/flags_run_local_instance.go, MergeToConfig) with Ops's meaning."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", str(hello), "--trace", "--syscall-summary", "-d"])
+    assert result.exit_code == 0, result.output
+    (argv,) = fake_qemu.runs()
+    assert argv[argv.index("-gdb") + 1] == "tcp::1234" and "-S" in argv
+    image = open_image(home / "images" / "hello.img")
+    extra = image.manifest.extra
+    for key in ("trace", "debugsyscalls", "fault", "futex_trace", "syscall_summary", "noaslr"):
+        assert extra[key] == "t", key
+    boot = image.boot_tree()
+    assert boot is not None and boot.exists("/klib/strace")  # the kernel's tracer
+
+    result = runner.invoke(cli, ["run", str(hello), "-g", "5555", "--accel=false", "-f"])
+    assert result.exit_code == 0, result.output
+    argv = fake_qemu.runs()[-1]
+    assert argv[argv.index("-gdb") + 1] == "tcp::5555" and "-S" not in argv
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    result = runner.invoke(cli, ["run", str(hello), "-g", "8080", "-p", "8080"])
+    assert result.exit_code == 1
+    assert "Port 8080 is forwarded and cannot be used as gdb port" in result.stderr
+
+
+def test_nightly_release_with_ops_short_flag(
+    home: Path, synthetic_release: Path, hello: Path, fake_qemu: FakeQemu, tmp_path: Path
+) -> None:
+    nightly = tmp_path / "nanos-nightly-linux.tar.gz"
+    import tarfile
+
+    with tarfile.open(nightly, "w:gz") as tar:
+        tar.add(synthetic_release, arcname=".")
+    result = CliRunner().invoke(cli, ["kernel", "install", "--from", str(nightly)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split("\t")[:2] == ["nightly", "amd64"]
+    assert (home / "releases" / "nightly" / "kernel.img").is_file()
+    result = CliRunner().invoke(cli, ["run", str(hello), "-n"])
+    assert result.exit_code == 0, result.output
+    image = open_image(home / "images" / "hello.img")
+    assert image.manifest.environment["NANOS_VERSION"] == "nightly"
+    result = CliRunner().invoke(cli, ["run", str(hello), "-n", "--nanos-version", "0.1.5"])
+    assert result.exit_code == 2 and "do not go together" in result.output

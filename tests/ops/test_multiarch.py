@@ -71,11 +71,11 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
 
 @pytest.fixture(scope="module")
 def packages(home: Home, hello_multi: str) -> dict[str, subprocess.CompletedProcess[str]]:
-    """``pkg from-docker IMAGE --arch ARCH -n hello-ARCH``, made once for each architecture."""
+    """``pkg from-docker IMAGE --arch ARCH --name hello-ARCH``, made once for each architecture."""
     made = {}
     for arch in ("arm64", "amd64"):
         made[arch] = home.pyops(
-            "pkg", "from-docker", hello_multi, *PROGRAM, "--arch", arch, "-n", f"hello-{arch}"
+            "pkg", "from-docker", hello_multi, *PROGRAM, "--arch", arch, "--name", f"hello-{arch}"
         )
     return made
 
@@ -118,7 +118,7 @@ def test_platform_spelled_as_docker_does_picks_the_same_image(
     home: Home, packages: dict[str, subprocess.CompletedProcess[str]], hello_multi: str
 ) -> None:
     result = home.pyops(
-        "pkg", "from-docker", hello_multi, *PROGRAM, "--platform", "linux/arm64", "-n", "p"
+        "pkg", "from-docker", hello_multi, *PROGRAM, "--platform", "linux/arm64", "--name", "p"
     )
     assert result.returncode == 0, result.stderr
     assert re.search(r"\blinux/arm64\b", result.stdout + result.stderr)
@@ -131,7 +131,7 @@ def test_platform_spelled_as_docker_does_picks_the_same_image(
 
 def test_an_architecture_nanos_does_not_run_on_is_refused(home: Home, hello_multi: str) -> None:
     result = home.pyops(
-        "pkg", "from-docker", hello_multi, *PROGRAM, "--arch", "riscv64", "-n", "none"
+        "pkg", "from-docker", hello_multi, *PROGRAM, "--arch", "riscv64", "--name", "none"
     )
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr
@@ -145,7 +145,7 @@ def test_an_architecture_the_image_is_not_built_for_is_a_clear_error(
 ) -> None:
     """test/demo:1 is one amd64 image, no index."""
     ref = f"{registries.plain.host}/{registries.images.demo}"
-    result = home.pyops("pkg", "from-docker", ref, "-f", "ls", "--arch", "arm64", "-n", "none")
+    result = home.pyops("pkg", "from-docker", ref, "-f", "ls", "--arch", "arm64", "--name", "none")
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr
     assert "linux/amd64" in result.stderr and "linux/arm64" in result.stderr, result.stderr

@@ -569,7 +569,7 @@ def test_cli_pkg_commands(
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "pkgroot_pkg"
 
-    result = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "ls", "-n", "myls"])
+    result = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "ls", "--name", "myls"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "myls"
 
@@ -888,3 +888,39 @@ def test_no_scratch_folder_without_proc_meminfo_nor_dev_shm(
     monkeypatch.setattr(package, "SCRATCH_FOLDERS", (str(tmp_path),))
     assert package.scratch_folder(0) is None  # a folder, but the memory free is unknown
     assert os.listdir(tmp_path) == []
+
+
+# -- Ops's from-docker forms ------------------------------------------------------------------
+
+
+def test_without_a_program_the_images_command_is_packaged(tmp_path: Path, store: Store) -> None:
+    """Docker's rule: the first word of Entrypoint, else of Cmd; -a replaces the arguments."""
+    import dataclasses
+
+    pulled = _local_image(tmp_path)
+    config = dataclasses.replace(pulled.config, entrypoint=(), cmd=("/app/tool", "--x"))
+    from_cmd = dataclasses.replace(pulled, config=config)
+    made = from_docker(from_cmd, None, name="by-cmd", store=store)
+    assert (made.program, made.args) == ("/app/tool", ("/app/tool", "--x"))
+    made = from_docker(pulled, name="by-entrypoint", store=store, args=("a", "b"))
+    assert (made.program, made.args) == ("/app/tool", ("/app/tool", "a", "b"))
+
+    bare = dataclasses.replace(pulled, config=dataclasses.replace(config, cmd=()))
+    with pytest.raises(PackageError, match="has no Entrypoint or Cmd") as info:
+        from_docker(bare, name="none", store=store)
+    assert info.value.hint and "-f" in info.value.hint
+    missing = dataclasses.replace(pulled, config=dataclasses.replace(config, cmd=("nope",)))
+    with pytest.raises(PackageError, match=r"It is the image's Cmd") as info:
+        from_docker(missing, name="none", store=store)
+    assert info.value.hint and info.value.hint.endswith("Or give the program with -f.")
+    assert _store_entries(store) == ["by-cmd", "by-entrypoint"]
+
+
+def test_nodiscover_goes_with_copy(tmp_path: Path, store: Store) -> None:
+    pulled = _local_image(tmp_path)
+    with pytest.raises(PackageError, match="--nodiscover goes with --copy"):
+        from_docker(pulled, name="x", store=store, nodiscover=True)
+    made = from_docker(pulled, name="whole", store=store, copy=True, nodiscover=True)
+    assert (made.sysroot / "app/tool").is_file()
+    result = CliRunner().invoke(cli, ["pkg", "from-docker", "img", "--nodiscover"])
+    assert result.exit_code == 2 and "--nodiscover goes with --copy" in result.output

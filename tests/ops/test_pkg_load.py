@@ -51,7 +51,7 @@ def test_package_from_a_registry_boots_with_its_own_and_given_arguments(
     tmp_path: Path,
 ) -> None:
     runner = CliRunner()
-    made = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "ls", "-n", "lister"])
+    made = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "ls", "--name", "lister"])
     assert made.exit_code == 0, made.output
     assert made.output.strip().endswith("lister")
 
@@ -126,7 +126,7 @@ def test_pkg_load_builds_the_package_image_and_boots_a_fresh_copy(
     install_test_release(synthetic_release, store.root)
     monkeypatch.setenv("PYOPS_HOME", str(store.root))
     runner = CliRunner()
-    made = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "greet", "-n", "g"])
+    made = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "-f", "greet", "--name", "g"])
     assert made.exit_code == 0, made.output
     monkeypatch.chdir(tmp_path)
     (tmp_path / "hi.txt").write_text("hi\n")

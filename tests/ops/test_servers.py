@@ -209,7 +209,7 @@ def test_python_package_is_a_fraction_of_the_whole_filesystem(
     home: Home, made: Callable[..., str]
 ) -> None:
     small = _size(home.package(made("python", "python3")) / "sysroot")
-    whole = _size(home.package(made("python", "python3", "--copy", "-n", "python_copy")))
+    whole = _size(home.package(made("python", "python3", "--copy", "--name", "python_copy")))
     assert small * 4 <= whole, (small, whole)
 
 
@@ -310,7 +310,7 @@ def test_node_prints_and_serves_http(
 def test_probe_finds_what_nginx_needs_without_the_dpkg_data(
     home: Home, made: Callable[..., str], release: None
 ) -> None:
-    name = made("nginx", "nginx", "--closure-only", "-n", "nginx_bare")
+    name = made("nginx", "nginx", "--closure-only", "--name", "nginx_bare")
     sysroot = home.package(name) / "sysroot"
     assert not (sysroot / "etc/nginx").exists()
     args = ("-a", "-g", "-a", "daemon off; master_process off;")
@@ -407,7 +407,7 @@ def test_nginx_with_the_image_command_hangs_and_pyops_says_why(
 def test_perl_finds_its_modules(home: Home, made: Callable[..., str], release: None) -> None:
     # Debian's perl comes with python3 (its dependencies): its @INC folders are kept, with
     # the libraries of its XS modules (POSIX is one).
-    name = made("python", "perl", "-n", "perl_5")
+    name = made("python", "perl", "--name", "perl_5")
     script = (
         'use POSIX qw(floor); use File::Spec; print floor(7.9), File::Spec->catfile("a", "b"), '
         '"\\n"'
