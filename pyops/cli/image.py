@@ -25,17 +25,18 @@ def image() -> None:
 def _image_file(image: str, last_run: bool = False) -> str:
     """An image given as a path, or by the name ``image list`` shows (``--last-run``: the
     copy its last run wrote to)."""
-    from pyops.ops.images import images_dir, runs_dir
+    from pyops.home import image_file
+    from pyops.ops.images import runs_dir
 
     if last_run:
-        path = runs_dir() / f"{image}.img"
+        path = runs_dir() / image_file(image).name
         if not path.is_file():
             raise PyopsError(
                 f"image {image!r} has no last run",
                 hint=f"pyops run or pkg load boots it; its copy is kept in {runs_dir()}",
             )
         return str(path)
-    named = images_dir() / f"{image}.img"
+    named = image_file(image)
     if "/" not in image and named.is_file():
         return str(named)  # a built image's name wins over a file of that name here
     if os.path.exists(image) or "/" in image:

@@ -237,9 +237,13 @@ def installed_releases(
     if not root.is_dir():
         return []
     found = []
+    # In Ops's layout the releases are among the home's other folders (images, packages...).
+    among_others = _home.layout(home) == _home.OPS
     for entry in root.iterdir():
         # Hidden names are installs or removals in progress; they are never releases.
         if entry.name.startswith(".") or not entry.is_dir() or not _VERSION.fullmatch(entry.name):
+            continue
+        if among_others and not (entry / "kernel.img").is_file():
             continue
         version = entry.name.removesuffix(ARM_SUFFIX)
         named = Arch.ARM64 if entry.name.endswith(ARM_SUFFIX) else Arch.AMD64

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from pyops import environ
 from pyops.arch import Arch
 from pyops.errors import ElfMismatch, InvalidInput, ReleaseError
+from pyops.home import image_key_file
 from pyops.nanos.manifest import Manifest
 from pyops.nanos.tree import Contents, Directory, File, HardLink, HostFile, Symlink, Tree
 from pyops.progress import NULL_PROGRESS, Progress, step
@@ -386,7 +387,8 @@ def write_image(
     force: bool = False,
 ) -> BuiltImage:
     """Write ``tree`` and ``manifest`` as a disk at ``output``, unless the disk there was
-    made from the same inputs (a key of them is kept beside it in ``NAME.img.key``)."""
+    made from the same inputs (a key of them is kept in ``NAME.img.key``, see
+    :func:`pyops.home.image_key_file`)."""
     klibs = {k: release.klib(k) for k in config.klibs}
     key_material = {
         "tree": tree_key(tree),
@@ -399,7 +401,7 @@ def write_image(
     }
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()
     out = Path(output)
-    key_file = out.with_name(out.name + ".key")
+    key_file = image_key_file(out)
     if not force and out.is_file() and key_file.is_file() and key_file.read_text() == key:
         return BuiltImage(out, False, None, tuple(manifest.arguments))
     key_file.unlink(missing_ok=True)
@@ -416,6 +418,7 @@ def write_image(
             size=config.size,
             progress=progress,
         )
+    key_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = key_file.with_name(key_file.name + ".tmp")
     tmp.write_text(key)
     os.replace(tmp, key_file)
@@ -437,8 +440,10 @@ def package_tree(package: Package, args: Sequence[str], cwd: str | None = None) 
     tree = Tree()
     tree.add_host_path(package.sysroot, "/")
     if not os.path.isabs(package.program):
-        # Ops's own packages name the program as <folder>/<exe> beside the sysroot.
-        tree.add_file("/" + os.path.basename(package.program), str(package.path / package.program))
+        # Ops's own packages name the program as <folder>/<exe>: the file <exe> beside the
+        # sysroot, in the package folder (lepton/image.go, BuildPackageManifest).
+        exe = os.path.basename(package.program)
+        tree.add_file("/" + exe, str(package.path / exe))
     here = cwd or os.getcwd()
     workdir = package.working_dir or "/"
     # The kernel changes to cwd before exec and fails if it is missing; the closure alone

@@ -226,13 +226,48 @@ def default_arch() -> Arch:
     return host if host is not None and host.nanos else Arch.AMD64
 
 
+def repository_packages_dir(home: Path | str | None = None, arch: Arch | None = None) -> Path:
+    """``<home>/packages``, where Ops keeps the packages it fetched from its repository
+    (``packages/<arch>/<namespace>/<name>_<version>``), or its folder for ``arch``."""
+    base = _home.root(home) / "packages"
+    return base / arch.value if arch is not None else base
+
+
+def repository_package_paths(name: str) -> tuple[str, ...]:
+    """The folders, below ``packages/<arch>/``, where Ops looks for repository package
+    ``name`` (``NAMESPACE/NAME:VERSION``): ``NAMESPACE/NAME_VERSION``, then with a ``v``
+    before the version (cmd/flags_pkg.go, PackagePath and buildAlternatePath)."""
+    parts = name.split("/")
+    if len(parts) > 2 or not all(parts):
+        raise PackageError(
+            f"{name!r} is not a package name.", hint="write NAME, or NAMESPACE/NAME:VERSION"
+        )
+    for part in parts:
+        check_package_name(part.replace(":", "_", 1))
+    slug = name.replace(":", "_")
+    paths = [slug]
+    if ":" in name:
+        stem, version = name.rsplit(":", 1)
+        paths.append(f"{stem}_v{version}")
+    return tuple(paths)
+
+
 def _package_folder(name: str, home: Path | str | None, wanted: Arch | None) -> Path | None:
     """Where package ``name`` is: in the folder of ``wanted``, or (when None) of
     :func:`default_arch` first, then of the others. A package an older pyops left directly
-    in ``local_packages/`` counts as amd64."""
-    check_package_name(name)
+    in ``local_packages/`` counts as amd64. A name with a namespace or a version
+    (``eyberg/node:20.5.0``) is one Ops fetched from its repository, in ``packages/``."""
     order = [wanted] if wanted is not None else [default_arch()]
     order += [a for a in PACKAGE_ARCHES if a not in order and wanted is None]
+    if "/" in name or ":" in name:
+        relative = repository_package_paths(name)
+        for candidate in order:
+            for path in relative:
+                folder = repository_packages_dir(home, candidate) / path
+                if (folder / MANIFEST_FILE).is_file():
+                    return folder
+        return None
+    check_package_name(name)
     for candidate in order:
         folder = packages_dir(home, candidate) / name
         if folder.is_dir():
@@ -248,9 +283,14 @@ _ARCH_NAMES = frozenset(a.value for a in Arch)
 
 
 def _folder_arch(folder: Path, home: Path | str | None) -> Arch:
-    parent = folder.parent.name
-    found = arch.find(parent) if folder.parent != packages_dir(home) else None
-    return found if found is not None else Arch.AMD64
+    """The architecture folder a package is in (amd64 for one left directly in
+    ``local_packages/``)."""
+    for base in (repository_packages_dir(home), packages_dir(home)):
+        if folder.is_relative_to(base) and folder != base / folder.name:
+            found = arch.find(folder.relative_to(base).parts[0])
+            if found is not None:
+                return found
+    return Arch.AMD64
 
 
 def check_package_name(name: str) -> str:
@@ -971,17 +1011,22 @@ def _read_manifest(path: Path, name: str) -> dict[str, Any]:
 
 def load_package(name: str, home: Path | str | None = None, arch: Arch | None = None) -> Package:
     """The local package ``name`` for ``arch`` (default: :func:`default_arch`'s, else the
-    only one there is); :class:`PackageError` when there is none."""
+    only one there is), or the repository package ``NAMESPACE/NAME:VERSION`` Ops fetched;
+    :class:`PackageError` when there is none."""
     path = _package_folder(name, home, arch)
-    if path is None:
-        where = packages_dir(home, arch)
+    for_arch = f" for {arch}" if arch is not None else ""
+    if path is None and ("/" in name or ":" in name):
         raise PackageError(
-            f"there is no local package {name!r}"
-            + (f" for {arch}" if arch is not None else "")
-            + f" (in {where}).",
+            f"there is no package {name!r}{for_arch} (in {repository_packages_dir(home, arch)}).",
+            hint="fetch it with Ops (ops pkg get), or make one: pyops pkg from-docker IMAGE",
+        )
+    if path is None:
+        raise PackageError(
+            f"there is no local package {name!r}{for_arch} (in {packages_dir(home, arch)}).",
             hint="pyops pkg list shows the packages there are.",
         )
-    return _package_from_manifest(name, path, _read_manifest(path, name), _folder_arch(path, home))
+    found_arch = _folder_arch(path, home)
+    return _package_from_manifest(path.name, path, _read_manifest(path, name), found_arch)
 
 
 def package_contents(package: Package) -> Contents | None:

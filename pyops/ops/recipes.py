@@ -141,10 +141,11 @@ def vm_config(
 
 
 def image_path(name: str, home: str | Path | None = None) -> Path:
-    """Where the image ``name`` is kept: ``PYOPS_HOME/images/NAME.img``."""
-    from pyops.ops.images import images_dir
+    """Where the image ``name`` is kept: ``PYOPS_HOME/images/NAME.img`` (``images/NAME`` in
+    an Ops home)."""
+    from pyops.home import image_file
 
-    return images_dir(home) / f"{check_image_name(name)}.img"
+    return image_file(check_image_name(name), home)
 
 
 def build_program(

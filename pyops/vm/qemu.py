@@ -201,23 +201,30 @@ def parse_ports(items: Sequence[str], protocol: str = "tcp") -> tuple[PortForwar
 
 
 def _check_ops_ports(text: str) -> None:
-    """Ops's ``ValidateNetworkPorts``, with its messages; ``:`` is pyops's extension."""
-    hint = "write PORT, HOST-GUEST or HOST:GUEST, several joined by commas (80,8080-80)"
-    if not text:
-        raise ConfigError("invalid port ''", hint=hint)
-    if text[0] == "," or text[-1] == ",":
-        raise ConfigError(f'"{text}" commas must separate numbers', hint=hint)
+    """Ops's ``ValidateNetworkPorts``, with its reasons; ``:`` is pyops's extension."""
+    reason = _ops_port_problem(text)
+    if reason is not None:
+        raise ConfigError(
+            f'invalid port "{text}": {reason}',
+            hint="write PORT, HOST-GUEST or HOST:GUEST, several joined by commas (80,8080-80)",
+        )
+
+
+def _ops_port_problem(text: str) -> str | None:
+    if not text or text[0] == "," or text[-1] == ",":
+        return "commas must separate numbers"
     if text[0] in "-:" or text[-1] in "-:":
-        raise ConfigError(f'"{text}" hyphen must separate two numbers', hint=hint)
+        return "hyphen must separate two numbers"
     for part in text.split(","):
         if not part:
-            raise ConfigError(f'"{text}" commas must separate numbers', hint=hint)
+            return "commas must separate numbers"
         if part.count("-") > 1 or (part.count("-") and part.count(":")):
-            raise ConfigError(f'"{text}" may have only one hyphen', hint=hint)
+            return "may have only one hyphen"
         if part.count(":") > 1 or not all(c.isdigit() and c.isascii() or c in "-:" for c in part):
-            raise ConfigError(f'"{text}" must have only numbers, commas or one hyphen', hint=hint)
+            return "must have only numbers, commas or one hyphen"
         if part[0] in "-:" or part[-1] in "-:":
-            raise ConfigError(f'"{text}" hyphen must separate two numbers', hint=hint)
+            return "hyphen must separate two numbers"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

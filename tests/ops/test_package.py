@@ -616,8 +616,11 @@ def test_cli_pkg_commands(
     assert result.exit_code == 1
     assert "searched: /usr/local/sbin" in result.stderr and "hint:" in result.stderr
 
-    result = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref])
-    assert result.exit_code == 2 and "--file" in result.stderr
+    # Without -f: the image's Entrypoint, as Docker runs it; -q prints the name only.
+    result = runner.invoke(cli, ["pkg", "from-docker", pkg_image.ref, "--name", "ep", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (result.stdout, result.stderr) == ("ep\n", "")
+    assert load_package("ep").args == ("/usr/bin/greet", "--loud")
 
 
 def test_package_is_a_value() -> None:
