@@ -18,8 +18,9 @@ lays it out, so that each tool lists, loads and boots what the other made. There
 are folders at the top (``~/.ops/0.1.55``, ``0.1.55-arm``, ``nightly``) and images have no
 ``.img`` (``images/NAME``, as Ops names them since 2022); packages (``local_packages/<arch>/``,
 ``packages/<arch>/``) and volumes are where both keep them anyway. What only pyops has
-(the blob cache, run copies, instances, image keys) goes to a hidden ``.pyops/`` there, out
-of Ops's way (Ops keeps its own instances in ``~/.ops/instances``). :func:`layout` tells
+(run copies, instances, image keys) goes to a hidden ``.pyops/`` there, out of Ops's way
+(Ops keeps its own instances in ``~/.ops/instances``); the blob cache is ``blobs/``, which
+Ops does not use. :func:`layout` tells
 which a home is.
 """
 
@@ -84,7 +85,7 @@ def _own(home: Home) -> Path:
 
 
 def blobs_dir(home: Home = None) -> Path:
-    return _own(home) / "blobs"
+    return root(home) / "blobs"  # pyops.oci.store's layout, the same in both
 
 
 def images_dir(home: Home = None) -> Path:
