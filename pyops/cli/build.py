@@ -1,7 +1,9 @@
-"""``pyops build`` and ``pyops run``: images of host programs, booted."""
+"""``pyops build`` and ``pyops run``: images of host programs, booted; and ``pyops image
+create``, Ops's name for building one."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -11,11 +13,13 @@ from pyops.cli._app import (
     ACCELS,
     F,
     TqdmProgress,
+    _arch_option,
     _load_ops_config,
     _show_command,
     _show_note,
     cli,
 )
+from pyops.cli.image import image
 
 # --- pyops build / run -----------------------------------------------------------------------
 
@@ -129,6 +133,32 @@ def build(verbose: bool, **kw: Any) -> None:
 
     ops = _load_ops_config(kw["config_file"])
     built = build_program(ops, _build_flags(**kw), progress=TqdmProgress(verbose=verbose))
+    click.echo(built.path)
+
+
+@image.command("create")
+@_build_options
+@click.option("--package", help="Make the image of this package instead of a host PROGRAM.")
+@click.option("-l", "--local", is_flag=True, help="Accepted for Ops compatibility.")
+@_arch_option("With --package: the package's architecture.")
+@click.option("-v", "--verbose", is_flag=True, help="Print each step with its time.")
+def image_create(package: str | None, local: bool, arch: Any, verbose: bool, **kw: Any) -> None:
+    """Make an image without booting it (Ops's `image create`): of a host PROGRAM, as
+    `pyops build`, or of a package with --package. Prints its path."""
+    from pyops.ops.recipes import build_package, build_program
+
+    del local  # packages are always local here; the flag exists for Ops's muscle memory
+    ops = _load_ops_config(kw["config_file"])
+    progress = TqdmProgress(verbose=verbose)
+    if package is None:
+        if arch is not None:
+            raise click.UsageError("--arch goes with --package (a program's ELF says its own).")
+        built = build_program(ops, _build_flags(**kw), progress=progress)
+    else:
+        if kw["program"] is not None:
+            raise click.UsageError("give a PROGRAM or --package, not both.")
+        flags = dataclasses.replace(_build_flags(**kw), arch=arch)
+        built = build_package(ops, package, flags, progress=progress)
     click.echo(built.path)
 
 

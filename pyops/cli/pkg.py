@@ -273,6 +273,19 @@ def _show_tree(directory: str, prefix: str) -> None:
             _show_tree(entry.path, prefix + ("    " if last else "│   "))
 
 
+@pkg.command("add")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--name", help="Package name (default: the folder's or archive's name).")
+@click.option("-l", "--local", is_flag=True, help="Accepted for Ops compatibility.")
+@_arch_option("The package's architecture (default: the host's, else amd64).")
+def pkg_add(source: str, name: str | None, local: bool, arch: Any) -> None:
+    """Add a package folder, or a .tar.gz of one, to the local packages; print its name."""
+    from pyops.ops.package import add_package
+
+    del local  # packages are always local here; the flag exists for Ops's muscle memory
+    click.echo(add_package(source, name=name, arch=arch).name)
+
+
 @pkg.command("rm")
 @click.argument("name")
 @_arch_option(_PACKAGE_ARCH_HELP)

@@ -94,7 +94,7 @@ from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
 from pyops.errors import CaseCollision, DiskFull, LibraryNotFound, PackageError, PyopsError
 from pyops.oci.auth import Credentials
-from pyops.oci.layers import Unpacker
+from pyops.oci.layers import Unpacker, unpack_layers
 from pyops.oci.net import HttpClient
 from pyops.oci.pull import PulledImage, pull
 from pyops.oci.reference import ImageRef
@@ -122,6 +122,7 @@ __all__ = [
     "package_contents",
     "load_package",
     "packages_dir",
+    "add_package",
     "remove_package",
 ]
 
@@ -1054,6 +1055,57 @@ def list_packages(home: Path | str | None = None) -> list[Package]:
         except PackageError as exc:
             log.warning("skipping %s: %s", entry, exc)
     return found
+
+
+def add_package(
+    source: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    arch: Arch | None = None,
+    home: Path | str | None = None,
+) -> Package:
+    """``pkg add``: a package folder, or a ``.tar.gz`` of one, into ``local_packages/<arch>/``
+    (``arch``: default :func:`default_arch`, as Ops's), named ``name`` (default: the folder's
+    or the archive's name; Ops picks a random one). Its ``package.manifest`` may be at the
+    top or in the archive's one folder. The archive is unpacked as an image layer is, so
+    nothing in it can land outside the package; a package of that name is replaced only
+    once the new one is complete."""
+    origin = Path(source)
+    archive = origin.name.endswith((".tar.gz", ".tgz"))
+    if not origin.is_dir() and not (archive and origin.is_file()):
+        raise PackageError(
+            f"{origin} is neither a package folder nor a .tar.gz of one.",
+            hint="give the folder holding package.manifest, or its .tar.gz",
+        )
+    stem = origin.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    package_name = check_package_name(name or stem)
+    target = packages_dir(home, arch or default_arch())
+    if not archive and target.absolute().is_relative_to(origin.absolute()):
+        raise PackageError(
+            f"{origin} holds the package store ({target}) itself.",
+            hint="give the folder of one package",
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(target)
+    with _staging(target) as staging:
+        content = staging / "content"
+        if archive:
+            unpack_layers([origin], content)
+        else:
+            try:
+                shutil.copytree(origin, content, symlinks=True)
+            except (shutil.Error, OSError) as exc:
+                raise PackageError(f"cannot copy {origin}: {exc}") from exc
+        top = content
+        if not (top / MANIFEST_FILE).is_file():
+            inner = [p for p in top.iterdir() if not p.name.startswith(".")]
+            if len(inner) == 1 and inner[0].is_dir() and not inner[0].is_symlink():
+                top = inner[0]
+        if not (top / MANIFEST_FILE).is_file():
+            raise PackageError(f"{origin} holds no {MANIFEST_FILE}: it is not a package.")
+        manifest = _read_manifest(top, package_name)
+        final = _install(top, target / package_name)
+    return _package_from_manifest(package_name, final, manifest, _folder_arch(final, home))
 
 
 def remove_package(name: str, home: Path | str | None = None, arch: Arch | None = None) -> Path:

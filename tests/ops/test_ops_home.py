@@ -141,3 +141,36 @@ def test_an_ops_package_in_an_ops_home_boots(
     assert (home / "images" / "hello_1.0").is_file()  # where Ops looks for it
     assert not (home / "images" / "hello_1.0.img").exists()
     assert not (home / "releases").exists() and not (home / "runs").exists()
+
+
+def test_pkg_add_and_image_create(ops_home: Path, tmp_path: Path) -> None:
+    """Ops's ``pkg add`` of a folder or a .tar.gz, and ``image create --package``."""
+    import tarfile
+
+    source = ops_home / "local_packages/amd64/hello_1.0"
+    archive = tmp_path / "hi_2.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="hi_2.0")  # the package in the archive's one folder
+    runner = CliRunner()
+    result = runner.invoke(cli, ["pkg", "add", str(archive)])
+    assert (result.exit_code, result.stdout) == (0, "hi_2.0\n"), result.output
+    result = runner.invoke(cli, ["pkg", "add", str(source), "--name", "copied", "-l"])
+    assert (result.exit_code, result.stdout) == (0, "copied\n"), result.output
+    for name in ("hi_2.0", "copied"):
+        added = ops_home / "local_packages/amd64" / name
+        assert (added / "package.manifest").is_file() and (added / "hello").is_file()
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(cli, ["pkg", "add", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "holds no package.manifest" in result.stderr
+    result = runner.invoke(cli, ["pkg", "add", str(tmp_path)])  # the home is inside it
+    assert result.exit_code == 1 and "holds the package store" in result.stderr
+    assert sorted(p.name for p in (ops_home / "local_packages/amd64").iterdir()) == [
+        "copied",
+        "hello_1.0",
+        "hi_2.0",
+    ]
+
+    result = runner.invoke(cli, ["image", "create", "--package", "hi_2.0", "-l", "-i", "made"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(ops_home / "images" / "made")
+    assert open_image(ops_home / "images" / "made").manifest.program == "/hello"
