@@ -263,6 +263,25 @@ def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeQemu:
     return fake
 
 
+@pytest.fixture(scope="session")
+def _empty_ops_defaults(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ops-defaults") / "opsrc.json"
+    path.write_text("{}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_ops_defaults(_empty_ops_defaults: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Ops default config (``~/.opsrc``) and ``ops_render_config`` of whoever runs the
+    tests stay out of them: the default config is an empty one. Ops's package repository is
+    a loopback port nothing listens on (no test reaches the internet); tests that use one
+    serve their own."""
+    monkeypatch.setenv("OPS_DEFAULT_CONFIG", str(_empty_ops_defaults))
+    monkeypatch.delenv("ops_render_config", raising=False)
+    monkeypatch.setenv("OPS_PACKAGE_MANIFEST_URL", "http://127.0.0.1:9/manifest.json")
+    monkeypatch.setenv("OPS_PACKAGE_BASE_URL", "http://127.0.0.1:9/packages")
+
+
 # --- one line on the tests that need Nanos: how many ran, how many skipped and why ---------
 
 _NANOS_TESTS: dict[str, tuple[str, str]] = {}

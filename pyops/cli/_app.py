@@ -193,9 +193,11 @@ def _platform(arch: Any, platform: str | None) -> str | None:
 
 
 def _load_ops_config(config_file: str | None) -> Any:
-    from pyops.ops.config import OpsConfig, load_config
+    """config.json (``-c``) over Ops's default config (``OPS_DEFAULT_CONFIG`` or
+    ``~/.opsrc``), also without ``-c``."""
+    from pyops.ops.config import load_ops_config
 
-    return load_config(config_file) if config_file else OpsConfig()
+    return load_ops_config(config_file or None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

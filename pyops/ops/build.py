@@ -8,7 +8,6 @@ the manifest -> write the disk (skipped when an identical one exists).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -72,7 +71,9 @@ class BuildConfig:
     """(host path, image path) of files and directories to add (config Files, Dirs, MapDirs)."""
     name_servers: tuple[str, ...] = ()
     directories: tuple[str, ...] = ()
-    """Folders the image must have (where volumes are mounted)."""
+    """Folders the image must have (where volumes are mounted, folders MapDirs maps)."""
+    klib_dir: str | None = None
+    """A host folder klibs are taken from before the release's (config.json KlibDir)."""
 
 
 def merge_config(
@@ -86,29 +87,43 @@ def merge_config(
     klibs: Sequence[str] = (),
     size: int | None = None,
     cwd: str | None = None,
+    ports: Sequence[str] = (),
 ) -> BuildConfig:
     """A :class:`BuildConfig` from a config.json and command-line values.
 
     A command-line value overrides the file only when it is given; environment variables
-    from both are merged, the command line winning.
+    from both are merged, the command line winning. As Ops does, the files are added in
+    the order Files, MapDirs (walked: :mod:`pyops.ops.mapdirs`), Dirs, a later one
+    replacing an earlier one at the same path; and the guest's ``OPS_PORT`` is the TCP
+    ports forwarded (RunConfig.Ports, then ``ports``, ``-p``: see
+    :func:`~pyops.ops.config.merge_ports`) joined by commas, over any ``Env`` value.
     """
+    from pyops.ops.config import merge_ports
+    from pyops.ops.mapdirs import map_dir
+
     program = program or ops.program
     if not program:
         raise InvalidInput("no program given", hint="name one, or set Program in config.json")
     here = cwd or os.getcwd()
-    extra: list[tuple[str, str]] = []
-    for entry in (*ops.files, *ops.dirs):
+    target_root = target_root or ops.target_root
+
+    def user_path(entry: str) -> tuple[str, str]:
         # Ops reads every Files entry from the cwd, even absolute ones; pyops reads an
         # absolute entry from that absolute path (ops-reference.md, quirk 4).
         host = entry if os.path.isabs(entry) else os.path.join(here, entry)
-        extra.append((host, "/" + entry.lstrip("/")))
-    for pattern, guest in sorted(ops.map_dirs.items()):
-        base = pattern if os.path.isabs(pattern) else os.path.join(ops.base_dir, pattern)
-        matches = sorted(glob.glob(base))
-        if not matches:
-            raise InvalidInput(f"MapDirs: {pattern!r} matches no file")
-        for match in matches:
-            extra.append((match, guest.rstrip("/") + "/" + os.path.basename(match)))
+        return host, "/" + entry.lstrip("/")
+
+    extra = [user_path(entry) for entry in ops.files]
+    folders: list[str] = []
+    for key, guest in sorted(ops.map_dirs.items()):
+        mapped = map_dir(key, guest, base_dir=str(ops.base_dir), target_root=target_root)
+        extra.extend(mapped.paths)
+        folders.extend(mapped.folders)
+    extra.extend(user_path(entry) for entry in ops.dirs)
+    environment = {**ops.env, **(env or {})}
+    forwarded = merge_ports(ops.run.ports, ports)
+    if forwarded:
+        environment["OPS_PORT"] = ",".join(forwarded)
     passthrough: dict[str, object] = {}
     for flag in ops.debugflags:
         passthrough[flag] = "t"
@@ -120,14 +135,16 @@ def merge_config(
     return BuildConfig(
         program=program,
         args=tuple(args) if args else (ops.args or ()),
-        env={**ops.env, **(env or {})},
+        env=environment,
         name=name or ops.run.image_name,
-        target_root=target_root or ops.target_root,
+        target_root=target_root,
         klibs=tuple(klibs) if klibs else ops.klibs,
         size=size if size is not None else ops.base_volume_size,
         extra_manifest=passthrough,
         extra_paths=tuple(extra),
         name_servers=ops.name_servers,
+        directories=tuple(folders),
+        klib_dir=os.path.join(here, ops.klib_dir) if ops.klib_dir else None,
     )
 
 
@@ -389,7 +406,7 @@ def write_image(
     """Write ``tree`` and ``manifest`` as a disk at ``output``, unless the disk there was
     made from the same inputs (a key of them is kept in ``NAME.img.key``, see
     :func:`pyops.home.image_key_file`)."""
-    klibs = {k: release.klib(k) for k in config.klibs}
+    klibs = {k: klib_path(k, release, config.klib_dir) for k in config.klibs}
     key_material = {
         "tree": tree_key(tree),
         "manifest": json.dumps(manifest.to_dict(), sort_keys=True, default=str),
@@ -423,6 +440,26 @@ def write_image(
     tmp.write_text(key)
     os.replace(tmp, key_file)
     return BuiltImage(out, True, info, tuple(manifest.arguments))
+
+
+def klib_path(name: str, release: NanosRelease, klib_dir: str | None = None) -> Path:
+    """The host file of klib ``name``: in ``klib_dir`` (config.json KlibDir) when given
+    and it is there, else the release's; missing from both, a ReleaseError names both."""
+    if not klib_dir:
+        return release.klib(name)
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise InvalidInput(f"invalid klib name {name!r}", hint="name a klib file, such as ntp")
+    candidate = Path(klib_dir) / name
+    if candidate.is_file():
+        return candidate
+    if name in release.klibs:
+        return release.klibs[name]
+    where = release.path / "klibs"
+    raise ReleaseError(
+        f"klib {name!r} is neither in KlibDir {klib_dir} nor in Nanos release "
+        f"{release.label} ({where})",
+        hint=f"put the file {name} in {klib_dir}, or take it out of Klibs",
+    )
 
 
 def _digest(path: str | os.PathLike[str]) -> str:

@@ -341,10 +341,11 @@ def test_run_builds_then_hands_qemu_a_fresh_copy(
     assert b"written by the first run" in copy.read_bytes()
 
     # The second run reuses the built image and starts from it, not from the first run's
-    # writes, which stay in the copy until then.
+    # writes, which stay in the copy until then. (The same -p: the ports forwarded are in
+    # the image, as the guest's OPS_PORT.)
     fake_qemu.answer(status=1)
     stamp = pristine.stat().st_mtime_ns
-    result = CliRunner().invoke(cli, ["run", str(hello)])
+    result = CliRunner().invoke(cli, ["run", str(hello), "-p", "8080:80"])
     assert result.exit_code == 0, result.output
     assert pristine.stat().st_mtime_ns == stamp
     import hashlib
