@@ -473,17 +473,138 @@ def _open(f: BinaryIO, path: Path) -> DiskImage:
     return DiskImage(path, size, tuple(partitions), root, boot)
 
 
+# --- resizing -------------------------------------------------------------------------------
+
+RESIZE_ROOM = 2 * 1024 * SECTOR
+"""Free room a root filesystem keeps past its content when it is shrunk: the two 1,024-sector
+runs the kernel reserves for its log when it mounts the volume (tfs.c
+``filesystem_reserve_log_space``), without which the guest cannot write."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resized:
+    """What :func:`resize_disk` did."""
+
+    path: Path
+    old_size: int
+    size: int
+    root_offset: int
+    minimum: int
+    """The smallest size it could have been given: its content and :data:`RESIZE_ROOM`, or
+    its old size if that was smaller."""
+
+
+def content_end(volume: Volume) -> int:
+    """Bytes from the start of ``volume`` to the end of its last log extension or file extent:
+    everything past it is free space."""
+    ends = [1, volume.info.data_end]
+    ends += [sector + count for sector, count in volume.info.log_extensions]
+    return max(ends) * SECTOR
+
+
+def resize_disk(path: str | os.PathLike[str], size: int) -> Resized:
+    """Make the disk (or bare volume) at ``path`` ``size`` bytes long, rounded up to a sector,
+    in place, so that its root filesystem ends at the new end.
+
+    The kernel sizes the root filesystem from the device: its length less the root
+    partition's start (nanos ``src/kernel/init.c: rootfs_init``), and TFS records no volume
+    size. Growing therefore extends the file (sparsely: the new room is a hole) and sets the
+    root partition entry's sector count and end CHS to match, for the other readers of the
+    table (Ops's reader, fdisk). Shrinking is refused below the root filesystem's content
+    plus :data:`RESIZE_ROOM`. The image is read and checked first; a partition after the
+    root filesystem, or a size an MBR cannot describe, is refused.
+    """
+    p = Path(path)
+    image = open_image(p)
+    if size <= 0:
+        raise InvalidInput(f"cannot resize {p} to {size} bytes", hint="give a positive size")
+    new = (size + SECTOR - 1) // SECTOR * SECTOR
+    root_offset = image.root.offset
+    used = root_offset + content_end(image.root)
+    smallest = min(used + RESIZE_ROOM, image.size)
+    if new < smallest:
+        raise FilesystemFull(
+            f"cannot shrink {p} to {new:,} bytes: its root filesystem's files and metadata "
+            f"end at {used:,} bytes, and Nanos needs {RESIZE_ROOM // 1048576} MiB free past "
+            "them to write",
+            hint=f"the smallest size it can have is {smallest:,} bytes ({_mib(smallest)})",
+        )
+    entry_at: int | None = None
+    entry = b""
+    if image.partitions:
+        root_part = _root_partition(image.partitions)
+        if root_part is None or root_part.offset != root_offset:
+            raise ImageFormatError(f"{p}: the partition table has no root filesystem entry")
+        for other in image.partitions:
+            if other is not root_part and other.lba_start >= root_part.lba_start:
+                raise ImageFormatError(
+                    f"{p}: partition {other.index + 1} lies after the root filesystem; "
+                    "pyops resizes only disks whose root filesystem comes last"
+                )
+        sectors = (new - root_offset) // SECTOR
+        if root_part.lba_start + sectors > 0xFFFFFFFF:
+            raise InvalidInput(
+                f"cannot resize {p} to {new:,} bytes: an MBR partition table describes "
+                "disks of 2 TiB at most"
+            )
+        entry_at = PARTITION_TABLE + 16 * root_part.index
+        fields = bytearray(16)
+        fields[5:8] = chs(root_part.lba_start + sectors - 1)
+        struct.pack_into("<I", fields, 12, sectors)
+        entry = bytes(fields)
+    try:
+        with open(p, "r+b") as f:
+            fd = f.fileno()
+            if os.fstat(fd).st_size != image.size:
+                raise HostFileError(f"{p} changed while it was being resized")
+            if new >= image.size:
+                with atomic.reporting_disk_full(p, new - image.size):
+                    os.ftruncate(fd, new)
+            if entry_at is not None:
+                _patch_entry(fd, entry_at, entry)
+            if new < image.size:
+                os.ftruncate(fd, new)
+            os.fsync(fd)
+    except OSError as exc:
+        raise HostFileError(f"cannot resize {p}: {exc.strerror}") from exc
+    return Resized(p, image.size, new, root_offset, smallest)
+
+
+def _root_partition(partitions: Sequence[Partition]) -> Partition | None:
+    """The root filesystem's entry, by position as the kernel finds it (storage.h)."""
+    by_index = {part.index: part for part in partitions}
+    first = by_index.get(0)
+    return by_index.get(2 if first is not None and first.type == PARTITION_ESP else 1)
+
+
+def _patch_entry(fd: int, offset: int, fields: bytes) -> None:
+    """Set the end CHS and the sector count of the partition entry at ``offset``; its
+    status, type, start and start CHS stay as their writer made them."""
+    current = bytearray(os.pread(fd, 16, offset))
+    if len(current) != 16:
+        raise ImageFormatError("the partition table is truncated")
+    current[5:8] = fields[5:8]
+    current[12:16] = fields[12:16]
+    os.pwrite(fd, bytes(current), offset)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
+
 __all__ = [
     "BOOTFS_SIZE",
     "KLOG_SIZE",
     "DiskImage",
     "DiskInfo",
     "Partition",
+    "Resized",
     "boot_kernel",
     "check_kernel",
     "load_boot_image",
     "open_image",
     "read_partitions",
+    "resize_disk",
     "rewrite_disk",
     "write_disk",
     "write_raw_volume",
