@@ -165,10 +165,21 @@ def pkg_probe(
 
 @pkg.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def pkg_list(as_json: bool) -> None:
-    """List the local packages."""
+@click.option("-l", "--local", is_flag=True, help="The local packages, not the repository's.")
+@click.option("-c", "--config", "config_file", help="An Ops config.json (PackageManifestURL).")
+def pkg_list(as_json: bool, local: bool, config_file: str | None) -> None:
+    """List the packages of Ops's repository, as Ops does (-l: the local ones)."""
     import json
 
+    if not local:
+        from pyops.ops.repository import load_index
+
+        entries = load_index(_index_url(config_file))
+        if as_json:
+            click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
+        else:
+            _repository_table(entries)
+        return
     from pyops.ops.package import list_packages
 
     packages = list_packages()
@@ -181,6 +192,77 @@ def pkg_list(as_json: bool) -> None:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[4]]))
+
+
+def _index_url(config_file: str | None) -> str:
+    from pyops.ops.repository import manifest_url
+
+    return manifest_url(_load_ops_config(config_file).package_manifest_url)
+
+
+def _base_url(config_file: str | None) -> str:
+    from pyops.ops.repository import base_url
+
+    return base_url(_load_ops_config(config_file).package_base_url)
+
+
+def _repository_table(entries: Any) -> None:
+    rows = [("PACKAGE", "VERSION", "ARCH", "LANGUAGE", "DESCRIPTION")]
+    rows += [
+        (f"{e.namespace}/{e.name}", e.version, str(e.arch), e.language, e.description)
+        for e in entries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[4]]).rstrip())
+
+
+@pkg.command("search")
+@click.argument("term")
+@click.option("-c", "--config", "config_file", help="An Ops config.json (PackageManifestURL).")
+def pkg_search(term: str, config_file: str | None) -> None:
+    """The repository's packages whose name matches TERM (a regular expression)."""
+    from pyops.ops.repository import load_index, search
+
+    found = search(load_index(_index_url(config_file)), term)
+    if not found:
+        click.echo(f"no package matches {term!r}", err=True)
+        return
+    _repository_table(found)
+
+
+@pkg.command("describe")
+@click.argument("identifier")
+@_arch_option("The architecture (default: the host's, else amd64).")
+@click.option("-c", "--config", "config_file", help="An Ops config.json (PackageManifestURL).")
+def pkg_describe(identifier: str, arch: Any, config_file: str | None) -> None:
+    """What the repository says of NAMESPACE/NAME[:VERSION]."""
+    from pyops.ops.package import default_arch
+    from pyops.ops.repository import describe, find, load_index
+
+    entry = find(load_index(_index_url(config_file)), identifier, arch or default_arch())
+    for key, value in describe(entry).items():
+        click.echo(f"{key}: {value}")
+
+
+@pkg.command("get")
+@click.argument("identifier")
+@_arch_option("The architecture (default: the host's, else amd64).")
+@click.option("-c", "--config", "config_file", help="An Ops config.json (the repository URLs).")
+def pkg_get(identifier: str, arch: Any, config_file: str | None) -> None:
+    """Fetch NAMESPACE/NAME:VERSION from the repository (its SHA-256 checked before it is
+    unpacked); print where it is."""
+    from pyops.ops.repository import get_package
+
+    got = get_package(
+        identifier,
+        arch=arch,
+        index_url=_index_url(config_file),
+        base=_base_url(config_file),
+        progress=TqdmProgress(),
+    )
+    click.echo(got.path)
 
 
 @pkg.command("contents")

@@ -1019,12 +1019,12 @@ def load_package(name: str, home: Path | str | None = None, arch: Arch | None = 
     if path is None and ("/" in name or ":" in name):
         raise PackageError(
             f"there is no package {name!r}{for_arch} (in {repository_packages_dir(home, arch)}).",
-            hint="fetch it with Ops (ops pkg get), or make one: pyops pkg from-docker IMAGE",
+            hint="fetch it: pyops pkg get NAMESPACE/NAME:VERSION (pyops pkg list shows them)",
         )
     if path is None:
         raise PackageError(
             f"there is no local package {name!r}{for_arch} (in {packages_dir(home, arch)}).",
-            hint="pyops pkg list shows the packages there are.",
+            hint="pyops pkg list -l shows the packages there are.",
         )
     found_arch = _folder_arch(path, home)
     return _package_from_manifest(path.name, path, _read_manifest(path, name), found_arch)
@@ -1063,8 +1063,10 @@ def add_package(
     name: str | None = None,
     arch: Arch | None = None,
     home: Path | str | None = None,
+    into: Path | None = None,
 ) -> Package:
     """``pkg add``: a package folder, or a ``.tar.gz`` of one, into ``local_packages/<arch>/``
+    (or the folder ``into``)
     (``arch``: default :func:`default_arch`, as Ops's), named ``name`` (default: the folder's
     or the archive's name; Ops picks a random one). Its ``package.manifest`` may be at the
     top or in the archive's one folder. The archive is unpacked as an image layer is, so
@@ -1079,7 +1081,7 @@ def add_package(
         )
     stem = origin.name.removesuffix(".tar.gz").removesuffix(".tgz")
     package_name = check_package_name(name or stem)
-    target = packages_dir(home, arch or default_arch())
+    target = into if into is not None else packages_dir(home, arch or default_arch())
     if not archive and target.absolute().is_relative_to(origin.absolute()):
         raise PackageError(
             f"{origin} holds the package store ({target}) itself.",
@@ -1120,7 +1122,7 @@ def remove_package(name: str, home: Path | str | None = None, arch: Arch | None 
             f"there is no local package {name!r}"
             + (f" for {arch}" if arch is not None else "")
             + f" (in {packages_dir(home, arch)}).",
-            hint="pyops pkg list shows the packages there are.",
+            hint="pyops pkg list -l shows the packages there are.",
         )
     _sweep_stale(path.parent)
     doomed = atomic.temp_path(path)

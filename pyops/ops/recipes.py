@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 from pyops.arch import Arch
 from pyops.errors import PyopsError
 from pyops.ops.build import BuildConfig, BuiltImage, check_image_name, image_name, merge_config
-from pyops.ops.config import OpsConfig
+from pyops.ops.config import OpsConfig, merge_ports
 from pyops.progress import NULL_PROGRESS, Progress, step
 
 if TYPE_CHECKING:
     from pyops.nanos.release import NanosRelease
     from pyops.ops.advice import Note
     from pyops.ops.instances import Instance
+    from pyops.ops.package import Package
     from pyops.ops.volumes import Volume
     from pyops.vm.qemu import Guest, Host, VmConfig
 
@@ -118,7 +119,8 @@ def choose_release(
 def vm_config(
     ops: OpsConfig, flags: RunFlags, host: Host | None = None, guest: Arch = Arch.AMD64
 ) -> VmConfig:
-    """qemu settings: the flags, then config.json's RunConfig, then the defaults. An
+    """qemu settings: the flags, then config.json's RunConfig, then the defaults (ports:
+    config.json's, then the flags' that are not among them). An
     accelerator ``host`` (default: this machine) cannot use for a ``guest`` is refused here,
     before anything is built."""
     from pyops.vm.qemu import Accel, Host, VmConfig, choose_accel, parse_ports
@@ -131,8 +133,9 @@ def vm_config(
         memory=flags.memory or settings.memory or "2G",
         cpus=flags.cpus if flags.cpus is not None else settings.cpus,
         accel=Accel(accel),
-        ports=parse_ports(flags.ports or settings.ports)
-        + parse_ports(flags.udp_ports or settings.udp_ports, "udp"),
+        # the flags' ports join the file's, as Ops joins them
+        ports=parse_ports(merge_ports(settings.ports, flags.ports))
+        + parse_ports(merge_ports(settings.udp_ports, flags.udp_ports), "udp"),
         gdb_port=flags.gdb_port or (1234 if flags.debug else None),
         wait_for_gdb=flags.debug,
     )
@@ -154,10 +157,12 @@ def build_program(
     *,
     progress: Progress = NULL_PROGRESS,
     before_build: Callable[[Arch], object] | None = None,
+    ports: Sequence[str] = (),
 ) -> BuiltImage:
     """``pyops build``: the image of a host program (and its libraries), reused when
     nothing that goes into it changed. The program's ELF machine is the image's
-    architecture; ``before_build`` is given it before a release is chosen."""
+    architecture; ``before_build`` is given it before a release is chosen. ``ports``: the
+    TCP ports ``-p`` forwards, for the guest's ``OPS_PORT``."""
     from pyops.ops.build import build_image, program_arch, resolve_program
 
     config = merge_config(
@@ -169,6 +174,7 @@ def build_program(
         target_root=flags.target_root,
         klibs=flags.klibs,
         size=flags.size,
+        ports=ports,
     )
     name = config.name or image_name(config.program)
     config = dataclasses.replace(config, name=check_image_name(name))
@@ -208,6 +214,7 @@ def run_program(
         flags,
         progress=progress,
         before_build=lambda a: vms.append(vm_config(ops, run, host, a)),
+        ports=run.ports,
     )
     vm = _attach(vms[-1], built.volumes)
     verbose = _verbose(ops, run)
@@ -227,12 +234,11 @@ def run_package(
 ) -> int:
     """``pyops pkg load``: build (or reuse) the image of local package ``package_name`` and
     boot a fresh copy of it; returns the guest program's exit code."""
-    from pyops.ops.package import load_package
 
     host = _host()
-    package = load_package(package_name, arch=flags.arch)
+    package = _load_package(ops, package_name, flags.arch)
     vm = vm_config(ops, run, host, package.arch)
-    built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
+    built = build_package(ops, package_name, flags, cwd=cwd, progress=progress, ports=run.ports)
     vm = _attach(vm, built.volumes)
     entrypoint = package.entrypoint
     return boot(built.path, vm, host, _verbose(ops, run), progress, show_command, notes, entrypoint)
@@ -245,14 +251,15 @@ def build_package(
     *,
     cwd: str | None = None,
     progress: Progress = NULL_PROGRESS,
+    ports: Sequence[str] = (),
 ) -> BuiltImage:
-    """The image of local package ``package_name``, with config.json and the flags."""
+    """The image of local package ``package_name``, with config.json and the flags
+    (``ports``: as for :func:`build_program`)."""
     from pyops.ops.build import build_package_image
-    from pyops.ops.package import load_package
 
-    package = load_package(package_name, arch=flags.arch)
+    package = _load_package(ops, package_name, flags.arch)
     config: BuildConfig = merge_config(
-        ops, package.program, args=flags.args, env=flags.env, name=flags.name
+        ops, package.program, args=flags.args, env=flags.env, name=flags.name, ports=ports
     )
     name = check_image_name(config.name or package.name)
     config = _with_debug_keys(dataclasses.replace(config, name=name), flags)
@@ -262,6 +269,30 @@ def build_package(
         package, config, release, image_path(name), cwd=cwd, progress=progress, force=flags.force
     )
     return dataclasses.replace(built, volumes=volumes)
+
+
+def _load_package(ops: OpsConfig, name: str, arch: Arch | None) -> Package:
+    """The package ``name``; a repository one (``NAMESPACE/NAME:VERSION``) is fetched first
+    when it is not here, as Ops's ``pkg load`` does."""
+    from pyops.errors import PackageError
+    from pyops.ops.package import load_package
+
+    try:
+        return load_package(name, arch=arch)
+    except PackageError as missing:
+        if "/" not in name and ":" not in name:
+            raise
+        from pyops.ops.repository import base_url, get_package, manifest_url
+
+        try:
+            return get_package(
+                name,
+                arch=arch,
+                index_url=manifest_url(ops.package_manifest_url),
+                base=base_url(ops.package_base_url),
+            )
+        except PackageError as exc:
+            raise PackageError(f"{missing} Fetching it failed: {exc}", hint=exc.hint) from exc
 
 
 def chosen_mounts(ops: OpsConfig, given: Sequence[str] = ()) -> dict[str, Volume]:
@@ -505,12 +536,11 @@ def instance_of_package(
     """``pyops pkg load --background`` and ``pyops instance create --package``: the
     package's image built (or reused), then started in the background."""
     from pyops.ops.instances import create_instance
-    from pyops.ops.package import load_package
 
     host = _host()
-    package = load_package(package_name, arch=flags.arch)
+    package = _load_package(ops, package_name, flags.arch)
     vm = vm_config(ops, run, host, package.arch)
-    built = build_package(ops, package_name, flags, cwd=cwd, progress=progress)
+    built = build_package(ops, package_name, flags, cwd=cwd, progress=progress, ports=run.ports)
     vm = dataclasses.replace(vm, volumes=built.volumes)
     with step(progress, "start the instance"):
         return create_instance(built.path, vm, name=name, host=host)

@@ -80,7 +80,7 @@ def test_its_releases_and_packages_are_listed(
     assert result.exit_code == 0, result.output
     assert result.stdout.split("\t")[:2] == ["0.1.99", "amd64"]
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # images/, volumes/...
-    listed = json.loads(runner.invoke(cli, ["pkg", "list", "--json"]).stdout)
+    listed = json.loads(runner.invoke(cli, ["pkg", "list", "-l", "--json"]).stdout)
     assert [(p["name"], p["arch"], p["program"]) for p in listed] == [
         ("hello_1.0", "amd64", "hello_1.0/hello")
     ]

@@ -573,14 +573,14 @@ def test_cli_pkg_commands(
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "myls"
 
-    result = runner.invoke(cli, ["pkg", "list"])
+    result = runner.invoke(cli, ["pkg", "list", "--local"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "ARCH", "VERSION", "PROGRAM", "IMAGE"]
     assert lines[1].split()[:4] == ["myls", "amd64", "pkg", "/usr/bin/ls"]
     assert lines[2].split()[:4] == ["pkgroot_pkg", "amd64", "pkg", "/usr/bin/greet"]
 
-    result = runner.invoke(cli, ["pkg", "list", "--json"])
+    result = runner.invoke(cli, ["pkg", "list", "-l", "--json"])
     listed = json.loads(result.stdout)
     assert [p["name"] for p in listed] == ["myls", "pkgroot_pkg"]
     assert listed[1]["args"] == ["/usr/bin/greet", "--loud"]
