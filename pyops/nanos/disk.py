@@ -173,8 +173,7 @@ def write_disk(
     else:
         klib_map = {Path(p).name: check_kernel(p, "klib", arch) for p in klibs}
     for name in klib_map:
-        if not name or "/" in name or name in (".", ".."):
-            raise InvalidInput(f"invalid klib name {name!r}")
+        check_klib_name(name)
 
     boot_offset = len(boot) + KLOG_SIZE
     root_offset = boot_offset + BOOTFS_SIZE
@@ -191,6 +190,17 @@ def write_disk(
         # Only now is the content's size worth adding up, for the message.
         need = root_offset + sum(n.size for _, n in tree.walk() if isinstance(n, File))
         raise atomic.disk_full(output, need) from exc
+
+
+def check_klib_name(name: str) -> str:
+    """``name`` if it can name a klib in the boot filesystem's ``/klib``: a file name, or a
+    path below it (``test/lock``: Nanos loads ``/klib/test`` for its in-kernel tests)."""
+    parts = name.split("/")
+    if any(p in ("", ".", "..") or "\0" in p for p in parts):
+        raise InvalidInput(
+            f"invalid klib name {name!r}", hint="name a klib file, such as ntp, or test/lock"
+        )
+    return name
 
 
 def _boot_sectors(arch: Arch, boot_img: str | os.PathLike[str] | None) -> bytes:
@@ -601,6 +611,7 @@ __all__ = [
     "Resized",
     "boot_kernel",
     "check_kernel",
+    "check_klib_name",
     "load_boot_image",
     "open_image",
     "read_partitions",

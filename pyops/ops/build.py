@@ -73,6 +73,11 @@ class BuildConfig:
     directories: tuple[str, ...] = ()
     """Folders the image must have (where volumes are mounted, folders MapDirs maps)."""
     klib_dir: str | None = None
+    cwd: str | None = None
+    """The program's working directory in the guest (the root's ``cwd``; default ``/``)."""
+    exact_env: bool = False
+    """The guest's environment is ``env`` alone, without the variables pyops adds (USER,
+    PWD, OPS_VERSION, NANOS_VERSION, NANOS_ARCH, IMAGE_NAME)."""
     """A host folder klibs are taken from before the release's (config.json KlibDir)."""
 
 
@@ -244,30 +249,41 @@ def manifest_for(
 ) -> Manifest:
     """The root tuple: argv[0] as typed (as Ops does), Ops's environment, and ``debug_exit``
     so that the program's exit code reaches qemu's exit status."""
-    environment = {
-        "USER": "root",
-        "PWD": "/",
-        "OPS_VERSION": f"pyops-{__version__}",
-        "NANOS_VERSION": release.version,
-        "NANOS_ARCH": str(release.arch),
-        "IMAGE_NAME": name,
-    }
+    environment: dict[str, str] = {}
+    if not config.exact_env:
+        environment = {
+            "USER": "root",
+            "PWD": config.cwd or "/",
+            "OPS_VERSION": f"pyops-{__version__}",
+            "NANOS_VERSION": release.version,
+            "NANOS_ARCH": str(release.arch),
+            "IMAGE_NAME": name,
+        }
     environment.update(config.env)
     extra: dict[str, object] = {"debug_exit": "t"}
     extra.update(config.extra_manifest)
-    # ManifestPassthrough comes last in Ops and may set even program and environment.
+    # ManifestPassthrough comes last in Ops and sets its keys wholesale (fs/manifest.go:
+    # AddPassthrough), program and environment included: an environment given there is the
+    # whole of it.
     program = str(extra.pop("program", program_in_image))
     passed_env = extra.pop("environment", None)
     if isinstance(passed_env, Mapping):
-        environment.update({str(k): str(v) for k, v in passed_env.items()})
-    for key in ("arguments", "cwd", "klibs", "children"):
+        environment = {str(k): str(v) for k, v in passed_env.items()}
+    cwd = extra.pop("cwd", None)
+    if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
+        raise InvalidInput(f"ManifestPassthrough cwd {cwd!r} is not an absolute path")
+    for key, instead in (("arguments", "Args"), ("klibs", "Klibs"), ("children", "Files")):
         if key in extra:
-            raise InvalidInput(f"ManifestPassthrough cannot set {key!r}; use Args or Klibs")
+            raise InvalidInput(
+                f"ManifestPassthrough cannot set {key!r}: it is made from {instead}",
+                hint=f"give it as {instead} in config.json",
+            )
     return Manifest(
         program=program,
         arguments=(config.program, *config.args),
         environment=environment,
         klibs="bootfs" if config.klibs else None,
+        cwd=cwd or config.cwd,
         extra=extra,
     )
 
@@ -388,7 +404,8 @@ def build_image(
 def _add_user_files(tree: Tree, config: BuildConfig) -> None:
     for host, path in config.extra_paths:
         tree.add_host_path(host, path)
-    for folder in config.directories:
+    # The kernel changes to cwd before it starts the program, and fails if it is missing.
+    for folder in (*config.directories, *([config.cwd] if config.cwd else [])):
         if not tree.exists(folder):
             tree.add_directory(folder)
 
@@ -445,10 +462,11 @@ def write_image(
 def klib_path(name: str, release: NanosRelease, klib_dir: str | None = None) -> Path:
     """The host file of klib ``name``: in ``klib_dir`` (config.json KlibDir) when given
     and it is there, else the release's; missing from both, a ReleaseError names both."""
+    from pyops.nanos.disk import check_klib_name
+
+    check_klib_name(name)
     if not klib_dir:
         return release.klib(name)
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise InvalidInput(f"invalid klib name {name!r}", hint="name a klib file, such as ntp")
     candidate = Path(klib_dir) / name
     if candidate.is_file():
         return candidate

@@ -52,6 +52,12 @@ class BuildFlags:
     ``--missing-files``)."""
     mounts: tuple[str, ...] = ()
     """``--mounts VOLUME:/path``: volumes to mount, besides config.json's ``Mounts``."""
+    cwd: str | None = None
+    """``--cwd``: the program's working directory in the guest."""
+    exact_env: bool = False
+    """``--exact-env``: the guest's environment is -e's and config.json's Env only."""
+    klib_dir: str | None = None
+    """``--klib-dir``: klibs are taken from this folder first (config.json ``KlibDir``)."""
     trace: bool = False
     """Ops's ``--trace``: the kernel traces every syscall (with the strace klib)."""
     syscall_summary: bool = False
@@ -180,6 +186,7 @@ def build_program(
     config = dataclasses.replace(config, name=check_image_name(name))
     config = _with_debug_keys(config, flags)
     config, volumes = _with_mounts(config, ops, flags.mounts)
+    config = _with_program_settings(config, flags)
     resolution = resolve_program(config, progress=progress)
     guest = program_arch(resolution)
     if before_build is not None:
@@ -327,6 +334,20 @@ def _with_mounts(
         directories=config.directories + tuple(mount_point(p) for p in volumes),
     )
     return config, tuple(os.fspath(v.path) for v in volumes.values())
+
+
+def _with_program_settings(config: BuildConfig, flags: BuildFlags) -> BuildConfig:
+    """``--cwd``, ``--exact-env`` and ``--klib-dir`` over config.json's."""
+    if flags.cwd is not None and not flags.cwd.startswith("/"):
+        from pyops.errors import InvalidInput
+
+        raise InvalidInput(f"--cwd {flags.cwd!r} is not an absolute path", hint="write /srv")
+    return dataclasses.replace(
+        config,
+        cwd=flags.cwd or config.cwd,
+        exact_env=flags.exact_env or config.exact_env,
+        klib_dir=os.path.abspath(flags.klib_dir) if flags.klib_dir else config.klib_dir,
+    )
 
 
 def _attach(vm: VmConfig, volumes: Sequence[str]) -> VmConfig:

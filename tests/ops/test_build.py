@@ -608,3 +608,36 @@ def test_nightly_release_with_ops_short_flag(
     assert image.manifest.environment["NANOS_VERSION"] == "nightly"
     result = CliRunner().invoke(cli, ["run", str(hello), "-n", "--nanos-version", "0.1.5"])
     assert result.exit_code == 2 and "do not go together" in result.output
+
+
+def test_what_nanos_manifests_need_has_flags(
+    home: Path, fake_release: NanosRelease, hello: Path, tmp_path: Path
+) -> None:
+    """cwd, an exact environment and klibs outside the release (in a boot-FS subfolder, as
+    Nanos's in-kernel tests have them) have flags, and a config.json form."""
+    from ..conftest import tiny_elf
+
+    klibs = tmp_path / "klibs"
+    (klibs / "test").mkdir(parents=True)
+    (klibs / "test" / "lock").write_bytes(tiny_elf(body=b"a test klib"))
+    argv = ["build", str(hello), "--cwd", "/srv", "--exact-env", "-e", "A=1"]
+    argv += ["--klib-dir", str(klibs), "--klib", "test/lock", "--klib", "ntp"]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    image = open_image(result.stdout.strip())
+    assert image.manifest.cwd == "/srv" and image.tree().exists("/srv")
+    assert image.manifest.environment == {"A": "1"}
+    boot = image.boot_tree()
+    assert boot is not None and boot.exists("/klib/test/lock") and boot.exists("/klib/ntp")
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps({"ManifestPassthrough": {"cwd": "/opt", "environment": {"ONLY": "this"}}})
+    )
+    result = CliRunner().invoke(cli, ["build", str(hello), "-c", str(config), "-i", "p"])
+    assert result.exit_code == 0, result.output
+    manifest = open_image(result.stdout.strip()).manifest
+    assert manifest.cwd == "/opt" and manifest.environment == {"ONLY": "this"}  # as Ops sets it
+    for bad, message in ((["--cwd", "srv"], "not an absolute path"), (["--klib", "../x"], "klib")):
+        result = CliRunner().invoke(cli, ["build", str(hello), *bad])
+        assert result.exit_code == 1 and message in result.stderr, result.output
