@@ -368,6 +368,31 @@ def pkg_add(source: str, name: str | None, local: bool, arch: Any) -> None:
     click.echo(add_package(source, name=name, arch=arch).name)
 
 
+@pkg.command("from-run")
+@click.argument("program")
+@click.option("--name", help="Package name (default: the program's file name).")
+@click.option("--version", "version", default="latest", show_default=True, help="Its version.")
+@click.option("-a", "--args", "args", multiple=True, help="The package's program arguments.")
+@click.option("-e", "--env", "env", multiple=True, help="NAME=VALUE in the guest (repeat).")
+@click.option("-l", "--local", is_flag=True, help="Accepted for Ops compatibility.")
+def pkg_from_run(
+    program: str,
+    name: str | None,
+    version: str,
+    args: tuple[str, ...],
+    env: tuple[str, ...],
+    local: bool,
+) -> None:
+    """Make a package of a host PROGRAM and the libraries it loads (Ops's from-run);
+    print its name (NAME_VERSION)."""
+    from pyops.ops.build import parse_env
+    from pyops.ops.package import from_run
+
+    del local  # packages are always local here; the flag exists for Ops's muscle memory
+    made = from_run(program, name=name, version=version, args=args, env=parse_env(env))
+    click.echo(made.name)
+
+
 @pkg.command("rm")
 @click.argument("name")
 @_arch_option(_PACKAGE_ARCH_HELP)

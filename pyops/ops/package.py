@@ -123,6 +123,7 @@ __all__ = [
     "load_package",
     "packages_dir",
     "add_package",
+    "from_run",
     "remove_package",
 ]
 
@@ -1108,6 +1109,61 @@ def add_package(
         manifest = _read_manifest(top, package_name)
         final = _install(top, target / package_name)
     return _package_from_manifest(package_name, final, manifest, _folder_arch(final, home))
+
+
+def from_run(
+    program: str,
+    *,
+    name: str | None = None,
+    version: str = "latest",
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    home: Path | str | None = None,
+) -> Package:
+    """``pkg from-run``: a package of a host program and its closure, laid out as Ops's
+    ``CreatePackageFromRun`` lays it out: ``local_packages/<arch>/NAME_VERSION/`` with the
+    program beside ``sysroot/`` (``Program: NAME_VERSION/<exe>``) and its loader and
+    libraries in ``sysroot/`` at their paths. The architecture is the program's."""
+    from pyops.elf.ldd import resolve
+    from pyops.nanos.tree import File, HostFile, Symlink
+    from pyops.ops.build import closure_tree, program_arch
+
+    host_program = os.path.abspath(program)
+    if not os.path.isfile(host_program):
+        raise PackageError(f"{program}: no such program", hint="give the program's path")
+    resolution = resolve(host_program, include_runtime_extras=True)
+    package_arch = program_arch(resolution)
+    exe = os.path.basename(host_program)
+    folder_name = check_package_name(f"{name or exe}_{version}")
+    tree = closure_tree(resolution, data=False)
+    target = packages_dir(home, package_arch)
+    target.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(target)
+    with _staging(target) as staging:
+        sysroot = staging / SYSROOT
+        sysroot.mkdir()
+        shutil.copy2(host_program, staging / exe)
+        for path, node in tree.walk():
+            if path in ("/", resolution.program.path, resolution.program.real_path):
+                continue
+            dest = sysroot / path.lstrip("/")
+            if isinstance(node, Symlink):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(node.target, dest)
+            elif isinstance(node, File) and isinstance(node.source, HostFile):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(node.source.path, dest)
+            elif not isinstance(node, File):
+                dest.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "Program": f"{folder_name}/{exe}",
+            "Args": [exe, *args],
+            "Version": version,
+            "Env": dict(env or {}),
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        final = _install(staging, target / folder_name)
+    return _package_from_manifest(folder_name, final, manifest, package_arch)
 
 
 def remove_package(name: str, home: Path | str | None = None, arch: Arch | None = None) -> Path:

@@ -174,3 +174,21 @@ def test_pkg_add_and_image_create(ops_home: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(ops_home / "images" / "made")
     assert open_image(ops_home / "images" / "made").manifest.program == "/hello"
+
+
+def test_pkg_from_run_makes_an_ops_package_that_loads(
+    ops_home: Path, tmp_path: Path, cc: str, fake_qemu: FakeQemu
+) -> None:
+    hello = compile_c(cc, HELLO, tmp_path / "hi")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["pkg", "from-run", str(hello), "--version", "0.3", "-a", "7"])
+    assert (result.exit_code, result.stdout) == (0, "hi_0.3\n"), result.output
+    folder = ops_home / "local_packages/amd64/hi_0.3"
+    manifest = json.loads((folder / "package.manifest").read_text())
+    assert (manifest["Program"], manifest["Args"]) == ("hi_0.3/hi", ["hi", "7"])
+    assert (folder / "hi").is_file()
+    libs = [p for p in (folder / "sysroot").rglob("libc.so*")]
+    assert libs, sorted(str(p) for p in (folder / "sysroot").rglob("*"))
+    fake_qemu.answer(status=15)
+    result = runner.invoke(cli, ["pkg", "load", "hi_0.3"])
+    assert result.exit_code == 7, result.output
