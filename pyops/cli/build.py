@@ -115,6 +115,31 @@ def nanos_version_of(version: str | None, nightly: bool) -> str | None:
     return NIGHTLY
 
 
+def run_flags(
+    ports: tuple[str, ...],
+    memory: str | None,
+    smp: int | None,
+    accel: str | None,
+    verbose: bool | None,
+    udp_ports: tuple[str, ...] = (),
+    gdb_port: int | None = None,
+    debug: bool = False,
+) -> Any:
+    """The :class:`~pyops.ops.recipes.RunFlags` of ``run``'s and ``pkg load``'s options."""
+    from pyops.ops.recipes import RunFlags
+
+    return RunFlags(
+        ports=ports,
+        memory=memory,
+        cpus=smp,
+        accel=accel,
+        verbose=verbose,
+        udp_ports=udp_ports,
+        gdb_port=gdb_port,
+        debug=debug,
+    )
+
+
 def debug_options(f: F) -> F:
     """Ops's debugging flags of ``run`` and ``pkg load``, with Ops's short names."""
     options = [
@@ -210,21 +235,12 @@ def run(
     **kw: Any,
 ) -> None:
     """Build (or reuse) the image of a host PROGRAM and boot it; exit with its exit code."""
-    from pyops.ops.recipes import RunFlags, run_program
+    from pyops.ops.recipes import run_program
 
     code = run_program(
         _load_ops_config(kw["config_file"]),
         _build_flags(debug=debug, **kw),
-        RunFlags(
-            ports=ports,
-            memory=memory,
-            cpus=smp,
-            accel=accel,
-            verbose=verbose,
-            udp_ports=udp_ports,
-            gdb_port=gdb_port,
-            debug=debug,
-        ),
+        run_flags(ports, memory, smp, accel, verbose, udp_ports, gdb_port, debug),
         progress=TqdmProgress(verbose=bool(verbose)),
         show_command=_show_command,
         notes=_show_note,

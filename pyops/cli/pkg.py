@@ -19,7 +19,7 @@ from pyops.cli._app import (
     _show_note,
     cli,
 )
-from pyops.cli.build import debug_options, nanos_version_of
+from pyops.cli.build import debug_options, nanos_version_of, run_flags
 
 _PLATFORM_HELP = (
     "os/arch[/variant] of a multi-platform image (default: the host's own architecture when "
@@ -471,7 +471,7 @@ def pkg_load(
     directory in the image.
     """
     from pyops.ops.build import parse_env
-    from pyops.ops.recipes import BuildFlags, RunFlags, instance_of_package, run_package
+    from pyops.ops.recipes import BuildFlags, instance_of_package, run_package
 
     del local  # packages are always local here; the flag exists for Ops's muscle memory
     flags = BuildFlags(
@@ -488,16 +488,7 @@ def pkg_load(
         no_trace=no_trace,
         debug=debug,
     )
-    run = RunFlags(
-        ports=ports,
-        memory=memory,
-        cpus=smp,
-        accel=accel,
-        verbose=verbose,
-        udp_ports=udp_ports,
-        gdb_port=gdb_port,
-        debug=debug,
-    )
+    run = run_flags(ports, memory, smp, accel, verbose, udp_ports, gdb_port, debug)
     progress = TqdmProgress(verbose=bool(verbose))
     if background:
         ops = _load_ops_config(config_file)
