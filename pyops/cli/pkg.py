@@ -167,14 +167,22 @@ def pkg_probe(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("-l", "--local", is_flag=True, help="The local packages, not the repository's.")
 @click.option("-c", "--config", "config_file", help="An Ops config.json (PackageManifestURL).")
-def pkg_list(as_json: bool, local: bool, config_file: str | None) -> None:
+@click.option("-s", "--search", "term", help="Only the packages whose name matches (a regex).")
+@_arch_option("Only the packages for this architecture (default: all, with an ARCH column).")
+def pkg_list(
+    as_json: bool, local: bool, config_file: str | None, term: str | None, arch: Any
+) -> None:
     """List the packages of Ops's repository, as Ops does (-l: the local ones)."""
     import json
 
     if not local:
-        from pyops.ops.repository import load_index
+        from pyops.ops.repository import load_index, search
 
         entries = load_index(_index_url(config_file))
+        if term is not None:
+            entries = search(entries, term)
+        if arch is not None:
+            entries = [e for e in entries if e.arch == arch]
         if as_json:
             click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         else:

@@ -106,6 +106,10 @@ def test_list_search_get_and_load_from_a_mirror(
         ["test/hello", "1.0", "arm64"],
     ]
     assert (home / "packages" / "manifest.json").is_file()  # kept where Ops keeps it
+    result = runner.invoke(cli, ["pkg", "list", "-s", "^test/h", "--arch", "arm64"])
+    assert [line.split()[:3] for line in result.stdout.splitlines()][1:] == [
+        ["test/hello", "1.0", "arm64"]
+    ]
     result = runner.invoke(cli, ["pkg", "search", "hel+o"])
     assert result.exit_code == 0 and "test/hello" in result.stdout
     result = runner.invoke(cli, ["pkg", "describe", "test/hello:1.0", "--arch", "arm64"])
