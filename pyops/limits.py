@@ -97,6 +97,9 @@ FILE_BYTES = Limit("FILE_BYTES", 1 << 44, "bytes in one file of an image")
 PACKAGE_DB_BYTES = Limit(
     "PACKAGE_DB_BYTES", 256 * MiB, "bytes in one file of an image's dpkg or apk database"
 )
+MANIFEST_TEXT_BYTES = Limit(
+    "MANIFEST_TEXT_BYTES", 256 * MiB, "bytes in a Nanos manifest text (mkfs's input)"
+)
 
 ALL: tuple[Limit, ...] = (
     UNPACKED_BYTES,
@@ -117,6 +120,7 @@ ALL: tuple[Limit, ...] = (
     TUPLE_DEPTH,
     FILE_BYTES,
     PACKAGE_DB_BYTES,
+    MANIFEST_TEXT_BYTES,
 )
 
 

@@ -288,7 +288,8 @@ _NANOS_TESTS: dict[str, tuple[str, str]] = {}
 
 
 def _needs_nanos(item: pytest.Item) -> bool:
-    return item.get_closest_marker("boot") is not None or "test_tfs_interop" in item.nodeid
+    interop = ("test_tfs_interop", "test_mkfs_dump_interop")
+    return item.get_closest_marker("boot") is not None or any(n in item.nodeid for n in interop)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -3,7 +3,7 @@ group (``build`` for build and run, ``pkg``, ``image``, ``instance``, ``kernel``
 ``ldd``, ``volume``)."""
 
 # Importing each module registers its commands.
-from pyops.cli import build, image, instance, kernel, ldd, pkg, pull, volume  # noqa: F401
+from pyops.cli import build, image, instance, kernel, ldd, nanos_tools, pkg, pull, volume  # noqa: F401
 from pyops.cli._app import cli, main
 
 __all__ = ["cli", "main"]
