@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+PORT_HELP = "Forward a TCP port: PORT, HOST-GUEST (as Ops), HOST:GUEST, or a list A,B."
 ACCELS = ["auto", "kvm", "hvf", "tcg", "true", "false"]
 ACCEL_HELP = (
     "Hypervisor: KVM or HVF for a guest of the host's own architecture, TCG (emulation) "

@@ -11,6 +11,7 @@ import click
 from pyops.cli._app import (
     ACCEL_HELP,
     ACCELS,
+    PORT_HELP,
     F,
     TqdmProgress,
     _arch_option,
@@ -207,7 +208,7 @@ def image_create(package: str | None, local: bool, arch: Any, verbose: bool, **k
     "--port",
     "ports",
     multiple=True,
-    help="Forward a TCP port: PORT, HOST-GUEST (as Ops), HOST:GUEST, or a list A,B.",
+    help=PORT_HELP,
 )
 @click.option("-m", "--memory", default=None, help="Guest memory (default 2G).")
 @click.option("--smp", type=int, default=None, help="Number of virtual CPUs.")

@@ -177,19 +177,9 @@ def _confirm(question: str) -> bool:
 
 
 def _printable(text: str) -> str:
-    """``text`` with control characters (and undecodable bytes) escaped, so that a name or
-    value from an image cannot move the cursor, clear the screen or forge a line."""
-    if text.isprintable():
-        return text
-    out = []
-    for char in text:
-        if char.isprintable() or char == " ":
-            out.append(char)
-        elif "\udc80" <= char <= "\udcff":
-            out.append(f"\\x{ord(char) - 0xDC00:02x}")
-        else:
-            out.append(char.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
+    from pyops.nanos.dump import printable
+
+    return printable(text)
 
 
 @image.command("ls")

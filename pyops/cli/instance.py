@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from pyops.cli._app import ACCEL_HELP, ACCELS, TqdmProgress, _arch_option, _load_ops_config, cli
+from pyops.cli._app import (
+    ACCEL_HELP,
+    ACCELS,
+    PORT_HELP,
+    TqdmProgress,
+    _arch_option,
+    _load_ops_config,
+    cli,
+)
 
 
 @cli.group()
@@ -23,7 +31,7 @@ def _run_options(f: Any) -> Any:
             "--port",
             "ports",
             multiple=True,
-            help="Forward a TCP port: PORT, HOST-GUEST (as Ops), HOST:GUEST, or a list A,B.",
+            help=PORT_HELP,
         ),
         click.option("-m", "--memory", default=None, help="Guest memory (default 2G)."),
         click.option("--smp", type=int, default=None, help="Number of virtual CPUs."),

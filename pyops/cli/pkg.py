@@ -10,6 +10,7 @@ import click
 from pyops.cli._app import (
     ACCEL_HELP,
     ACCELS,
+    PORT_HELP,
     TqdmProgress,
     _arch_option,
     _credentials,
@@ -420,7 +421,7 @@ def pkg_rm(name: str, arch: Any) -> None:
     "--port",
     "ports",
     multiple=True,
-    help="Forward a TCP port: PORT, HOST-GUEST (as Ops), HOST:GUEST, or a list A,B.",
+    help=PORT_HELP,
 )
 @click.option("-c", "--config", "config_file", help="An Ops config.json.")
 @click.option("-i", "--imagename", "image_name", help="Image name (default: the package).")

@@ -326,41 +326,50 @@ class DiskImage:
         return volume_tree(self.boot, os.fspath(self.path))
 
 
-def boot_kernel(path: str | os.PathLike[str]) -> tuple[Arch, ImageData]:
-    """The architecture of a bootable disk and where its kernel is stored in it (the boot
-    filesystem's ``/kernel``), read without reading the root filesystem."""
-    from pyops.nanos.tfs import file_extents
-
+@contextlib.contextmanager
+def reading_image(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """The image file at ``path`` open for reading, the host's errors about it (no such
+    file, a folder, no permission, a failed read) said as :class:`HostFileError`."""
     p = Path(path)
     try:
         with open(p, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            partitions = read_partitions(f.read(SECTOR)) or []
-            by_index = {part.index: part for part in partitions}
-            first = by_index.get(0)
-            boot = by_index.get(1) if first is not None and first.type == PARTITION_ESP else first
-            if boot is None or len(partitions) < 2 or boot.offset >= size:
-                raise ImageFormatError(f"{p} is not a bootable Nanos disk (no boot filesystem)")
-            length = min(boot.sectors * SECTOR, size - boot.offset)
-            try:
-                volume = read_volume(f, boot.offset, length)
-                entry = volume.root.get("children", {}).get("kernel")
-                if not isinstance(entry, dict):
-                    raise ImageFormatError("it holds no kernel")
-                extents, file_size = file_extents(entry, boot.offset, length, "/kernel")
-            except ImageFormatError as exc:
-                raise ImageFormatError(f"{p}: the boot filesystem is unusable: {exc}") from exc
-            data = ImageData(os.fspath(p), extents, file_size)
-            head = b""
-            for _, piece in iter_image_data(f, data, 64):
-                head = piece[:20]  # the ELF header is all that is read
-                break
+            yield f
     except FileNotFoundError:
         raise HostFileError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise HostFileError(f"{p} is a directory, not an image") from None
     except OSError as exc:
         raise HostFileError(f"{p}: cannot read it ({exc.strerror})") from exc
+
+
+def boot_kernel(path: str | os.PathLike[str]) -> tuple[Arch, ImageData]:
+    """The architecture of a bootable disk and where its kernel is stored in it (the boot
+    filesystem's ``/kernel``), read without reading the root filesystem."""
+    from pyops.nanos.tfs import file_extents
+
+    p = Path(path)
+    with reading_image(p) as f:
+        size = os.fstat(f.fileno()).st_size
+        partitions = read_partitions(f.read(SECTOR)) or []
+        by_index = {part.index: part for part in partitions}
+        first = by_index.get(0)
+        boot = by_index.get(1) if first is not None and first.type == PARTITION_ESP else first
+        if boot is None or len(partitions) < 2 or boot.offset >= size:
+            raise ImageFormatError(f"{p} is not a bootable Nanos disk (no boot filesystem)")
+        length = min(boot.sectors * SECTOR, size - boot.offset)
+        try:
+            volume = read_volume(f, boot.offset, length)
+            entry = volume.root.get("children", {}).get("kernel")
+            if not isinstance(entry, dict):
+                raise ImageFormatError("it holds no kernel")
+            extents, file_size = file_extents(entry, boot.offset, length, "/kernel")
+        except ImageFormatError as exc:
+            raise ImageFormatError(f"{p}: the boot filesystem is unusable: {exc}") from exc
+        data = ImageData(os.fspath(p), extents, file_size)
+        head = b""
+        for _, piece in iter_image_data(f, data, 64):
+            head = piece[:20]  # the ELF header is all that is read
+            break
     machine = struct.unpack_from("<H", head, 18)[0] if len(head) >= 20 else None
     arch = KERNEL_MACHINES.get(machine or 0) if head[:4] == b"\x7fELF" else None
     if arch is None:
@@ -434,15 +443,8 @@ def rewrite_disk(
 def open_image(path: str | os.PathLike[str]) -> DiskImage:
     """Open a Nanos disk image (ours or any other writer's) or a bare TFS volume."""
     p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            return _open(f, p)
-    except FileNotFoundError:
-        raise HostFileError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise HostFileError(f"{p} is a directory, not an image") from None
-    except PermissionError as exc:
-        raise HostFileError(f"{p}: permission denied") from exc
+    with reading_image(p) as f:
+        return _open(f, p)
 
 
 def _open(f: BinaryIO, path: Path) -> DiskImage:

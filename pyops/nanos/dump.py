@@ -217,21 +217,16 @@ def find_root(f: BinaryIO, path: str) -> Found:
 
 def open_root(path: str | os.PathLike[str]) -> tuple[Found, Volume]:
     """The root filesystem of the image at ``path``, found as dump finds it, and read."""
+    from pyops.nanos.disk import reading_image
+
     p = os.fspath(path)
-    try:
-        with open(p, "rb") as f:
-            found = find_root(f, p)
-            try:
-                volume = read_volume(f, found.offset)
-            except ImageFormatError as exc:
-                where = f" at byte {found.offset:#x}" if found.detected else ""
-                raise ImageFormatError(f"{p}: the filesystem{where} is unusable: {exc}") from exc
-    except FileNotFoundError:
-        raise HostFileError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise HostFileError(f"{p} is a folder, not an image") from None
-    except OSError as exc:
-        raise HostFileError(f"{p}: cannot read it ({exc.strerror})") from exc
+    with reading_image(p) as f:
+        found = find_root(f, p)
+        try:
+            volume = read_volume(f, found.offset)
+        except ImageFormatError as exc:
+            where = f" at byte {found.offset:#x}" if found.detected else ""
+            raise ImageFormatError(f"{p}: the filesystem{where} is unusable: {exc}") from exc
     return found, volume
 
 

@@ -693,8 +693,8 @@ def _download(
     MD5 of the content.
     """
     from pyops.errors import DigestMismatch
-    from pyops.oci.net import HttpStatusError, RangedStream, open_ranged, redact
-    from pyops.oci.store import BlobStream, resume_download
+    from pyops.oci.net import HttpStatusError, RangedOpener, open_ranged, redact
+    from pyops.oci.store import resume_download
 
     have = out.seek(0, os.SEEK_END)
     try:
@@ -706,7 +706,6 @@ def _download(
                 hint="check the version (pyops kernel install with no version gets the latest)",
             ) from exc
         raise
-    waiting: list[RangedStream] = [first]
     if size is None:
         first.close()
         raise ReleaseError(
@@ -715,14 +714,7 @@ def _download(
             hint="install from a tarball with --from",
         )
 
-    def opener(offset: int) -> BlobStream:
-        while waiting:
-            stream = waiting.pop()
-            if stream.offset in (offset, 0):
-                return stream
-            stream.close()
-        return open_ranged(http, url, offset, size=size)[0]
-
+    opener = RangedOpener(http, url, first, size)
     key = f"nanos-{version}"
     progress.start(key, f"nanos {version}", size)
     name = f"the download of Nanos {version}"
@@ -746,8 +738,7 @@ def _download(
         ) from exc
     finally:
         progress.finish(key)
-        for stream in waiting:
-            stream.close()
+        opener.close()
     return actual.partition(":")[2]
 
 

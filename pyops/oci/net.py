@@ -286,6 +286,29 @@ class RangedStream:
         self._response.close()
 
 
+class RangedOpener:
+    """Opens the download of ``url`` at a byte offset (a :data:`pyops.oci.store.BlobOpener`),
+    handing out first the stream already opened (``first``, which told the size), then
+    asking anew for each resume. :meth:`close` closes a stream no one took."""
+
+    def __init__(self, http: HttpClient, url: str, first: RangedStream, size: int) -> None:
+        self.http, self.url, self.size = http, url, size
+        self._waiting = [first]
+
+    def __call__(self, offset: int) -> RangedStream:
+        while self._waiting:
+            stream = self._waiting.pop()
+            if stream.offset in (offset, 0):  # 0: the server ignores ranges; the loop copes
+                return stream
+            stream.close()
+        return open_ranged(self.http, self.url, offset, size=self.size)[0]
+
+    def close(self) -> None:
+        for stream in self._waiting:
+            stream.close()
+        self._waiting.clear()
+
+
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+([0-9]{1,19})-[0-9]{1,19}/([0-9]{1,19}|\*)\s*")
 
 

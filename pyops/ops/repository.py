@@ -285,7 +285,7 @@ def _download(
                 f"{entry.identifier}: cannot read {source} ({exc.strerror})"
             ) from exc
     else:
-        from pyops.oci.net import HttpClient, HttpStatusError, RangedStream, open_ranged
+        from pyops.oci.net import HttpClient, HttpStatusError, RangedOpener, open_ranged
         from pyops.oci.store import resume_download
 
         http = client or HttpClient()
@@ -302,16 +302,7 @@ def _download(
                 first.close()
                 raise PackageError(f"{_shown(url)} does not say how large the package is")
             limits.UNPACKED_BYTES.check(size, f"{entry.identifier}: its declared size")
-            waiting: list[RangedStream] = [first]
-
-            def opener(offset: int) -> RangedStream:
-                while waiting:  # the first answer serves the start; a resume asks anew
-                    stream = waiting.pop()
-                    if stream.offset == offset:
-                        return stream
-                    stream.close()
-                return open_ranged(http, url, offset, size=size)[0]
-
+            opener = RangedOpener(http, url, first, size)
             try:
                 resume_download(
                     out,
@@ -328,6 +319,8 @@ def _download(
             except PyopsError:
                 dest.unlink(missing_ok=True)
                 raise
+            finally:
+                opener.close()
             return
     with open(dest, "rb") as f:
         actual = hashlib.file_digest(f, "sha256").hexdigest()
