@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 PORT_HELP = "Forward a TCP port: PORT, HOST-GUEST (as Ops), HOST:GUEST, or a list A,B."
+PORT_OPTION = click.option("-p", "--port", "ports", multiple=True, help=PORT_HELP)
+"""``-p``, as run, pkg load and instance create take it."""
 ACCELS = ["auto", "kvm", "hvf", "tcg", "true", "false"]
 ACCEL_HELP = (
     "Hypervisor: KVM or HVF for a guest of the host's own architecture, TCG (emulation) "

@@ -11,7 +11,7 @@ import click
 from pyops.cli._app import (
     ACCEL_HELP,
     ACCELS,
-    PORT_HELP,
+    PORT_OPTION,
     F,
     TqdmProgress,
     _arch_option,
@@ -203,13 +203,7 @@ def image_create(package: str | None, local: bool, arch: Any, verbose: bool, **k
 
 @cli.command()
 @_build_options
-@click.option(
-    "-p",
-    "--port",
-    "ports",
-    multiple=True,
-    help=PORT_HELP,
-)
+@PORT_OPTION
 @click.option("-m", "--memory", default=None, help="Guest memory (default 2G).")
 @click.option("--smp", type=int, default=None, help="Number of virtual CPUs.")
 @click.option(

@@ -11,7 +11,7 @@ import click
 from pyops.cli._app import (
     ACCEL_HELP,
     ACCELS,
-    PORT_HELP,
+    PORT_OPTION,
     TqdmProgress,
     _arch_option,
     _load_ops_config,
@@ -26,13 +26,7 @@ def instance() -> None:
 
 def _run_options(f: Any) -> Any:
     options = [
-        click.option(
-            "-p",
-            "--port",
-            "ports",
-            multiple=True,
-            help=PORT_HELP,
-        ),
+        PORT_OPTION,
         click.option("-m", "--memory", default=None, help="Guest memory (default 2G)."),
         click.option("--smp", type=int, default=None, help="Number of virtual CPUs."),
         click.option("--accel", type=click.Choice(ACCELS), default=None, help=ACCEL_HELP),

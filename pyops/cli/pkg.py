@@ -10,7 +10,7 @@ import click
 from pyops.cli._app import (
     ACCEL_HELP,
     ACCELS,
-    PORT_HELP,
+    PORT_OPTION,
     TqdmProgress,
     _arch_option,
     _credentials,
@@ -416,13 +416,7 @@ def pkg_rm(name: str, arch: Any) -> None:
 @click.argument("name")
 @click.option("-a", "--args", "args", multiple=True, help="Program arguments (repeat).")
 @click.option("-e", "--env", "env", multiple=True, help="NAME=VALUE in the guest (repeat).")
-@click.option(
-    "-p",
-    "--port",
-    "ports",
-    multiple=True,
-    help=PORT_HELP,
-)
+@PORT_OPTION
 @click.option("-c", "--config", "config_file", help="An Ops config.json.")
 @click.option("-i", "--imagename", "image_name", help="Image name (default: the package).")
 @click.option("-m", "--memory", default=None, help="Guest memory (default 2G).")
