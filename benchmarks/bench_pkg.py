@@ -137,7 +137,7 @@ class Jobs:
         return [
             "env", f"PYOPS_HOME={home}",
             *pyops_cli("pkg", "from-docker", "--insecure", self.image.ref, "-f",
-                       self.image.program, "-n", "bench", *extra),
+                       self.image.program, "--name", "bench", *extra),
         ]  # fmt: skip
 
     def skopeo(self) -> list[str]:
@@ -211,14 +211,14 @@ def bench_image(work: Path, image: Image, repeat: int) -> list[Row]:
     measure(jobs.skopeo())
     jobs.clean()
     measure(jobs.from_docker(home))
-    kept_entries, kept_bytes = tree_stats(home / "local_packages/bench/sysroot")
+    kept_entries, kept_bytes = tree_stats(home / "local_packages/amd64/bench/sysroot")
     jobs.clean()
     layers = blobs_of(jobs.cached, image.ref)
     measure(jobs.tar(layers))
     tar_entries, _ = tree_stats(jobs.fresh)
     jobs.clean()
     measure(jobs.from_docker(jobs.cached, "--copy"))
-    copy_entries, copy_bytes = tree_stats(jobs.cached / "local_packages/bench/sysroot")
+    copy_entries, copy_bytes = tree_stats(jobs.cached / "local_packages/amd64/bench/sysroot")
     jobs.clean()
     if abs(copy_entries - tar_entries) > max(10, tar_entries // 100):
         raise SystemExit(f"tar unpacked {tar_entries} entries, pyops --copy {copy_entries}")

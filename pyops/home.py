@@ -3,6 +3,9 @@
 ``PYOPS_HOME`` (default ``~/.pyops``) holds::
 
     blobs/            image layers, manifests and configs, by digest (pyops.oci.store)
+    layers/           the layers' uncompressed tars, by diff_id (pyops.oci.rootindex)
+    roots/            indexes of the roots those layers make (a cache: deleting it and
+                      layers/ costs only time)
     images/NAME.img   built images, with NAME.img.key (what went into them)
     runs/NAME.img     the copy of NAME.img its last run booted and wrote to
     local_packages/   packages made by pkg from-docker, in Ops's format
@@ -19,8 +22,8 @@ are folders at the top (``~/.ops/0.1.55``, ``0.1.55-arm``, ``nightly``) and imag
 ``.img`` (``images/NAME``, as Ops names them since 2022); packages (``local_packages/<arch>/``,
 ``packages/<arch>/``) and volumes are where both keep them anyway. What only pyops has
 (run copies, instances, image keys) goes to a hidden ``.pyops/`` there, out of Ops's way
-(Ops keeps its own instances in ``~/.ops/instances``); the blob cache is ``blobs/``, which
-Ops does not use. :func:`layout` tells
+(Ops keeps its own instances in ``~/.ops/instances``); the caches are ``blobs/``,
+``layers/`` and ``roots/``, which Ops does not use. :func:`layout` tells
 which a home is.
 """
 

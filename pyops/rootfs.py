@@ -17,6 +17,7 @@ import stat
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyops import limits
 from pyops.errors import UnsafeLayerPath
@@ -56,6 +57,106 @@ class Resolved:
         """The symlinks followed, then the resolved path: what an image needs to hold for
         the path to work, each entry recreatable as it is."""
         return (*self.links, self.path)
+
+
+class FileStat(Protocol):
+    """What the readers of a root use of an entry's ``lstat`` (``os.stat_result`` is one)."""
+
+    @property
+    def st_mode(self) -> int: ...
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+    @property
+    def st_dev(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+    @property
+    def st_nlink(self) -> int: ...
+
+
+Window = tuple[str, int, int]
+"""Where a regular file's bytes are on the host: a host file, the offset in it, the length."""
+
+
+class RootFiles(Protocol):
+    """An image's root filesystem, read by resolved in-root paths (``/usr/lib/x.so``, no
+    symlink among the components but maybe the last; the root is ``/``)."""
+
+    def lstat(self, real: str) -> FileStat | None:
+        """The entry's attributes, None if there is none."""
+        ...
+
+    def readlink(self, real: str) -> str:
+        """A symlink's target; OSError if the entry is not a symlink."""
+        ...
+
+    def listdir(self, real: str) -> list[str]:
+        """A folder's names, in no order; OSError if it is not a folder."""
+        ...
+
+    def window(self, real: str) -> Window:
+        """Where a regular file's bytes are; OSError if it is not a regular file."""
+        ...
+
+    def host(self, real: str) -> str:
+        """A host path naming the entry in messages and results (for a host folder, the
+        entry itself)."""
+        ...
+
+
+class HostFiles:
+    """:class:`RootFiles` of a host folder, as it is now."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+
+    def host(self, real: str) -> str:
+        return os.path.join(self.root, real.lstrip("/"))
+
+    def lstat(self, real: str) -> FileStat | None:
+        try:
+            return os.lstat(self.host(real))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def readlink(self, real: str) -> str:
+        return os.readlink(self.host(real))
+
+    def listdir(self, real: str) -> list[str]:
+        return os.listdir(self.host(real))
+
+    def window(self, real: str) -> Window:
+        path = self.host(real)
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(path) if stat.S_ISDIR(st.st_mode) else OSError(path)
+        return path, 0, st.st_size
+
+
+def read_window(window: Window, limit: int) -> bytes:
+    """The first ``limit`` bytes (at most) of the file at ``window``."""
+    path, offset, length = window
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, min(limit, length), offset)
+    finally:
+        os.close(fd)
+
+
+def resolve_in(
+    files: RootFiles, path: str | Sequence[str], *, follow_last: bool = True
+) -> Resolved:
+    """:func:`resolve` inside ``files``."""
+
+    def mode(parts: Parts) -> int | None:
+        st = files.lstat("/" + "/".join(parts))
+        return st.st_mode if st is not None else None
+
+    return resolve(
+        path, mode, lambda parts: files.readlink("/" + "/".join(parts)), follow_last=follow_last
+    )
 
 
 def host_lstat(root: str) -> Lstat:

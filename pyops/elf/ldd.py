@@ -284,31 +284,37 @@ class Resolution:
 class _Node:
     real: str
     links: tuple[str, ...]
-    st: os.stat_result
+    st: rootfs.FileStat
 
 
 class _RootFs:
     """Path resolution confined to a root, with every result cached."""
 
-    def __init__(self, root: str | None) -> None:
-        host_root = os.path.abspath(root) if root is not None else "/"
-        self.prefix = "" if host_root == "/" else host_root.rstrip("/")
-        try:
-            st = os.stat(host_root)
-        except OSError as exc:
-            raise HostFileError(f"cannot use root {host_root}: {exc.strerror}") from exc
-        if not stat.S_ISDIR(st.st_mode):
-            raise HostFileError(f"the root {host_root} is not a directory")
+    def __init__(self, root: str | rootfs.RootFiles | None) -> None:
+        if root is None or isinstance(root, str):
+            host_root = os.path.abspath(root) if root is not None else "/"
+            try:
+                st: rootfs.FileStat | None = os.stat(host_root)
+            except OSError as exc:
+                raise HostFileError(f"cannot use root {host_root}: {exc.strerror}") from exc
+            self.files: rootfs.RootFiles = rootfs.HostFiles(host_root)
+            shown = host_root
+        else:
+            self.files = root
+            st = root.lstat("/")
+            shown = root.host("/")
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise HostFileError(f"the root {shown} is not a directory")
         self._root_st = st
         self._nodes: dict[str, _Node | None] = {"/": _Node("/", (), st)}
         self._max_parts = PATH_ELEMENTS.value()
         self._listings: dict[str, frozenset[str]] = {}
-        self._stats: dict[str, os.stat_result] = {}
+        self._stats: dict[str, rootfs.FileStat] = {}
         self._elves: dict[tuple[int, int], ElfInfo | PyopsError] = {}
 
     def host(self, real: str) -> str:
         """The host path of an in-root path that has no symlinks left in it."""
-        return self.prefix + real if self.prefix else real
+        return self.files.host(real)
 
     def lookup(self, path: str, depth: int = 0) -> _Node | None:
         """Resolve an absolute in-root path; None if it does not exist (or loops).
@@ -361,8 +367,10 @@ class _RootFs:
         st = self._stats.get(real)
         if st is None:
             try:
-                st = os.lstat(self.host(real))
+                st = self.files.lstat(real)
             except OSError:
+                return None
+            if st is None:
                 return None
             self._stats[real] = st
         return st.st_mode
@@ -370,7 +378,7 @@ class _RootFs:
     def _readlink(self, parts: tuple[str, ...]) -> str:
         real = "/" + "/".join(parts)
         try:
-            target = os.readlink(self.host(real))
+            target = self.files.readlink(real)
         except OSError:
             raise _Unreadable from None
         more = sum(1 for p in target.split("/") if p)
@@ -383,7 +391,7 @@ class _RootFs:
         names = self._listings.get(real_dir)
         if names is None:
             try:
-                names = frozenset(os.listdir(self.host(real_dir)))
+                names = frozenset(self.files.listdir(real_dir))
             except OSError:
                 names = frozenset()
             self._listings[real_dir] = names
@@ -404,7 +412,9 @@ class _RootFs:
         info = self._elves.get(key)
         if info is None:
             try:
-                info = read_elf(self.host(node.real), display=node.real)
+                info = read_elf(node.real, display=node.real, window=self.window(node.real))
+            except OSError as exc:
+                info = HostFileError(f"cannot read {node.real}: {exc.strerror or exc}")
             except PyopsError as exc:
                 info = exc
             self._elves[key] = info
@@ -428,15 +438,16 @@ class _RootFs:
         # Sized from the file (read(n) allocates n bytes first); more only if it grew.
         cap = limit if prefix else limit + 1
         try:
-            with open(self.host(node.real), "rb") as handle:
-                data = handle.read(min(node.st.st_size + 1, cap))
-                if len(data) > node.st.st_size and len(data) < cap:
-                    data += handle.read(cap - len(data))
+            data = rootfs.read_window(self.window(node.real), cap)
         except OSError:
             return None
         if len(data) > limit:
             raise LOADER_FILE_BYTES.exceeded(f"{path} in the root")
         return data
+
+    def window(self, real: str) -> rootfs.Window:
+        """Where the bytes of a resolved regular file are (OSError if they cannot be)."""
+        return self.files.window(real)
 
     def glob(self, pattern: str) -> list[str]:
         """Expand a glob inside the root, sorted like glob(3)."""
@@ -1079,19 +1090,26 @@ class Resolver:
 
     def __init__(
         self,
-        root: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | rootfs.RootFiles | None = None,
         *,
         env: Mapping[str, str] | None = None,
         machine: str | None = None,
         cwd: str = "/",
         emulate_ldconfig: bool = False,
     ) -> None:
-        self.root = os.fspath(root) if root is not None else None
+        files: rootfs.RootFiles | None = None
+        if isinstance(root, (str, os.PathLike)):
+            self.root: str | None = os.fspath(root)
+        elif root is not None:
+            files = root
+            self.root = root.host("/")
+        else:
+            self.root = None
         self.env: dict[str, str] = dict(env) if env is not None else {}
         self.machine = machine
         self.cwd = cwd if cwd.startswith("/") else "/" + cwd
         self.emulate_ldconfig = emulate_ldconfig
-        self._fs = _RootFs(self.root)
+        self._fs = _RootFs(files if files is not None else self.root)
         self._glibc: dict[str, _GlibcSetup] = {}
         self._cache: dict[str, list[tuple[int, str]]] | None = None
         self._cache_read = False
@@ -1393,7 +1411,7 @@ class Resolver:
         versions = self._glibc_versions.get(key)
         if versions is None:
             try:
-                versions = read_version_definitions(self._fs.host(key), display=key)
+                versions = read_version_definitions(key, display=key, window=self._fs.window(key))
             except PyopsError:
                 versions = ()
             self._glibc_versions[key] = versions

@@ -25,6 +25,7 @@ from elftools.elf.structs import ELFStructs
 
 from pyops.errors import ElfMismatch, HostFileError, NotAnElf
 from pyops.limits import NEEDED
+from pyops.rootfs import Window
 
 __all__ = [
     "DF_1_NODEFLIB",
@@ -202,17 +203,18 @@ def _program_headers(
 class _Reader:
     """Bounded reads at offsets of one open file, failing as a truncated ELF."""
 
-    def __init__(self, fd: int, size: int, name: str) -> None:
+    def __init__(self, fd: int, size: int, name: str, base: int = 0) -> None:
         self.fd = fd
         self.size = size
         self.name = name
+        self.base = base  # where the ELF file starts in the open file (a layer's tar)
 
     def read(self, offset: int, length: int, what: str) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise NotAnElf(
                 f"{self.name} is a truncated or corrupt ELF file ({what} lies past its end)"
             )
-        data = os.pread(self.fd, length, offset)
+        data = os.pread(self.fd, length, self.base + offset)
         if len(data) != length:
             raise NotAnElf(f"{self.name} is a truncated ELF file (short read of {what})")
         return data
@@ -223,7 +225,7 @@ class _Reader:
         chunk = b""
         pos = offset
         while True:
-            part = os.pread(self.fd, min(256, self.size - pos), pos)
+            part = os.pread(self.fd, min(256, self.size - pos), self.base + pos)
             if not part:
                 raise NotAnElf(f"{self.name} is a truncated ELF file ({what} is not terminated)")
             end = part.find(b"\0")
@@ -238,26 +240,38 @@ class _Reader:
         return chunk.decode("utf-8", "surrogateescape")
 
 
+def _open_reader(fd: int, name: str, window: Window | None) -> _Reader:
+    if window is None:
+        return _Reader(fd, os.fstat(fd).st_size, name)
+    _, offset, length = window
+    if offset < 0 or length < 0 or offset + length > os.fstat(fd).st_size:
+        raise NotAnElf(f"{name} lies past the end of the file holding it")
+    return _Reader(fd, length, name, offset)
+
+
 def _name(value: object) -> str:
     # pyelftools maps known numbers to names and leaves unknown ones as ints.
     return value if isinstance(value, str) else f"EM_{value}"
 
 
-def read_elf(path: str | os.PathLike[str], *, display: str | None = None) -> ElfInfo:
+def read_elf(
+    path: str | os.PathLike[str], *, display: str | None = None, window: Window | None = None
+) -> ElfInfo:
     """Read the loader-relevant facts of the ELF file at ``path``.
 
     ``display`` is the name used in messages (for example the path inside an image root).
-    Raises :class:`NotAnElf` for a file that is not ELF, is truncated or is corrupt, and
-    :class:`HostFileError` when the file cannot be opened or read.
+    With ``window`` (``(host file, offset, length)``), the ELF file is those bytes of that
+    file (a member of a layer's tar) and ``path`` only names it. Raises :class:`NotAnElf`
+    for a file that is not ELF, is truncated or is corrupt, and :class:`HostFileError` when
+    the file cannot be opened or read.
     """
     name = display if display is not None else os.fspath(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(window[0] if window else path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise HostFileError(f"cannot open {name}: {exc.strerror}") from exc
     try:
-        size = os.fstat(fd).st_size
-        return _parse(_Reader(fd, size, name), name)
+        return _parse(_open_reader(fd, name, window), name)
     except (ELFError, ConstructError, ValueError, OverflowError, struct.error) as exc:
         raise NotAnElf(f"{name} is a corrupt ELF file ({exc})") from exc
     except OSError as exc:
@@ -267,7 +281,7 @@ def read_elf(path: str | os.PathLike[str], *, display: str | None = None) -> Elf
 
 
 def _identify(reader: _Reader, name: str) -> tuple[bool, int]:
-    head = os.pread(reader.fd, 16, 0)
+    head = os.pread(reader.fd, min(16, reader.size), reader.base)
     if head[:4] != ELF_MAGIC:
         if head[:2] == b"#!":
             raise NotAnElf(
@@ -425,20 +439,19 @@ def _string(reader: _Reader, strtab: int, size: int | None, index: int, what: st
 
 
 def read_version_definitions(
-    path: str | os.PathLike[str], *, display: str | None = None
+    path: str | os.PathLike[str], *, display: str | None = None, window: Window | None = None
 ) -> tuple[str, ...]:
     """Return the symbol version names a library defines (``DT_VERDEF``), e.g. ``GLIBC_2.34``.
 
-    The first entry is the library's own base name. Raises like :func:`read_elf`.
+    The first entry is the library's own base name. Arguments and errors as :func:`read_elf`.
     """
     name = display if display is not None else os.fspath(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(window[0] if window else path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise HostFileError(f"cannot open {name}: {exc.strerror}") from exc
     try:
-        reader = _Reader(fd, os.fstat(fd).st_size, name)
-        return _version_definitions(reader, name)
+        return _version_definitions(_open_reader(fd, name, window), name)
     except (ELFError, ConstructError, ValueError, OverflowError, struct.error) as exc:
         raise NotAnElf(f"{name} is a corrupt ELF file ({exc})") from exc
     except OSError as exc:

@@ -163,14 +163,19 @@ def read_contents(path: Path) -> Contents | None:
 
 
 class ImageRoot:
-    """The unpacked image, read only through in-root resolution."""
+    """The unpacked image, read only through in-root resolution.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    ``root`` is a host folder holding the unpacked image, or the image's entries as
+    :class:`~pyops.rootfs.RootFiles` (a layer index: nothing of it unpacked)."""
+
+    def __init__(self, root: Path | rootfs.RootFiles) -> None:
+        self.files: rootfs.RootFiles = (
+            rootfs.HostFiles(root) if isinstance(root, (str, os.PathLike)) else root
+        )
 
     def host(self, path: str) -> str:
         """The host path of a resolved (link-free) in-root path."""
-        return os.path.join(self.root, path.lstrip("/"))
+        return self.files.host(path)
 
     def chain(self, path: str) -> tuple[str, ...] | None:
         """The symlinks passed and the resolved path (:func:`pyops.rootfs.resolve`'s rules),
@@ -179,13 +184,20 @@ class ImageRoot:
         if "\0" in path:
             return None
         try:
-            found = rootfs.resolve_on_host(self.root, path)
+            found = rootfs.resolve_in(self.files, path)
         except UnsafeLayerPath:
             return None  # a loop: as good as missing
         return found.chain if found.mode is not None else None
 
     def mode(self, resolved: str) -> int:
-        return os.lstat(self.host(resolved)).st_mode
+        st = self.files.lstat(resolved)
+        if st is None:
+            raise FileNotFoundError(self.host(resolved))
+        return st.st_mode
+
+    def size(self, resolved: str) -> int:
+        st = self.files.lstat(resolved)
+        return st.st_size if st is not None else 0
 
     def is_dir(self, path: str) -> bool:
         chain = self.chain(path)
@@ -195,25 +207,32 @@ class ImageRoot:
         chain = self.chain(path)
         return chain is not None and stat.S_ISREG(self.mode(chain[-1]))
 
+    def is_link(self, resolved: str) -> bool:
+        st = self.files.lstat(resolved)
+        return st is not None and stat.S_ISLNK(st.st_mode)
+
+    def head(self, resolved: str, length: int) -> bytes:
+        """The first ``length`` bytes (at most) of a resolved regular file."""
+        return rootfs.read_window(self.files.window(resolved), length)
+
     def read(self, path: str, subject: str) -> bytes | None:
         """A small regular file of the image (a package database), None if missing."""
         chain = self.chain(path)
         if chain is None or not stat.S_ISREG(self.mode(chain[-1])):
             return None
-        host = self.host(chain[-1])
-        PACKAGE_DB_BYTES.check(os.path.getsize(host), subject)
-        with open(host, "rb") as f:
-            return f.read(PACKAGE_DB_BYTES.value() + 1)
+        PACKAGE_DB_BYTES.check(self.size(chain[-1]), subject)
+        return self.head(chain[-1], PACKAGE_DB_BYTES.value() + 1)
 
     def listdir(self, path: str) -> list[str]:
         chain = self.chain(path)
         if chain is None or not stat.S_ISDIR(self.mode(chain[-1])):
             return []
-        return sorted(os.listdir(self.host(chain[-1])))
+        return sorted(self.files.listdir(chain[-1]))
 
     def tree(self, path: str) -> Iterator[str]:
         """``path`` (its chain) and everything below it; the targets of symlinks inside
-        that lead to files elsewhere in the image come too."""
+        that lead to files elsewhere in the image come too. Folders are walked in sorted
+        order, each folder's subfolders before its other entries."""
         chain = self.chain(path)
         if chain is None:
             return
@@ -221,18 +240,28 @@ class ImageRoot:
         top = chain[-1]
         if not stat.S_ISDIR(self.mode(top)):
             return
-        base = self.host(top)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            inside = "/" + os.path.relpath(dirpath, self.root).replace(os.sep, "/")
-            inside = inside.rstrip("/.") or "/"
-            for name in [*dirnames, *sorted(filenames)]:
-                entry = f"{inside.rstrip('/')}/{name}"
+        # An explicit stack: a hostile layer can nest folders deeper than Python recurses.
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            dirs: list[str] = []
+            others: list[str] = []
+            for name in self.files.listdir(folder):
+                entry = f"{folder.rstrip('/')}/{name}"
+                st = self.files.lstat(entry)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    dirs.append(name)
+                else:
+                    others.append(name)
+            dirs.sort()
+            for name in [*dirs, *sorted(others)]:
+                entry = f"{folder.rstrip('/')}/{name}"
                 yield entry
-                if os.path.islink(self.host(entry)):
+                if self.is_link(entry):
                     target = self.chain(entry)
                     if target is not None and stat.S_ISREG(self.mode(target[-1])):
                         yield from target
+            stack.extend(f"{folder.rstrip('/')}/{name}" for name in reversed(dirs))
 
 
 def _excluded(path: str) -> bool:
@@ -250,7 +279,7 @@ def is_documentation(path: str) -> bool:
 
 
 def select(
-    root: Path,
+    root: Path | rootfs.RootFiles,
     resolver: Resolver,
     resolution: Resolution,
     program_chain: Sequence[str],
@@ -348,8 +377,7 @@ def _shared_object_closure(
         name = path.rsplit("/", 1)[-1]
         if not (name.endswith((".so", ".node")) or ".so." in name):
             continue
-        host = image.host(path)
-        if os.path.islink(host) or not os.path.isfile(host):
+        if image.is_link(path) or not image.is_file(path):
             continue  # a link's target is in the tree on its own
         try:
             resolution = resolver.resolve(path, allow_missing=True)
@@ -714,10 +742,9 @@ def config_part(image: ImageRoot, owner: Part) -> Part:
             continue
         chain = image.chain(path)
         assert chain is not None
-        if os.path.getsize(image.host(chain[-1])) > _CONFIG_BYTES:
+        if image.size(chain[-1]) > _CONFIG_BYTES:
             continue
-        with open(image.host(chain[-1]), "rb") as f:
-            text = f.read(_CONFIG_BYTES).decode("utf-8", "replace")
+        text = image.head(chain[-1], _CONFIG_BYTES).decode("utf-8", "replace")
         lines += [
             line for line in text.splitlines() if not line.lstrip().startswith(("#", ";", "//"))
         ]

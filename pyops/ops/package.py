@@ -75,6 +75,7 @@ that died are removed by the next :func:`from_docker` or :func:`remove_package`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -87,12 +88,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyops import arch, atomic
+from pyops import arch, atomic, rootfs
 from pyops import home as _home
 from pyops.arch import Arch
 from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
 from pyops.errors import CaseCollision, DiskFull, LibraryNotFound, PackageError, PyopsError
+from pyops.oci import rootindex
 from pyops.oci.auth import Credentials
 from pyops.oci.layers import Unpacker, unpack_layers
 from pyops.oci.net import HttpClient
@@ -390,7 +392,7 @@ def from_docker(
     with (
         _staging(target) as staging,
         _naming(label),
-        _Unpacking(staging / "rootfs", progress, in_memory=not copy) as unpacking,
+        _Unpacking(staging / "rootfs", progress, in_memory=not copy, store=store) as unpacking,
     ):
         sysroot = staging / SYSROOT
         if pulled is None:
@@ -427,7 +429,11 @@ def from_docker(
         if copy:
             kept = Contents((Part("copy", "the whole root filesystem (--copy)", ()),))
             _refuse_collisions(unpacking, None, target)
-            os.rename(root, sysroot)
+            if isinstance(root, Path):
+                os.rename(root, sysroot)
+            elif isinstance(root, rootindex.IndexFiles):
+                with step(progress, "copy the root filesystem"):
+                    copy_kept(root, sysroot, root.paths())
         else:
             assert resolution is not None  # nodiscover goes with copy
             with step(progress, "keep what the program needs"):
@@ -443,7 +449,8 @@ def from_docker(
                     closure_only=closure_only,
                 )
                 _refuse_collisions(unpacking, kept.paths(), target)
-                if root.parent == staging:  # on the same disk: what is kept stays in place
+                if isinstance(root, Path) and root.parent == staging:
+                    # On the same disk: what is kept stays in place.
                     prune(root, kept.paths())
                     os.rename(root, sysroot)
                 else:
@@ -459,6 +466,9 @@ def from_docker(
     return dataclasses.replace(made, notes=notes)
 
 
+Root = Path | rootfs.RootFiles
+"""An image's root as the package policy reads it: the unpacked folder, or the image's index."""
+
 SCRATCH_FOLDERS = ("/dev/shm",)
 """Memory-backed folders (tmpfs) where from-docker unpacks an image whose package keeps only
 part of it: creating a file there costs a small fraction of what it costs on a disk, and
@@ -471,23 +481,29 @@ decide whether an image fits in a scratch folder with room to spare)."""
 
 class _Unpacking:
     """The :class:`~pyops.oci.pull.LayerConsumer` of from-docker: unpacks each layer as it
-    arrives, checked against the config's diff_ids.
+    arrives, checked against the config's diff_ids, keeping its uncompressed tar in
+    ``store`` and, at the end, the root's index (:mod:`pyops.oci.rootindex`).
 
-    With ``in_memory``, the root goes to a scratch folder in memory (:data:`SCRATCH_FOLDERS`)
-    when the host has one with room for twice the image and as much memory available;
-    should it fill up anyway, the unpacking starts over in ``disk_root``. Used as a context
-    manager, which removes the scratch root at the end.
+    When ``store`` has the index of these very layers already, nothing is unpacked:
+    :meth:`finish` returns the index. With ``in_memory``, the root goes to a scratch folder
+    in memory (:data:`SCRATCH_FOLDERS`) when the host has one with room for twice the image
+    and as much memory available; should it fill up anyway, the unpacking starts over in
+    ``disk_root``. Used as a context manager, which removes the scratch root at the end.
     """
 
-    def __init__(self, disk_root: Path, progress: Progress, *, in_memory: bool) -> None:
+    def __init__(
+        self, disk_root: Path, progress: Progress, *, in_memory: bool, store: Store
+    ) -> None:
         self.disk_root = disk_root
         self.progress = progress
         self.in_memory = in_memory
+        self.store = store
         self.root = disk_root
         self.config: ImageConfig | None = None
         self.count = 0
         self.paths: list[Path] = []
         self.unpacker: Unpacker | None = None
+        self.index: rootindex.IndexFiles | None = None
         self._scratch: Path | None = None
 
     def __enter__(self) -> _Unpacking:
@@ -497,14 +513,37 @@ class _Unpacking:
         if self._scratch is not None:
             atomic.remove(self._scratch)
 
+    def _diff_ids(self) -> list[str] | None:
+        assert self.config is not None, "start() comes first"
+        diff_ids = self.config.diff_ids
+        return list(diff_ids) if diff_ids and len(diff_ids) == self.count else None
+
     def _new_unpacker(self) -> Unpacker:
         assert self.config is not None, "start() comes first"
-        diff_ids = self.config.diff_ids or None
-        return Unpacker(self.root, self.count, diff_ids=diff_ids, progress=self.progress)
+        diff_ids = self._diff_ids()
+        keep = None
+        if diff_ids is not None:
+            tars = [rootindex.layer_tar_path(self.store, d) for d in diff_ids]
+            keep = [None if tar.is_file() else tar for tar in tars]
+        return Unpacker(
+            self.root,
+            self.count,
+            diff_ids=self.config.diff_ids or None,
+            progress=self.progress,
+            # In memory, creating a file costs less than handing it to a thread.
+            threaded=self._scratch is None,
+            keep_tars=keep,
+        )
 
     def start(self, config: ImageConfig, layers: Sequence[Descriptor]) -> None:
         self.config = config
         self.count = len(layers)
+        diff_ids = self._diff_ids()
+        if diff_ids is not None:
+            self.index = rootindex.load_index(self.store, diff_ids)
+            if self.index is not None:
+                log.info("the root of these layers is indexed: nothing to unpack")
+                return
         if self.in_memory:
             need = UNPACK_ESTIMATE * sum(max(layer.size, 0) for layer in layers)
             self._scratch = scratch_folder(need)
@@ -513,6 +552,8 @@ class _Unpacking:
         self.unpacker = self._new_unpacker()
 
     def layer(self, number: int, path: Path) -> None:
+        if self.index is not None:
+            return
         assert self.unpacker is not None, "start() comes first"
         self.paths.append(path)
         try:
@@ -528,10 +569,18 @@ class _Unpacking:
             for again, earlier in enumerate(self.paths, start=1):
                 self.unpacker.apply(again, earlier)
 
-    def finish(self) -> Path:
-        """Apply the folders' modes; the root, unpacked."""
+    def finish(self) -> Root:
+        """Apply the folders' modes and index the root; the root, unpacked, or the index."""
+        if self.index is not None:
+            return self.index
         assert self.unpacker is not None, "start() comes first"
         self.unpacker.finish()
+        contents, diff_ids = self.unpacker.contents, self._diff_ids()
+        if contents is not None and diff_ids is not None and not self.unpacker.collisions:
+            try:
+                rootindex.write_index(self.store, self.root, diff_ids, contents)
+            except OSError as exc:  # only the next from-docker is slower
+                log.info("cannot index the root: %s", exc)
         return self.root
 
 
@@ -619,50 +668,115 @@ def _memory_available() -> int | None:
     return None
 
 
-def copy_kept(root: Path, sysroot: Path, kept: Sequence[str]) -> None:
-    """Copy the in-root paths ``kept`` (sorted, none below a symlink) from ``root`` into the
-    new folder ``sysroot``: files with their modes and times and their hard links between
-    each other, symlinks as symlinks, folders (those on the way to a kept path too) with the
-    modes and times they have in ``root``."""
-    folders: list[tuple[str, str]] = [(os.fspath(root), os.fspath(sysroot))]
+def copy_kept(root: Root, sysroot: Path, kept: Sequence[str]) -> None:
+    """Copy the in-root paths ``kept`` (sorted, none below a symlink) from ``root`` (a host
+    folder, or an image's index) into the new folder ``sysroot``: files with their modes and
+    times and their hard links between each other, symlinks as symlinks, folders (those on
+    the way to a kept path too) with the modes and times they have in ``root``."""
+    files = rootfs.HostFiles(root) if isinstance(root, (str, os.PathLike)) else root
+    folders: list[tuple[str, str]] = [("/", os.fspath(sysroot))]
     os.mkdir(sysroot, 0o700)
     made = {""}
     inodes: dict[tuple[int, int], str] = {}
-    for path in kept:
-        relative = path.strip("/")
-        if not relative:
-            continue
-        names = relative.split("/")
-        for i in range(1, len(names) + 1):
-            folder = "/".join(names[:i])
-            if folder in made:
+    with _Sources() as sources:
+        for path in kept:
+            relative = path.strip("/")
+            if not relative:
                 continue
-            source = os.path.join(root, folder)
-            dest = os.path.join(sysroot, folder)
-            st = os.lstat(source)
-            if stat.S_ISDIR(st.st_mode):
-                os.mkdir(dest, 0o700)  # its own mode once filled
-                folders.append((source, dest))
-            elif i < len(names):
-                raise PackageError(f"cannot keep {path}: /{folder} in the image is not a folder.")
-            elif stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(source), dest)
-                os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
-            elif stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in inodes:
-                    os.link(inodes[key], dest, follow_symlinks=False)
-                else:
-                    shutil.copyfile(source, dest, follow_symlinks=False)
-                    os.chmod(dest, stat.S_IMODE(st.st_mode))
-                    os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns))
-                    if st.st_nlink > 1:
-                        inodes[key] = dest
-            made.add(folder)
+            names = relative.split("/")
+            for i in range(1, len(names) + 1):
+                folder = "/".join(names[:i])
+                if folder in made:
+                    continue
+                source = "/" + folder
+                dest = os.path.join(sysroot, folder)
+                st = files.lstat(source)
+                if st is None:
+                    raise PackageError(f"cannot keep {path}: /{folder} is not in the image.")
+                if stat.S_ISDIR(st.st_mode):
+                    os.mkdir(dest, 0o700)  # its own mode once filled
+                    folders.append((source, dest))
+                elif i < len(names):
+                    raise PackageError(
+                        f"cannot keep {path}: /{folder} in the image is not a folder."
+                    )
+                elif stat.S_ISLNK(st.st_mode):
+                    os.symlink(files.readlink(source), dest)
+                    os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+                elif stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if key in inodes:
+                        os.link(inodes[key], dest, follow_symlinks=False)
+                    else:
+                        sources.copy(files.window(source), dest)
+                        os.chmod(dest, stat.S_IMODE(st.st_mode))
+                        os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns))
+                        if st.st_nlink > 1:
+                            inodes[key] = dest
+                made.add(folder)
     for source, dest in reversed(folders):  # the deepest first: a folder's time is its last
-        st = os.lstat(source)
+        st = files.lstat(source)
+        assert st is not None  # made from it above
         os.chmod(dest, stat.S_IMODE(st.st_mode))
         os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns))
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Sources:
+    """Copies windows of host files (:data:`pyops.rootfs.Window`) into new files, keeping the
+    sources open: an index's files all come from a few layer tars."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def __enter__(self) -> _Sources:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+
+    def copy(self, window: rootfs.Window, dest: str) -> None:
+        path, offset, length = window
+        src = self._fds.get(path)
+        if src is None:
+            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            if len(self._fds) < 16:  # a host root's files are opened one by one
+                self._fds[path] = src
+        try:
+            dst = os.open(dest, _NEW_FILE, 0o600)
+            try:
+                _copy_range(src, offset, length, dst, path)
+            finally:
+                os.close(dst)
+        finally:
+            if self._fds.get(path) != src:
+                os.close(src)
+
+
+def _copy_range(src: int, offset: int, length: int, dst: int, name: str) -> None:
+    """``length`` bytes of ``src`` from ``offset`` to the start of the empty ``dst``: inside
+    the kernel where it can (``copy_file_range``), else through a buffer."""
+    done = 0
+    fast = hasattr(os, "copy_file_range")
+    while done < length:
+        want = min(length - done, 1 << 30 if fast else 1 << 20)
+        if fast:
+            try:
+                n = os.copy_file_range(src, dst, want, offset + done, done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                fast = False
+                continue
+        else:
+            data = os.pread(src, want, offset + done)
+            n = os.pwrite(dst, data, done) if data else 0
+        if n == 0:
+            raise PackageError(f"{name} is shorter than it was: it changed while it was copied.")
+        done += n
 
 
 def prune(root: Path, kept: Sequence[str]) -> None:
@@ -723,16 +837,15 @@ def _writable(folder: str) -> Iterator[None]:
         os.chmod(folder, mode)
 
 
-def _wrapper_notes(root: Path, found: _Found, config: ImageConfig) -> tuple[Note, ...]:
+def _wrapper_notes(root: Root, found: _Found, config: ImageConfig) -> tuple[Note, ...]:
     """A note when the image's entrypoint is a script that the package skips."""
     if not config.entrypoint:
         return ()
     entry, _ = _lookup(root, config.entrypoint[0], config)
     if entry is None or entry.chain[-1] == found.chain[-1]:
         return ()
-    with open(os.path.join(root, entry.chain[-1].lstrip("/")), "rb") as f:
-        if f.read(2) != b"#!":
-            return ()
+    if ImageRoot(root).head(entry.chain[-1], 2) != b"#!":
+        return ()
     return (wrapper_note(config.entrypoint, found.given),)
 
 
@@ -754,7 +867,7 @@ def _working_dir(config: ImageConfig) -> str:
     return cwd if cwd.startswith("/") else "/" + cwd
 
 
-def _executable(root: Path, path: str) -> tuple[str, ...] | None:
+def _executable(root: Root, path: str) -> tuple[str, ...] | None:
     """The chain of ``path`` inside ``root`` (:meth:`ImageRoot.chain`), if it is an
     executable regular file."""
     image = ImageRoot(root)
@@ -767,7 +880,7 @@ def _executable(root: Path, path: str) -> tuple[str, ...] | None:
     return chain
 
 
-def _lookup(root: Path, program: str, config: ImageConfig) -> tuple[_Found | None, list[str]]:
+def _lookup(root: Root, program: str, config: ImageConfig) -> tuple[_Found | None, list[str]]:
     """Find ``program`` the way ``execvp`` in the image would; also the PATH dirs tried."""
     cwd = _working_dir(config)
     if "/" in program:
@@ -787,7 +900,7 @@ def _lookup(root: Path, program: str, config: ImageConfig) -> tuple[_Found | Non
     return None, searched
 
 
-def _program_of(root: Path, program: str | None, config: ImageConfig, label: str) -> _Found:
+def _program_of(root: Root, program: str | None, config: ImageConfig, label: str) -> _Found:
     """The program given, else the image's command's (Entrypoint, else Cmd)."""
     if program is not None:
         return _find_program(root, program, config, label)
@@ -806,7 +919,7 @@ def _program_of(root: Path, program: str | None, config: ImageConfig, label: str
         ) from exc
 
 
-def _find_program(root: Path, program: str, config: ImageConfig, label: str) -> _Found:
+def _find_program(root: Root, program: str, config: ImageConfig, label: str) -> _Found:
     found, searched = _lookup(root, program, config)
     if found is None:
         if searched:
@@ -820,9 +933,7 @@ def _find_program(root: Path, program: str, config: ImageConfig, label: str) -> 
             f"{label}: {program} is not an executable file in the image.",
             hint="Check the path (pyops pull IMAGE --extract DIR shows the files).",
         )
-    real = os.path.join(root, found.chain[-1].lstrip("/"))
-    with open(real, "rb") as f:
-        head = f.read(256)
+    head = ImageRoot(root).head(found.chain[-1], 256)
     if head.startswith(b"#!"):
         # Nanos runs one ELF program and cannot run scripts (registry-and-elf.md section 6.2).
         interpreter = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
@@ -850,7 +961,7 @@ def _machine(platform: Platform) -> str | None:
     return found.elf_machine if found is not None else None
 
 
-def _resolver(root: Path, pulled: PulledImage) -> Resolver:
+def _resolver(root: Root, pulled: PulledImage) -> Resolver:
     """A resolver inside ``root`` with the image's env (never the host's)."""
     return Resolver(
         root,
@@ -882,7 +993,7 @@ def _naming(label: str) -> Iterator[None]:
         raise type(exc)(prefix + exc.message, hint=exc.hint) from exc
 
 
-def _default_args(root: Path, found: _Found, config: ImageConfig) -> list[str]:
+def _default_args(root: Root, found: _Found, config: ImageConfig) -> list[str]:
     """argv: the program as found, then the image's arguments if its command runs it too."""
     argv = [*config.entrypoint, *config.cmd]
     starts = [0]
@@ -898,7 +1009,7 @@ def _default_args(root: Path, found: _Found, config: ImageConfig) -> list[str]:
 
 
 def _manifest(
-    pulled: PulledImage, found: _Found, program: str, root: Path, args: Sequence[str] = ()
+    pulled: PulledImage, found: _Found, program: str, root: Root, args: Sequence[str] = ()
 ) -> dict[str, Any]:
     config = pulled.config
     digest_ref = f"{pulled.ref.registry}/{pulled.ref.repository}@{pulled.digest}"

@@ -384,11 +384,11 @@ def test_a_collision_with_a_file_the_writer_has_not_made_yet(
 ) -> None:
     real_write = layers._Writer._write
 
-    def slow_write(job: layers._Job) -> None:
+    def slow_write(self: layers._Writer, job: layers._Job) -> None:
         time.sleep(0.002)
-        real_write(job)
+        real_write(self, job)
 
-    monkeypatch.setattr(layers._Writer, "_write", staticmethod(slow_write))
+    monkeypatch.setattr(layers._Writer, "_write", slow_write)
     many = [F(f"bin/tool{i}", b"%d" % i) for i in range(20)]
     unpacker = _unpack(tmp_path, [*many, F("bin/TOOL19", b"left out")], folds=folding_root)
     assert unpacker.collisions == [("/bin/tool19", "/bin/TOOL19")]

@@ -420,6 +420,60 @@ def test_copy_keeps_the_whole_root(pkg_image: PkgImage, store: Store) -> None:
     assert _store_entries(store) == ["whole"]
 
 
+def _state(sysroot: Path) -> dict[str, tuple[object, ...]]:
+    """Every entry of a sysroot: type, mode, time, bytes or target, and which are one inode."""
+    seen: dict[str, tuple[object, ...]] = {}
+    inodes: dict[int, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(sysroot):
+        for name in dirnames + filenames:
+            host = os.path.join(dirpath, name)
+            st = os.lstat(host)
+            path = "/" + os.path.relpath(host, sysroot)
+            if stat.S_ISLNK(st.st_mode):
+                seen[path] = ("link", os.readlink(host), st.st_mtime_ns)
+                continue
+            data = b""
+            if stat.S_ISREG(st.st_mode):
+                data = Path(host).read_bytes()
+                inodes.setdefault(st.st_ino, []).append(path)
+            seen[path] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                          hashlib.sha256(data).hexdigest())  # fmt: skip
+    seen["linked"] = tuple(sorted(tuple(sorted(g)) for g in inodes.values() if len(g) > 1))
+    return seen
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["closure", "copy"])
+def test_a_second_package_of_the_same_layers_reads_their_index(
+    pkg_image: PkgImage, store: Store, monkeypatch: pytest.MonkeyPatch, copy: bool
+) -> None:
+    import pyops.ops.package
+
+    first = from_docker(pkg_image.ref, "ls", name="first", copy=copy, store=store)
+    indexes = list((store.root / "roots").iterdir())
+    assert len(indexes) == 1
+    assert len(list((store.root / "layers/sha256").iterdir())) == 3  # one tar per layer
+
+    def no_unpacking(*args: object, **kw: object) -> None:
+        raise AssertionError("unpacked although the root is indexed")
+
+    monkeypatch.setattr(pyops.ops.package, "Unpacker", no_unpacking)
+    second = from_docker(pkg_image.ref, "ls", name="second", copy=copy, store=store)
+    assert _state(second.sysroot) == _state(first.sysroot)
+    assert (second.program, second.args) == (first.program, first.args)
+    assert (second.path / CONTENTS_FILE).read_text() == (first.path / CONTENTS_FILE).read_text()
+    if copy:  # the whiteout and the opaque folder hold in the index too
+        assert not (second.sysroot / "usr/local/bin/ls").exists()
+        assert not (second.sysroot / "opt/lib/libgreet.so").exists()
+        assert ("/usr/bin/dir", "/usr/bin/ls") in _state(second.sysroot)["linked"]
+
+    # A damaged index is not used: the layers are unpacked again, and indexed anew.
+    monkeypatch.undo()
+    indexes[0].write_text('{"format": 1, "layers": [], "entries": []}')
+    third = from_docker(pkg_image.ref, "ls", name="third", copy=copy, store=store)
+    assert _state(third.sysroot) == _state(first.sysroot)
+    assert json.loads(indexes[0].read_text())["entries"]
+
+
 def test_a_pulled_image_is_a_source(pkg_image: PkgImage, store: Store) -> None:
     """Pull once, package twice: from_docker takes what pull returned, as is."""
     pulled = pull(pkg_image.ref, store=store)
