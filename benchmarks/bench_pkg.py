@@ -18,10 +18,15 @@ order, and prints one row per job (one JSON line each with ``--json``):
 - ``from-docker, cold``: ``pyops pkg from-docker REF -f PROGRAM`` into an empty home
   (download, unpack, resolve, package) against ``skopeo copy docker://REF dir:NEW`` (only the
   download). Target: at most 1.5 times skopeo.
-- ``from-docker, blobs cached``: the same with every blob already in the home, against a cold
-  ``pyops pull`` of the image (the download alone). Target: at most 0.5 times the pull.
+- ``from-docker, blobs cached``: the same with every blob already in the home (but no
+  layer tars nor index: the layers are unpacked), against a cold ``pyops pull`` of the image
+  (the download alone). Target: at most 0.5 times the pull.
+- ``from-docker, layers indexed``: the same again, with the layers' tars and the root's index
+  a first from-docker kept (``pyops.oci.rootindex``): nothing is unpacked. Same target.
 - ``from-docker --copy, blobs cached``: the whole root kept, against ``tar xzf`` of the same
   layer files, in order, into a new folder on the same disk. Target: at most 1.0.
+- ``from-docker --copy, layers indexed``: the same with the index: every entry copied out of
+  the layers' tars. Same target.
 
 The homes and folders live in one temporary folder on the disk the benchmark runs from (set
 ``TMPDIR`` to move it); each run starts from what its job needs and is removed after.
@@ -46,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.registry_server import run  # noqa: E402
 
-TARGETS = {"cold": 1.5, "cached": 0.5, "copy": 1.0}
+TARGETS = {"cold": 1.5, "cached": 0.5, "indexed": 0.5, "copy": 1.0, "copy-indexed": 1.0}
 PYTHON = Path(sys.base_prefix)
 
 
@@ -154,12 +159,15 @@ class Jobs:
         script = 'mkdir "$0" && for l; do tar xzf "$l" -C "$0" 2>/dev/null || [ $? = 2 ]; done'
         return ["sh", "-c", script, str(self.fresh), *map(str, layers)]
 
-    def clean(self) -> None:
+    def clean(self, keep_index: bool = False) -> None:
+        """Remove what a run made; the cached home keeps its blobs, and with ``keep_index``
+        also the layers' tars and the root's index (pyops.oci.rootindex)."""
         if self.fresh.exists():
             atomic_rmtree(self.fresh)
-        packages = self.cached / "local_packages"
-        if packages.exists():
-            atomic_rmtree(packages)
+        made = ["local_packages"] + ([] if keep_index else ["layers", "roots"])
+        for name in made:
+            if (self.cached / name).exists():
+                atomic_rmtree(self.cached / name)
         os.sync()
 
 
@@ -169,13 +177,13 @@ def atomic_rmtree(path: Path) -> None:
 
 
 def compare(
-    jobs: Jobs, tools: dict[str, Callable[[], list[str]]], repeat: int
+    jobs: Jobs, tools: dict[str, Callable[[], list[str]]], repeat: int, keep_index: bool = False
 ) -> dict[str, list[Sample]]:
     samples: dict[str, list[Sample]] = {name: [] for name in tools}
     names = list(tools)
     for repetition in range(repeat):
         for name in names if repetition % 2 == 0 else reversed(names):
-            jobs.clean()
+            jobs.clean(keep_index)
             samples[name].append(measure(tools[name]()))
     jobs.clean()
     return samples
@@ -187,7 +195,9 @@ def row(job: str, image: Image, baseline: str, samples: dict[str, list[Sample]],
     pyops_s = summary.best["pyops"]
     base_s = summary.best[baseline]
     names = {"cold": "from-docker, cold", "cached": "from-docker, blobs cached",
-             "copy": "from-docker --copy, blobs cached"}  # fmt: skip
+             "indexed": "from-docker, layers indexed",
+             "copy": "from-docker --copy, blobs cached",
+             "copy-indexed": "from-docker --copy, layers indexed"}  # fmt: skip
     return Row(
         name=f"{names[job]} ({image.key})",
         size=image.size,
@@ -232,6 +242,14 @@ def bench_image(work: Path, image: Image, repeat: int) -> list[Row]:
         jobs, {"pyops": lambda: jobs.from_docker(jobs.cached), "pyops pull": jobs.pull}, repeat
     )
     rows.append(row("cached", image, "pyops pull", cached, kept))
+    measure(jobs.from_docker(jobs.cached))  # the layers' tars and the root's index
+    indexed = compare(
+        jobs,
+        {"pyops": lambda: jobs.from_docker(jobs.cached), "pyops pull": jobs.pull},
+        repeat,
+        keep_index=True,
+    )
+    rows.append(row("indexed", image, "pyops pull", indexed, kept))
     copy = compare(
         jobs,
         {
@@ -244,6 +262,17 @@ def bench_image(work: Path, image: Image, repeat: int) -> list[Row]:
         f"{copy_entries:,} entries, {copy_bytes / 1e6:.0f} MB unpacked from {len(layers)} layers"
     )
     rows.append(row("copy", image, "tar xzf", copy, whole))
+    measure(jobs.from_docker(jobs.cached, "--copy"))
+    copy_indexed = compare(
+        jobs,
+        {
+            "pyops": lambda: jobs.from_docker(jobs.cached, "--copy"),
+            "tar xzf": lambda: jobs.tar(layers),
+        },
+        repeat,
+        keep_index=True,
+    )
+    rows.append(row("copy-indexed", image, "tar xzf", copy_indexed, whole))
     return rows
 
 
