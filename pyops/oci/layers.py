@@ -228,6 +228,7 @@ class _Tee:
         self.dest = dest
         self._temp = atomic.temp_path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic.sweep(dest.parent)  # what killed runs left: a tar can be large
         self._file: IO[bytes] | None = open(self._temp, "xb")  # noqa: SIM115 - closed in keep/drop
 
     def write(self, data: bytes) -> None:

@@ -252,3 +252,18 @@ def test_zlib_decompresses_where_isal_is_missing(
     monkeypatch.setattr(layers, "_INFLATE_ERRORS", errors)
     _, root, _, _ = _unpacked(tmp_path, LOWER, UPPER)
     assert (root / "replaced/inside").read_bytes() == b"now a folder"
+
+
+def test_a_tar_a_killed_run_left_is_removed(tmp_path: Path) -> None:
+    from pyops import atomic
+
+    store = Store(tmp_path / "store")
+    path, diff_id = write_layer(tmp_path / "l.tar.gz", LOWER)
+    tar = rootindex.layer_tar_path(store, diff_id)
+    tar.parent.mkdir(parents=True)
+    left = tar.with_name(f".{tar.name}.pyops-999999999-0badf00d.tmp")  # no such process
+    left.write_bytes(b"half a tar")
+    assert atomic.is_temp(left.name)
+    unpacker = Unpacker(tmp_path / "root", 1, diff_ids=[diff_id], keep_tars=[tar])
+    unpacker.apply(1, path)
+    assert sorted(p.name for p in tar.parent.iterdir()) == [tar.name]
