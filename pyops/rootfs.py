@@ -12,6 +12,7 @@ reads its own in-memory tree.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import deque
@@ -131,7 +132,7 @@ class HostFiles:
         path = self.host(real)
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(path) if stat.S_ISDIR(st.st_mode) else OSError(path)
+            raise OSError(errno.EINVAL, "not a regular file", path)
         return path, 0, st.st_size
 
 

@@ -246,18 +246,20 @@ class ImageRoot:
             folder = stack.pop()
             dirs: list[str] = []
             others: list[str] = []
+            links: set[str] = set()
             for name in self.files.listdir(folder):
-                entry = f"{folder.rstrip('/')}/{name}"
-                st = self.files.lstat(entry)
+                st = self.files.lstat(f"{folder.rstrip('/')}/{name}")
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     dirs.append(name)
                 else:
                     others.append(name)
+                    if st is not None and stat.S_ISLNK(st.st_mode):
+                        links.add(name)
             dirs.sort()
             for name in [*dirs, *sorted(others)]:
                 entry = f"{folder.rstrip('/')}/{name}"
                 yield entry
-                if self.is_link(entry):
+                if name in links:
                     target = self.chain(entry)
                     if target is not None and stat.S_ISREG(self.mode(target[-1])):
                         yield from target
