@@ -49,7 +49,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 from pyops import atomic, limits, rootfs
 from pyops.errors import DigestMismatch, HostFileError, LayerError, UnsafeLayerPath
@@ -449,14 +449,18 @@ class _Dir:
 
     def __init__(self) -> None:
         self.children: dict[str, _Dir] = {}
-        self.attrs: tuple[int, float] | None = None
+        self.attrs: tuple[int, int] | None = None  # mode, mtime in ns
 
 
-def _mtime(info: tarfile.TarInfo) -> float:
-    mtime = float(info.mtime)
+def _mtime_ns(info: tarfile.TarInfo) -> int:
+    """The member's time in nanoseconds; negative, NaN or far-future times are clamped."""
+    mtime = info.mtime
+    if isinstance(mtime, int):
+        return min(max(mtime, 0), _MAX_MTIME) * 1_000_000_000
+    mtime = float(mtime)
     if not math.isfinite(mtime) or mtime < 0:
-        return 0.0
-    return min(mtime, float(_MAX_MTIME))
+        return 0
+    return int(min(mtime, float(_MAX_MTIME)) * 1_000_000_000)
 
 
 Record = Callable[[int, tarfile.TarInfo], None]
@@ -473,8 +477,8 @@ def _fill(
             while view:
                 view = view[os.write(fd, view) :]
         os.fchmod(fd, info.mode & 0o777)  # no setuid/setgid/sticky on the host
-        mtime = _mtime(info)
-        os.utime(fd, (mtime, mtime))
+        mtime = _mtime_ns(info)
+        os.utime(fd, ns=(mtime, mtime))
         if record is not None:
             record(fd, info)
     finally:
@@ -562,48 +566,75 @@ class _WriteFailed(Exception):
         self.error = error
 
 
-class _Applier:
-    """Applies layers to ``root``, keeping track of what the current layer added."""
+class _Rules:
+    """The layer rules (module doc): what each member does to the root, whatever holds it.
 
-    def __init__(self, root: Path, budget: _Budget) -> None:
-        self.root = root
-        self._root = os.fspath(root)
+    Subclasses hold the root: :class:`_Applier` a host folder, :class:`_MemoryApplier` a
+    tree in memory. They give the primitives (``_mode_at`` to ``_make_link``), each on
+    resolved components with no symlink on the way; everything else is decided here, once.
+    """
+
+    def __init__(self, budget: _Budget) -> None:
         self.budget = budget
         self.layer_label = ""
+        self.layer_index = 0  # the current layer, 0-based
         self.added: set[Parts] = set()
         self.added_ancestors: set[Parts] = set()
         # Entries under which no lower entry is left in this layer (whiteouts and opaque
         # markers repeated there have nothing to do: this keeps them linear).
         self.cleaned: set[Parts] = set()
-        self.dirs = _Dir()
+        # The last folder chain resolved: its components as given, and as resolved.
         self._known: tuple[Parts, Parts] = ((), ())
-        self._known_host: str | None = None  # host path of the folders remembered
-        self._writer: _Writer | None = None
-        self._pending: set[str] = set()  # paths given to the writer since it was drained
-        self._lstat: rootfs.Lstat = rootfs.host_lstat(self._root)
-        self._readlink: rootfs.Readlink = rootfs.host_readlink(self._root)
-        self.threaded = True  # small new files are made by a writer thread
-        self.contents: dict[int, tuple[int, int]] | None = None  # see record_contents
-        self.layer_index = 0
-        self._record: Record | None = None
+        self._lstat: rootfs.Lstat = self._mode_at
+        self._readlink: rootfs.Readlink = self._link_target
 
-    def record_contents(self) -> None:
-        """From now on, note in :attr:`contents` where each regular file's bytes are: its
-        inode, the layer (0-based) and the offset in the layer's uncompressed tar."""
-        self.contents = {}
-        self._record = self._note
-
-    def _note(self, fd: int, info: tarfile.TarInfo) -> None:
-        assert self.contents is not None
-        self.contents[os.fstat(fd).st_ino] = (self.layer_index, info.offset_data)
+    # -- primitives ---------------------------------------------------------------------------
 
     def host(self, parts: Parts) -> str:
-        # Every component comes from split_image_path/_resolve: no '..', no '/', no NUL, and
-        # no symlink in the middle, so the result is inside root.
-        return os.path.join(self._root, *parts)
+        """Where ``parts`` is, for messages."""
+        raise NotImplementedError
+
+    def _mode_at(self, parts: Parts) -> int | None:
+        """The ``lstat`` mode of the entry at ``parts``, None if there is none."""
+        raise NotImplementedError
+
+    def _link_target(self, parts: Parts) -> str:
+        raise NotImplementedError
+
+    def _list_dir(self, parts: Parts) -> list[str]:
+        """The names in the folder ``parts``."""
+        raise NotImplementedError
+
+    def _delete(self, parts: Parts, mode: int) -> None:
+        """Remove the entry at ``parts`` (of ``lstat`` mode ``mode``), all of it."""
+        raise NotImplementedError
+
+    def _make_dir(self, parts: Parts) -> None:
+        """Make a folder where there is nothing, mode 0755, time 0."""
+        raise NotImplementedError
+
+    def _dir_attrs(self, parts: Parts, mode: int, mtime_ns: int) -> None:
+        """Give the folder ``parts`` these, once every layer is applied."""
+        raise NotImplementedError
+
+    def _make_file(self, parts: Parts, info: tarfile.TarInfo, data: ByteSource) -> None:
+        """Make the regular file member ``info`` where there is nothing."""
+        raise NotImplementedError
+
+    def _make_symlink(self, parts: Parts, info: tarfile.TarInfo) -> None:
+        """Make the symlink member ``info`` where there is nothing."""
+        raise NotImplementedError
+
+    def _make_link(self, source: Parts, target: Parts) -> None:
+        """Make ``target`` (where there is nothing) another name of the file ``source``."""
+        raise NotImplementedError
+
+    def apply_dir_attrs(self) -> None:
+        """Apply the folders' modes and times (the last step)."""
+
+    # -- layers -------------------------------------------------------------------------------
 
     def start_layer(self, label: str) -> None:
-        self._writer = _Writer(self._record) if self.threaded else None
         self.layer_label = label
         self.added.clear()
         self.added_ancestors.clear()
@@ -611,52 +642,12 @@ class _Applier:
         self._invalidate()
 
     def end_layer(self, *, failed: bool = False) -> None:
-        """Finish the layer's writes (unless it ``failed``) and stop its writer."""
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return
-        try:
-            if not failed:
-                self._drain(writer)
-        finally:
-            writer.stop()
+        """Finish the layer's writes (unless it ``failed``)."""
 
     def barrier(self) -> None:
-        """Wait for the files given to the writer, redoing those whose path existed: what
-        comes next sees the root as if every member before it had been applied in turn."""
-        if self._writer is not None and self._writer.pending:
-            self._drain(self._writer)
+        """What comes next sees the root as if every member before it had been applied."""
 
-    def _drain(self, writer: _Writer) -> None:
-        self._pending.clear()
-        try:
-            redo = writer.drain()
-        except _WriteFailed as failed:
-            info, exc = failed.job.info, failed.error
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise atomic.disk_full(failed.job.path, info.size) from exc
-            raise self._error(info.name, f"cannot be unpacked: {exc.strerror or exc}") from exc
-        for job in redo:  # their own errors, named after them
-            self._invalidate()
-            try:
-                self._regular_in_full(job.info, job.parts, io.BytesIO(job.data))
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise atomic.disk_full(job.path, job.info.size) from exc
-                raise self._error(
-                    job.info.name, f"cannot be unpacked: {exc.strerror or exc}"
-                ) from exc
-
-    def _known_folder(self, parts: Parts) -> str | None:
-        """The host path of the folder ``parts`` is in, when it is the folder the previous
-        member resolved to (a real folder, no link on the way)."""
-        known_in = self._known[0]
-        if len(parts) != len(known_in) + 1 or parts[:-1] != known_in:
-            return None
-        folder = self._known_host
-        if folder is None:
-            folder = self._known_host = self.host(self._known[1])
-        return folder
+    # -- paths --------------------------------------------------------------------------------
 
     def resolve(self, parts: Parts, follow_last: bool = True) -> tuple[Parts, Modes]:
         # The last folder chain resolved (its input and what it resolved to) is reused when
@@ -677,14 +668,18 @@ class _Applier:
         )
         return found.parts, list(found.modes)
 
+    def _in_known(self, parts: Parts) -> bool:
+        """Whether ``parts`` is in the folder the previous member resolved to (a real
+        folder, no link on the way)."""
+        known_in = self._known[0]
+        return len(parts) == len(known_in) + 1 and parts[:-1] == known_in
+
     def _remember(self, given: Parts, folders: Parts) -> None:
         """``given`` resolves to ``folders``, which are all real folders now."""
         self._known = (given, folders)
-        self._known_host = None
 
     def _invalidate(self) -> None:
         self._known = ((), ())
-        self._known_host = None
 
     def _mark(self, parts: Parts) -> None:
         self.added.add(parts)
@@ -696,6 +691,326 @@ class _Applier:
 
     def _error(self, member: str, what: str) -> LayerError:
         return LayerError(f"{self.layer_label}: member {member!r} {what}")
+
+    # -- removing -----------------------------------------------------------------------------
+
+    def _remove(self, parts: Parts, mode: int | None) -> None:
+        """Remove what is at ``parts`` (its ``lstat`` mode is ``mode``; None: nothing)."""
+        if mode is None:
+            return
+        if not stat.S_ISREG(mode):
+            self._invalidate()  # the folder chain remembered may go through it
+        self._delete(parts, mode)
+
+    def _remove_lower(self, start: Parts) -> None:
+        """Remove what lower layers put at ``start``, keeping this layer's own entries."""
+        todo = [start]
+        while todo:
+            parts = todo.pop()
+            mode = self._mode_at(parts)
+            if mode is None:
+                continue
+            if parts in self.added or parts in self.added_ancestors:
+                if stat.S_ISDIR(mode) and parts not in self.cleaned:
+                    self.cleaned.add(parts)
+                    todo.extend((*parts, child) for child in self._list_dir(parts))
+                continue
+            self._remove(parts, mode)
+
+    def whiteout(self, member: str, directory: Parts, name: str) -> None:
+        self.barrier()
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise UnsafeLayerPath(
+                f"{self.layer_label}: member {member!r} is a whiteout of {name!r}, which is "
+                "not a name; refused.",
+                hint="The image is malformed or malicious.",
+            )
+        parent, modes = self.resolve(directory)
+        if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
+            return  # no such folder: nothing to remove
+        self._remove_lower((*parent, name))
+
+    def opaque(self, directory: Parts) -> None:
+        self.barrier()
+        parent, modes = self.resolve(directory)
+        if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
+            return
+        if parent in self.cleaned:
+            return
+        self.cleaned.add(parent)
+        for child in self._list_dir(parent):
+            self._remove_lower((*parent, child))
+
+    # -- adding -------------------------------------------------------------------------------
+
+    def _parent_dirs(self, member: str, parent: Parts, modes: Modes) -> None:
+        for i, mode in enumerate(modes):
+            if mode is None:
+                self._mkdir(parent[: i + 1])
+            elif not stat.S_ISDIR(mode):
+                raise self._error(member, f"needs /{'/'.join(parent[: i + 1])} to be a directory.")
+
+    def _mkdir(self, parts: Parts) -> None:
+        """Make the missing folder ``parts`` on the way to a member."""
+        self._make_dir(parts)
+
+    def _target(self, member: str, parts: Parts) -> tuple[Parts, int | None]:
+        """Where ``parts`` lands (its parents made), and what is there now (lstat mode)."""
+        target, modes = self.resolve(parts, follow_last=False)
+        # The last component is never followed, so it is parts[-1], resolved or not.
+        self._parent_dirs(member, target[:-1], modes[:-1])
+        self._remember(parts[:-1], target[:-1])
+        return target, modes[-1]
+
+    def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        self.barrier()
+        target, mode = self._target(info.name, parts)
+        if mode is None or not stat.S_ISDIR(mode):
+            self._remove(target, mode)
+            self._make_dir(target)
+        self._remember(parts, target)
+        # Modes are applied at the end, so a read-only directory can still be filled.
+        self._dir_attrs(target, info.mode & 0o777, _mtime_ns(info))
+        self._mark(target)
+
+    def regular(self, info: tarfile.TarInfo, parts: Parts, data: ByteSource) -> None:
+        """Write the regular file member ``parts``, replacing what is there."""
+        self.barrier()
+        target, mode = self._target(info.name, parts)
+        self._remove(target, mode)
+        self._make_file(target, info, data)
+        self._mark(target)
+
+    def symlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        self.barrier()
+        if "\0" in info.linkname:
+            raise UnsafeLayerPath(
+                f"{self.layer_label}: symlink {info.name!r} has a NUL in its target; refused."
+            )
+        target, mode = self._target(info.name, parts)
+        self._remove(target, mode)
+        # Stored as is; it is only ever resolved inside the image (resolve_in_root).
+        self._invalidate()
+        self._make_symlink(target, info)
+        self._mark(target)
+
+    def hardlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        self.barrier()
+        try:
+            link_parts = split_image_path(info.linkname)
+        except UnsafeLayerPath as exc:
+            raise UnsafeLayerPath(
+                f"{self.layer_label}: hard link {info.name!r} points to {info.linkname!r}, "
+                "which contains '..' or NUL; refused."
+            ) from exc
+        if not link_parts:
+            raise self._error(info.name, "is a hard link without a target.")
+        source, modes = self.resolve(link_parts, follow_last=False)
+        source_mode = modes[-1] if modes else stat.S_IFDIR
+        if source_mode is None:
+            raise self._error(
+                info.name, f"is a hard link to /{'/'.join(link_parts)}, which does not exist."
+            )
+        if stat.S_ISDIR(source_mode):
+            raise self._error(info.name, "is a hard link to a directory; refused.")
+        target, mode = self._target(info.name, parts)
+        if target == source:
+            self._mark(target)
+            return
+        self._remove(target, mode)
+        self._make_link(source, target)
+        self._mark(target)
+
+
+class _Applier(_Rules):
+    """Applies layers to the host folder ``root``."""
+
+    def __init__(self, root: Path, budget: _Budget) -> None:
+        super().__init__(budget)
+        self.root = root
+        self._root = os.fspath(root)
+        self.dirs = _Dir()
+        self._known_host: str | None = None  # host path of the folders remembered
+        self._writer: _Writer | None = None
+        self._pending: set[str] = set()  # paths given to the writer since it was drained
+        self._lstat = rootfs.host_lstat(self._root)
+        self._readlink = rootfs.host_readlink(self._root)
+        self.threaded = True  # small new files are made by a writer thread
+        self.contents: dict[int, tuple[int, int]] | None = None  # see record_contents
+        self._record: Record | None = None
+
+    def record_contents(self) -> None:
+        """From now on, note in :attr:`contents` where each regular file's bytes are: its
+        inode, the layer (0-based) and the offset in the layer's uncompressed tar."""
+        self.contents = {}
+        self._record = self._note
+
+    def _note(self, fd: int, info: tarfile.TarInfo) -> None:
+        assert self.contents is not None
+        self.contents[os.fstat(fd).st_ino] = (self.layer_index, info.offset_data)
+
+    def host(self, parts: Parts) -> str:
+        # Every component comes from split_image_path/_resolve: no '..', no '/', no NUL, and
+        # no symlink in the middle, so the result is inside root.
+        return os.path.join(self._root, *parts)
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def start_layer(self, label: str) -> None:
+        self._writer = _Writer(self._record) if self.threaded else None
+        super().start_layer(label)
+
+    def end_layer(self, *, failed: bool = False) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            if not failed:
+                self._drain(writer)
+        finally:
+            writer.stop()
+
+    def barrier(self) -> None:
+        """Wait for the files given to the writer, redoing those whose path existed."""
+        if self._writer is not None and self._writer.pending:
+            self._drain(self._writer)
+
+    def _drain(self, writer: _Writer) -> None:
+        self._pending.clear()
+        try:
+            redo = writer.drain()
+        except _WriteFailed as failed:
+            info, exc = failed.job.info, failed.error
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise atomic.disk_full(failed.job.path, info.size) from exc
+            raise self._error(info.name, f"cannot be unpacked: {exc.strerror or exc}") from exc
+        for job in redo:  # their own errors, named after them
+            self._invalidate()
+            try:
+                super().regular(job.info, job.parts, io.BytesIO(job.data))
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise atomic.disk_full(job.path, job.info.size) from exc
+                raise self._error(
+                    job.info.name, f"cannot be unpacked: {exc.strerror or exc}"
+                ) from exc
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    def _mode_at(self, parts: Parts) -> int | None:
+        try:
+            return os.lstat(self.host(parts)).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _list_dir(self, parts: Parts) -> list[str]:
+        return os.listdir(self.host(parts))
+
+    def _delete(self, parts: Parts, mode: int) -> None:
+        host = self.host(parts)
+        if stat.S_ISDIR(mode):
+            self._forget(parts)
+            atomic.remove(host)  # iterative; does not follow symlinks inside the tree
+        else:
+            try:
+                os.unlink(host)
+            except FileNotFoundError:
+                pass
+
+    def _make_dir(self, parts: Parts) -> None:
+        os.mkdir(self.host(parts), 0o755)
+        self._dir_node(parts).attrs = (0o755, 0)
+
+    def _dir_attrs(self, parts: Parts, mode: int, mtime_ns: int) -> None:
+        self._dir_node(parts).attrs = (mode, mtime_ns)
+
+    def _make_file(self, parts: Parts, info: tarfile.TarInfo, data: ByteSource) -> None:
+        # O_EXCL together with O_CREAT never follows a symlink at the last component.
+        fd = os.open(self.host(parts), _NEW_FILE, 0o600)
+        _fill(fd, self._chunks(info, data), info, self._record)
+
+    def _make_symlink(self, parts: Parts, info: tarfile.TarInfo) -> None:
+        host = self.host(parts)
+        os.symlink(info.linkname, host)
+        mtime = _mtime_ns(info)
+        os.utime(host, ns=(mtime, mtime), follow_symlinks=False)
+
+    def _make_link(self, source: Parts, target: Parts) -> None:
+        os.link(self.host(source), self.host(target), follow_symlinks=False)
+
+    # -- fast ways for the common members -----------------------------------------------------
+
+    def _known_folder(self, parts: Parts) -> str | None:
+        """The host path of the folder ``parts`` is in, when :meth:`_in_known`."""
+        if not self._in_known(parts):
+            return None
+        folder = self._known_host
+        if folder is None:
+            folder = self._known_host = self.host(self._known[1])
+        return folder
+
+    def _remember(self, given: Parts, folders: Parts) -> None:
+        super()._remember(given, folders)
+        self._known_host = None
+
+    def _invalidate(self) -> None:
+        super()._invalidate()
+        self._known_host = None
+
+    def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
+        folder = self._known_folder(parts)
+        if folder is not None:
+            path = os.path.join(folder, parts[-1])
+            if path not in self._pending:
+                try:
+                    os.mkdir(path, 0o755)
+                except FileExistsError:
+                    pass
+                else:  # a new folder in the folder of the previous member
+                    target = (*self._known[1], parts[-1])
+                    self._remember(parts, target)
+                    self._dir_attrs(target, info.mode & 0o777, _mtime_ns(info))
+                    self._mark(target)
+                    return
+        super().directory(info, parts)
+
+    def regular(self, info: tarfile.TarInfo, parts: Parts, data: ByteSource) -> None:
+        folder = self._known_folder(parts)
+        if folder is not None and self._writer is not None and info.size <= _WRITER_BYTES:
+            path = os.path.join(folder, parts[-1])
+            if path not in self._pending:
+                # A file in the folder of the previous member, not given to the writer yet:
+                # the writer creates it (or hands it back if something is there).
+                content = b"".join(self._chunks(info, data))
+                target = (*self._known[1], parts[-1])
+                self._pending.add(path)
+                self._writer.submit(_Job(path, target, parts, info, content))
+                self._mark(target)
+                return
+        elif folder is not None:
+            path = os.path.join(folder, parts[-1])
+            if path not in self._pending:
+                try:  # a large new file there: created here, without walking its path
+                    fd = os.open(path, _NEW_FILE, 0o600)
+                except FileExistsError:
+                    pass  # in full below: what is there is removed first
+                else:
+                    target = (*self._known[1], parts[-1])
+                    _fill(fd, self._chunks(info, data), info, self._record)
+                    self._mark(target)
+                    return
+        super().regular(info, parts, data)
+
+    def _chunks(self, info: tarfile.TarInfo, data: ByteSource) -> Iterator[bytes]:
+        left = info.size
+        while left:
+            chunk = data.read(min(left, _CHUNK))  # a corrupt stream raises its own LayerError
+            if not chunk:
+                raise self._error(
+                    info.name, f"has {info.size - left} of its {info.size} bytes; truncated."
+                )
+            left -= len(chunk)
+            yield chunk
 
     # -- the folder tree ----------------------------------------------------------------------
 
@@ -754,215 +1069,174 @@ class _Applier:
                     if node.attrs is not None:
                         mode, mtime = node.attrs
                         os.fchmod(fd, mode)
-                        os.utime(fd, (mtime, mtime))
+                        os.utime(fd, ns=(mtime, mtime))
                 finally:
                     os.close(fd)
                     fd = parent_fd
         finally:
             os.close(fd)
 
-    # -- removing -----------------------------------------------------------------------------
 
-    def _remove(self, parts: Parts, mode: int | None) -> None:
-        """Remove what is at ``parts`` (its ``lstat`` mode is ``mode``; None: nothing)."""
-        if mode is None:
-            return
-        host = self.host(parts)
-        if not stat.S_ISREG(mode):
-            self._invalidate()  # the folder chain remembered may go through it
-        if stat.S_ISDIR(mode):
-            self._forget(parts)
-            atomic.remove(host)  # iterative; does not follow symlinks inside the tree
-        else:
-            try:
-                os.unlink(host)
-            except FileNotFoundError:
-                pass
+class _Node:
+    """An entry of a root held in memory. A hard link is one node under two names."""
 
-    def _remove_lower(self, start: Parts) -> None:
-        """Remove what lower layers put at ``start``, keeping this layer's own entries."""
-        todo = [start]
-        while todo:
-            parts = todo.pop()
-            host = self.host(parts)
-            try:
-                mode = os.lstat(host).st_mode
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if parts in self.added or parts in self.added_ancestors:
-                if stat.S_ISDIR(mode) and parts not in self.cleaned:
-                    self.cleaned.add(parts)
-                    todo.extend((*parts, child) for child in os.listdir(host))
-                continue
-            self._remove(parts, mode)
+    __slots__ = ("children", "mode", "mtime_ns", "size", "target", "where")
 
-    def whiteout(self, member: str, directory: Parts, name: str) -> None:
-        self.barrier()
-        if name in ("", ".", "..") or "/" in name or "\0" in name:
-            raise UnsafeLayerPath(
-                f"{self.layer_label}: member {member!r} is a whiteout of {name!r}, which is "
-                "not a name; refused.",
-                hint="The image is malformed or malicious.",
-            )
-        parent, modes = self.resolve(directory)
-        if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
-            return  # no such folder: nothing to remove
-        self._remove_lower((*parent, name))
+    def __init__(self, mode: int, mtime_ns: int, children: dict[str, _Node] | None = None) -> None:
+        self.mode = mode
+        self.mtime_ns = mtime_ns
+        self.children = children  # a folder's
+        self.size = 0
+        self.target = ""  # a symlink's
+        self.where = (0, 0)  # a regular file's bytes: the layer (0-based), offset in its tar
 
-    def opaque(self, directory: Parts) -> None:
-        self.barrier()
-        parent, modes = self.resolve(directory)
-        if modes and (modes[-1] is None or not stat.S_ISDIR(modes[-1])):
-            return
-        if parent in self.cleaned:
-            return
-        self.cleaned.add(parent)
-        for child in os.listdir(self.host(parent)):
-            self._remove_lower((*parent, child))
 
-    # -- adding -------------------------------------------------------------------------------
+IndexRow = list[Any]
+"""One entry of a root's index (:mod:`pyops.oci.rootindex`): ``[path, kind, mode,
+mtime_ns, size, extra]``, kind ``d``, ``f`` or ``l``; extra a link's target, or a file's
+``[layer, offset, group]`` (group: the same number for the names of one file, else 0)."""
 
-    def _parent_dirs(self, member: str, parent: Parts, modes: Modes) -> None:
-        for i, mode in enumerate(modes):
-            if mode is None:
-                self._mkdir(parent[: i + 1])
-            elif not stat.S_ISDIR(mode):
-                raise self._error(member, f"needs /{'/'.join(parent[: i + 1])} to be a directory.")
 
-    def _mkdir(self, parts: Parts) -> None:
-        """Make the missing folder ``parts`` on the way to a member."""
-        os.mkdir(self.host(parts), 0o755)
+class _MemoryApplier(_Rules):
+    """Applies layers to a root in memory, writing nothing: each regular file is where its
+    bytes are in its layer's uncompressed tar (which the caller keeps). Its result is the
+    root's index (:meth:`rows`), exactly what :class:`_Applier` makes on a host that does
+    not fold names, but for the root folder's own time."""
 
-    def _target(self, member: str, parts: Parts) -> tuple[Parts, int | None]:
-        """Where ``parts`` lands (its parents made), and what is there now (lstat mode)."""
-        target, modes = self.resolve(parts, follow_last=False)
-        # The last component is never followed, so it is parts[-1], resolved or not.
-        self._parent_dirs(member, target[:-1], modes[:-1])
-        self._remember(parts[:-1], target[:-1])
-        return target, modes[-1]
+    def __init__(self, budget: _Budget) -> None:
+        super().__init__(budget)
+        self.top = _Node(stat.S_IFDIR | 0o755, 0, {})
+        self._known_node: _Node | None = None
+
+    def host(self, parts: Parts) -> str:
+        return "/" + "/".join(parts)
+
+    def _node(self, parts: Parts) -> _Node | None:
+        node: _Node | None = self.top
+        for name in parts:
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(name)
+        return node
+
+    def _folder(self, parts: Parts) -> dict[str, _Node]:
+        node = self._node(parts)
+        assert node is not None and node.children is not None, parts
+        return node.children
+
+    def _mode_at(self, parts: Parts) -> int | None:
+        node = self._node(parts)
+        return None if node is None else node.mode
+
+    def _link_target(self, parts: Parts) -> str:
+        node = self._node(parts)
+        assert node is not None
+        return node.target
+
+    def _list_dir(self, parts: Parts) -> list[str]:
+        return list(self._folder(parts))
+
+    def _delete(self, parts: Parts, mode: int) -> None:
+        del self._folder(parts[:-1])[parts[-1]]
+
+    def _make_dir(self, parts: Parts) -> None:
+        self._folder(parts[:-1])[parts[-1]] = _Node(stat.S_IFDIR | 0o755, 0, {})
+
+    def _dir_attrs(self, parts: Parts, mode: int, mtime_ns: int) -> None:
+        node = self._node(parts)
+        assert node is not None
+        node.mode = stat.S_IFDIR | mode
+        node.mtime_ns = mtime_ns
+
+    def _file(self, info: tarfile.TarInfo) -> _Node:
+        node = _Node(stat.S_IFREG | (info.mode & 0o777), _mtime_ns(info))
+        node.size = info.size
+        node.where = (self.layer_index, info.offset_data)
+        return node
+
+    def _make_file(self, parts: Parts, info: tarfile.TarInfo, data: ByteSource) -> None:
+        self._folder(parts[:-1])[parts[-1]] = self._file(info)  # its bytes are left unread
+
+    def _make_symlink(self, parts: Parts, info: tarfile.TarInfo) -> None:
+        node = _Node(stat.S_IFLNK | 0o777, _mtime_ns(info))
+        node.target = info.linkname
+        node.size = len(os.fsencode(info.linkname))
+        self._folder(parts[:-1])[parts[-1]] = node
+
+    def _make_link(self, source: Parts, target: Parts) -> None:
+        node = self._node(source)
+        assert node is not None
+        self._folder(target[:-1])[target[-1]] = node
+
+    # -- fast ways for the common members -----------------------------------------------------
+
+    def _known_folder(self, parts: Parts) -> dict[str, _Node] | None:
+        if not self._in_known(parts):
+            return None
+        if self._known_node is None:
+            self._known_node = self._node(self._known[1])
+        assert self._known_node is not None and self._known_node.children is not None
+        return self._known_node.children
+
+    def _remember(self, given: Parts, folders: Parts) -> None:
+        super()._remember(given, folders)
+        self._known_node = None
+
+    def _invalidate(self) -> None:
+        super()._invalidate()
+        self._known_node = None
 
     def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
         folder = self._known_folder(parts)
-        if folder is not None:
-            path = os.path.join(folder, parts[-1])
-            if path not in self._pending:
-                try:
-                    os.mkdir(path, 0o755)
-                except FileExistsError:
-                    pass
-                else:  # a new folder in the folder of the previous member
-                    target = (*self._known[1], parts[-1])
-                    self._remember(parts, target)
-                    self._dir_node(target).attrs = (info.mode & 0o777, _mtime(info))
-                    self._mark(target)
-                    return
-        self.barrier()
-        target, mode = self._target(info.name, parts)
-        if mode is None or not stat.S_ISDIR(mode):
-            self._remove(target, mode)
-            os.mkdir(self.host(target), 0o755)
-        self._remember(parts, target)
-        # Modes are applied at the end, so a read-only directory can still be filled.
-        self._dir_node(target).attrs = (info.mode & 0o777, _mtime(info))
-        self._mark(target)
+        if folder is not None and parts[-1] not in folder:
+            mode = stat.S_IFDIR | (info.mode & 0o777)
+            node = folder[parts[-1]] = _Node(mode, _mtime_ns(info), {})
+            target = (*self._known[1], parts[-1])
+            self._remember(parts, target)
+            self._known_node = node
+            self._mark(target)
+            return
+        super().directory(info, parts)
 
     def regular(self, info: tarfile.TarInfo, parts: Parts, data: ByteSource) -> None:
         folder = self._known_folder(parts)
-        if folder is not None and self._writer is not None and info.size <= _WRITER_BYTES:
-            path = os.path.join(folder, parts[-1])
-            if path not in self._pending:
-                # A file in the folder of the previous member, not given to the writer yet:
-                # the writer creates it (or hands it back if something is there).
-                content = self._read_data(info, data)
-                target = (*self._known[1], parts[-1])
-                self._pending.add(path)
-                self._writer.submit(_Job(path, target, parts, info, content))
-                self._mark(target)
-                return
-        elif folder is not None:
-            path = os.path.join(folder, parts[-1])
-            if path not in self._pending:
-                try:  # a large new file there: created here, without walking its path
-                    fd = os.open(path, _NEW_FILE, 0o600)
-                except FileExistsError:
-                    pass  # in full below: what is there is removed first
-                else:
-                    target = (*self._known[1], parts[-1])
-                    _fill(fd, self._chunks(info, data), info, self._record)
-                    self._mark(target)
-                    return
-        self.barrier()
-        self._regular_in_full(info, parts, data)
-
-    def _read_data(self, info: tarfile.TarInfo, data: ByteSource) -> bytes:
-        return b"".join(self._chunks(info, data))
-
-    def _read_chunk(self, info: tarfile.TarInfo, data: ByteSource, left: int) -> bytes:
-        chunk = data.read(min(left, _CHUNK))  # a corrupt stream raises its own LayerError
-        if not chunk:
-            raise self._error(
-                info.name, f"has {info.size - left} of its {info.size} bytes; truncated."
-            )
-        return chunk
-
-    def _regular_in_full(self, info: tarfile.TarInfo, parts: Parts, data: ByteSource) -> None:
-        """Write the regular file member ``parts``, replacing what is there."""
-        target, mode = self._target(info.name, parts)
-        self._remove(target, mode)
-        # O_EXCL together with O_CREAT never follows a symlink at the last component.
-        fd = os.open(self.host(target), _NEW_FILE, 0o600)
-        _fill(fd, self._chunks(info, data), info, self._record)
-        self._mark(target)
-
-    def _chunks(self, info: tarfile.TarInfo, data: ByteSource) -> Iterator[bytes]:
-        left = info.size
-        while left:
-            chunk = self._read_chunk(info, data, left)
-            left -= len(chunk)
-            yield chunk
-
-    def symlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
-        self.barrier()
-        if "\0" in info.linkname:
-            raise UnsafeLayerPath(
-                f"{self.layer_label}: symlink {info.name!r} has a NUL in its target; refused."
-            )
-        target, mode = self._target(info.name, parts)
-        self._remove(target, mode)
-        host = self.host(target)
-        # Stored as is; it is only ever resolved inside the image (resolve_in_root).
-        self._invalidate()
-        os.symlink(info.linkname, host)
-        mtime = _mtime(info)
-        os.utime(host, (mtime, mtime), follow_symlinks=False)
-        self._mark(target)
-
-    def hardlink(self, info: tarfile.TarInfo, parts: Parts) -> None:
-        self.barrier()
-        try:
-            link_parts = split_image_path(info.linkname)
-        except UnsafeLayerPath as exc:
-            raise UnsafeLayerPath(
-                f"{self.layer_label}: hard link {info.name!r} points to {info.linkname!r}, "
-                "which contains '..' or NUL; refused."
-            ) from exc
-        if not link_parts:
-            raise self._error(info.name, "is a hard link without a target.")
-        source, modes = self.resolve(link_parts, follow_last=False)
-        source_mode = modes[-1] if modes else stat.S_IFDIR
-        if source_mode is None:
-            raise self._error(
-                info.name, f"is a hard link to /{'/'.join(link_parts)}, which does not exist."
-            )
-        if stat.S_ISDIR(source_mode):
-            raise self._error(info.name, "is a hard link to a directory; refused.")
-        target, mode = self._target(info.name, parts)
-        if target == source:
-            self._mark(target)
+        if folder is not None and parts[-1] not in folder:
+            folder[parts[-1]] = self._file(info)
+            self._mark((*self._known[1], parts[-1]))
             return
-        self._remove(target, mode)
-        os.link(self.host(source), self.host(target), follow_symlinks=False)
-        self._mark(target)
+        super().regular(info, parts, data)
+
+    # -- the result ---------------------------------------------------------------------------
+
+    def rows(self) -> list[IndexRow]:
+        """The root's index: folders before what they hold, names in order."""
+        top = self.top
+        rows: list[IndexRow] = [["/", "d", stat.S_IMODE(top.mode), top.mtime_ns, 0, None]]
+        names: dict[int, list[list[Any]]] = {}  # each file node's extras, by identity
+        stack: list[tuple[str, _Node]] = [("", top)]
+        while stack:
+            inside, folder = stack.pop()
+            assert folder.children is not None
+            for name in sorted(folder.children):
+                node = folder.children[name]
+                path = f"{inside}/{name}"
+                mode = stat.S_IMODE(node.mode)
+                if node.children is not None:
+                    rows.append([path, "d", mode, node.mtime_ns, 0, None])
+                    stack.append((path, node))
+                elif stat.S_ISLNK(node.mode):
+                    rows.append([path, "l", mode, node.mtime_ns, 0, node.target])
+                else:
+                    extra = [node.where[0], node.where[1], 0]
+                    names.setdefault(id(node), []).append(extra)
+                    rows.append([path, "f", mode, node.mtime_ns, node.size, extra])
+        group = 0
+        for extras in names.values():
+            if len(extras) > 1:
+                group += 1
+                for extra in extras:
+                    extra[2] = group
+        return rows
 
 
 class _Collision(Exception):
