@@ -49,11 +49,12 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Protocol, cast
 
 from pyops import atomic, limits, rootfs
 from pyops.errors import DigestMismatch, HostFileError, LayerError, UnsafeLayerPath
 from pyops.oci import folding
+from pyops.oci.rootindex import Row
 from pyops.oci.tarstream import ByteSource, TarStream
 from pyops.progress import NULL_PROGRESS, Progress
 
@@ -282,15 +283,19 @@ class _Reader:
         self._cap = min(self._room, self._ratio_cap)
 
     def read(self, size: int = -1, /) -> bytes:
+        """The next bytes, counted (but neither hashed nor kept: :meth:`take` does that)."""
         data = self._raw.read(size)
         if data:
-            self.hasher.update(data)
-            if self._tee is not None:
-                self._tee.write(data)
             self.count += len(data)
             if self.count > self._cap:
                 raise self._over(self.count)
         return data
+
+    def take(self, data: bytes) -> None:
+        """Hash and keep ``data``, the next bytes :meth:`read` gave."""
+        self.hasher.update(data)
+        if self._tee is not None:
+            self._tee.write(data)
 
     def require(self, end: int) -> None:
         """Refuse now if the stream must reach ``end`` bytes (a member's declared size)."""
@@ -359,6 +364,8 @@ class _Ahead:
             if not item:
                 self._done = True
                 return b""
+            # Hashed and kept here, while the thread decompresses what follows.
+            self.reader.take(item)
             self._buf, self._pos = item, 0
         if size < 0 or (self._pos == 0 and size >= len(self._buf)):
             data = self._buf[self._pos :] if self._pos else self._buf
@@ -787,6 +794,8 @@ class _Rules:
             raise UnsafeLayerPath(
                 f"{self.layer_label}: symlink {info.name!r} has a NUL in its target; refused."
             )
+        if not info.linkname:  # which no filesystem can hold (symlink(2): ENOENT)
+            raise self._error(info.name, "is a symlink with an empty target; refused.")
         target, mode = self._target(info.name, parts)
         self._remove(target, mode)
         # Stored as is; it is only ever resolved inside the image (resolve_in_root).
@@ -1091,12 +1100,6 @@ class _Node:
         self.where = (0, 0)  # a regular file's bytes: the layer (0-based), offset in its tar
 
 
-IndexRow = list[Any]
-"""One entry of a root's index (:mod:`pyops.oci.rootindex`): ``[path, kind, mode,
-mtime_ns, size, extra]``, kind ``d``, ``f`` or ``l``; extra a link's target, or a file's
-``[layer, offset, group]`` (group: the same number for the names of one file, else 0)."""
-
-
 class _MemoryApplier(_Rules):
     """Applies layers to a root in memory, writing nothing: each regular file is where its
     bytes are in its layer's uncompressed tar (which the caller keeps). Its result is the
@@ -1208,11 +1211,11 @@ class _MemoryApplier(_Rules):
 
     # -- the result ---------------------------------------------------------------------------
 
-    def rows(self) -> list[IndexRow]:
+    def rows(self) -> list[Row]:
         """The root's index: folders before what they hold, names in order."""
         top = self.top
-        rows: list[IndexRow] = [["/", "d", stat.S_IMODE(top.mode), top.mtime_ns, 0, None]]
-        names: dict[int, list[list[Any]]] = {}  # each file node's extras, by identity
+        rows: list[Row] = [["/", "d", stat.S_IMODE(top.mode), top.mtime_ns, 0, None]]
+        names: dict[int, list[list[int]]] = {}  # each file node's extras, by identity
         stack: list[tuple[str, _Node]] = [("", top)]
         while stack:
             inside, folder = stack.pop()
@@ -1535,11 +1538,15 @@ class Unpacker:
     (the default) asks the folder itself (:func:`pyops.oci.folding.folds`). In a folder
     that folds, two entries whose names differ only that way are never merged: the later
     one is left out and the pair recorded (:attr:`collisions`, :meth:`ambiguity`).
+
+    With ``dest_root`` None, the root is made in memory and nothing is written (but the
+    tars ``keep_tars`` keeps): :meth:`rows` is then the root's index, each regular file
+    found where its bytes are in its layer's uncompressed tar.
     """
 
     def __init__(
         self,
-        dest_root: Path,
+        dest_root: Path | None,
         count: int,
         *,
         diff_ids: Sequence[str] | None = None,
@@ -1555,6 +1562,14 @@ class Unpacker:
         self.diff_ids = diff_ids
         self.progress = progress
         self.applied = 0
+        if keep_tars is not None and (len(keep_tars) != count or diff_ids is None):
+            raise ValueError("keep_tars needs a path (or None) and a diff_id for each layer")
+        self._applier: _Rules
+        if dest_root is None:  # in memory: nothing is written but the tars kept
+            self.folds = False
+            self._applier = _MemoryApplier(_Budget())
+            self._keep_tars = keep_tars
+            return
         _make_root(dest_root)
         if folds is None:
             try:
@@ -1564,20 +1579,28 @@ class Unpacker:
                 raise HostFileError(f"cannot write in {dest_root}: {exc.strerror or exc}") from exc
         self.folds = folds
         root = Path(os.path.realpath(dest_root))
-        self._applier = (_FoldingApplier if folds else _Applier)(root, _Budget())
-        self._applier.threaded = threaded
-        if keep_tars is not None and (len(keep_tars) != count or diff_ids is None):
-            raise ValueError("keep_tars needs a path (or None) and a diff_id for each layer")
+        applier = (_FoldingApplier if folds else _Applier)(root, _Budget())
+        applier.threaded = threaded
         # A folder that folds names cannot hold the image's: its index would not be the image's.
         self._keep_tars = keep_tars if not folds else None
         if self._keep_tars is not None:
-            self._applier.record_contents()
+            applier.record_contents()
+        self._applier = applier
 
     @property
     def contents(self) -> dict[int, tuple[int, int]] | None:
         """With ``keep_tars``: each regular file's inode, and where its bytes are (the layer,
         0-based, and the offset in its uncompressed tar)."""
-        return self._applier.contents
+        applier = self._applier
+        return applier.contents if isinstance(applier, _Applier) else None
+
+    def rows(self) -> list[Row]:
+        """The index of the root made in memory (``dest_root`` None), once :meth:`finish`
+        returned (:data:`~pyops.oci.rootindex.Row`): a file's bytes are in its layer's
+        uncompressed tar, which ``keep_tars`` keeps."""
+        if not isinstance(self._applier, _MemoryApplier) or self.applied != self.count:
+            raise ValueError("rows() is for an unpack in memory, once finished")
+        return self._applier.rows()
 
     @property
     def collisions(self) -> list[Collision]:
@@ -1640,7 +1663,7 @@ class Unpacker:
 
 
 def _apply_layer(
-    applier: _Applier,
+    applier: _Rules,
     path: Path,
     label: str,
     size: int,
@@ -1676,7 +1699,7 @@ def _apply_layer(
     return digest
 
 
-def _apply_tar(applier: _Applier, reader: _Ahead, label: str) -> int:
+def _apply_tar(applier: _Rules, reader: _Ahead, label: str) -> int:
     """Apply the members of one layer; return where its end-of-archive marker ends."""
     budget = applier.budget
     archive = TarStream(reader, label)
@@ -1691,7 +1714,7 @@ def _apply_tar(applier: _Applier, reader: _Ahead, label: str) -> int:
 
 
 def _apply_member(
-    applier: _Applier,
+    applier: _Rules,
     archive: TarStream,
     reader: _Ahead,
     info: tarfile.TarInfo,
@@ -1728,7 +1751,7 @@ def _apply_member(
 
 
 def _dispatch(
-    applier: _Applier, archive: TarStream, info: tarfile.TarInfo, parts: Parts, label: str
+    applier: _Rules, archive: TarStream, info: tarfile.TarInfo, parts: Parts, label: str
 ) -> None:
     name = parts[-1]
     if name.startswith(_WHITEOUT):

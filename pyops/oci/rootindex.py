@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 
+Row = list[Any]
+"""One entry of a root's index: ``[path, kind, mode, mtime_ns, size, extra]``, kind ``d``,
+``f`` or ``l``; extra None for a folder, a link's target, or a file's ``[layer, offset,
+group]`` (group: the same number for the names of one file, else 0). The first row is the
+root, ``/``; a folder's row comes before those of what it holds."""
+
 Contents = Mapping[int, tuple[int, int]]
 """Each unpacked regular file's inode: the layer (0-based) and the offset in that layer's
 uncompressed tar where its bytes start."""
@@ -151,27 +157,19 @@ def _walk(root: str) -> Iterable[_Walked]:
                 stack.append((path, entry.path))
 
 
-def write_index(
-    store: Store, root: Path, diff_ids: Sequence[str], contents: Contents
-) -> Path | None:
-    """Index the unpacked ``root`` of the layers ``diff_ids`` (their tars kept in ``store``),
-    ``contents`` saying where each regular file's bytes are. None when some file's bytes
-    are not known (nothing is written then)."""
-    tars = [layer_tar_path(store, d) for d in diff_ids]
-    try:
-        sizes = [t.stat().st_size for t in tars]
-    except FileNotFoundError:
-        return None
+def host_rows(root: Path, contents: Contents) -> list[Row] | None:
+    """The index of the unpacked ``root``, ``contents`` saying where each regular file's
+    bytes are; None when some file's bytes are not known."""
     top = os.lstat(root)
-    entries: list[list[Any]] = [["/", "d", stat.S_IMODE(top.st_mode), top.st_mtime_ns, 0, None]]
+    rows: list[Row] = [["/", "d", stat.S_IMODE(top.st_mode), top.st_mtime_ns, 0, None]]
     groups: dict[int, int] = {}
     for walked in _walk(os.fspath(root)):
         st = walked.st
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
-            entries.append([walked.path, "d", mode, st.st_mtime_ns, 0, None])
+            rows.append([walked.path, "d", mode, st.st_mtime_ns, 0, None])
         elif stat.S_ISLNK(st.st_mode):
-            entries.append([walked.path, "l", mode, st.st_mtime_ns, 0, walked.target])
+            rows.append([walked.path, "l", mode, st.st_mtime_ns, 0, walked.target])
         elif stat.S_ISREG(st.st_mode):
             where = contents.get(st.st_ino)
             if where is None:
@@ -180,19 +178,62 @@ def write_index(
             group = 0
             if st.st_nlink > 1:
                 group = groups.setdefault(st.st_ino, len(groups) + 1)
-            entries.append([walked.path, "f", mode, st.st_mtime_ns, st.st_size,
-                            [where[0], where[1], group]])  # fmt: skip
+            rows.append([walked.path, "f", mode, st.st_mtime_ns, st.st_size,
+                         [where[0], where[1], group]])  # fmt: skip
         else:
             return None  # the unpacker makes no other kind
-    document = {
+    return rows
+
+
+def _document(store: Store, diff_ids: Sequence[str], rows: list[Row]) -> dict[str, Any] | None:
+    tars = [layer_tar_path(store, d) for d in diff_ids]
+    try:
+        sizes = [t.stat().st_size for t in tars]
+    except FileNotFoundError:
+        return None
+    return {
         "format": FORMAT,
         "layers": [[d, size] for d, size in zip(diff_ids, sizes, strict=True)],
-        "entries": entries,
+        "entries": rows,
     }
+
+
+def _save(store: Store, diff_ids: Sequence[str], document: dict[str, Any]) -> Path:
     path = index_path(store, diff_ids)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_bytes(path, json.dumps(document, separators=(",", ":")).encode())
     return path
+
+
+def write_index(
+    store: Store, root: Path, diff_ids: Sequence[str], contents: Contents
+) -> Path | None:
+    """Index the unpacked ``root`` of the layers ``diff_ids`` (their tars kept in ``store``),
+    ``contents`` saying where each regular file's bytes are. None when some file's bytes
+    are not known or some tar is missing (nothing is written then)."""
+    rows = host_rows(root, contents)
+    document = None if rows is None else _document(store, diff_ids, rows)
+    return None if document is None else _save(store, diff_ids, document)
+
+
+def save_index(store: Store, diff_ids: Sequence[str], rows: list[Row]) -> IndexFiles | None:
+    """Keep ``rows``, the index of the root the layers ``diff_ids`` make (their tars kept in
+    ``store``), and read it back as a :class:`IndexFiles`, checked as any index is. None
+    when a tar is missing or the rows are not an index to trust; a failure to write the
+    file only costs the next from-docker its unpack."""
+    document = _document(store, diff_ids, rows)
+    if document is None:
+        return None
+    try:
+        index = _parse(document, store, diff_ids)
+    except (_Bad, ValueError, TypeError, KeyError, IndexError, OSError) as exc:
+        log.info("the root is not indexed: %s", exc)
+        return None
+    try:
+        _save(store, diff_ids, document)
+    except OSError as exc:
+        log.info("cannot keep the root's index: %s", exc)
+    return index
 
 
 # ---------------------------------------------------------------------------------------

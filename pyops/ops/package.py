@@ -93,8 +93,15 @@ from pyops import home as _home
 from pyops.arch import Arch
 from pyops.elf.ldd import Resolver
 from pyops.environ import parse_env
-from pyops.errors import CaseCollision, DiskFull, LibraryNotFound, PackageError, PyopsError
-from pyops.oci import rootindex
+from pyops.errors import (
+    CaseCollision,
+    DiskFull,
+    HostFileError,
+    LibraryNotFound,
+    PackageError,
+    PyopsError,
+)
+from pyops.oci import folding, rootindex
 from pyops.oci.auth import Credentials
 from pyops.oci.layers import Unpacker, unpack_layers
 from pyops.oci.net import HttpClient
@@ -479,16 +486,32 @@ UNPACK_ESTIMATE = 5
 decide whether an image fits in a scratch folder with room to spare)."""
 
 
-class _Unpacking:
-    """The :class:`~pyops.oci.pull.LayerConsumer` of from-docker: unpacks each layer as it
-    arrives, checked against the config's diff_ids, keeping its uncompressed tar in
-    ``store`` and, at the end, the root's index (:mod:`pyops.oci.rootindex`).
+def _root_in_memory(package_folder: Path) -> bool:
+    """Whether from-docker makes the image's root in memory, its index (:class:`_Unpacking`),
+    for a package written in ``package_folder``: unless that folder folds names, as the
+    index holds the image's names, which such a folder cannot keep apart."""
+    try:
+        return not folding.folds(package_folder)
+    except OSError as exc:
+        raise HostFileError(f"cannot write in {package_folder}: {exc.strerror or exc}") from exc
 
-    When ``store`` has the index of these very layers already, nothing is unpacked:
-    :meth:`finish` returns the index. With ``in_memory``, the root goes to a scratch folder
-    in memory (:data:`SCRATCH_FOLDERS`) when the host has one with room for twice the image
-    and as much memory available; should it fill up anyway, the unpacking starts over in
-    ``disk_root``. Used as a context manager, which removes the scratch root at the end.
+
+class _Unpacking:
+    """The :class:`~pyops.oci.pull.LayerConsumer` of from-docker: applies each layer as it
+    arrives, checked against the config's diff_ids, and gives the image's root.
+
+    When the config lists the layers' diff_ids, the root is made in memory, nothing written
+    but each layer's uncompressed tar, kept in ``store``: the root is then the image's index
+    (:mod:`pyops.oci.rootindex`), kept too, and the package is copied out of the tars. When
+    ``store`` has the index of these very layers already, nothing is applied at all.
+
+    Otherwise, or when a tar could not be kept (a full disk), or when the package store
+    folds names (:mod:`pyops.oci.folding`: the index would hold names its folder cannot
+    keep apart), the layers are unpacked in a folder. With ``in_memory``, that folder is a
+    scratch folder in memory (:data:`SCRATCH_FOLDERS`) when the host has one with room for
+    twice the image and as much memory available; should it fill up anyway, the unpacking
+    starts over in ``disk_root``. Used as a context manager, which removes the scratch root
+    at the end.
     """
 
     def __init__(
@@ -504,6 +527,7 @@ class _Unpacking:
         self.paths: list[Path] = []
         self.unpacker: Unpacker | None = None
         self.index: rootindex.IndexFiles | None = None
+        self._need = 0
         self._scratch: Path | None = None
 
     def __enter__(self) -> _Unpacking:
@@ -518,7 +542,8 @@ class _Unpacking:
         diff_ids = self.config.diff_ids
         return list(diff_ids) if diff_ids and len(diff_ids) == self.count else None
 
-    def _new_unpacker(self) -> Unpacker:
+    def _new_unpacker(self, root: Path | None) -> Unpacker:
+        """An unpacker into ``root``, or in memory (None), keeping the tars not kept yet."""
         assert self.config is not None, "start() comes first"
         diff_ids = self._diff_ids()
         keep = None
@@ -526,7 +551,7 @@ class _Unpacking:
             tars = [rootindex.layer_tar_path(self.store, d) for d in diff_ids]
             keep = [None if tar.is_file() else tar for tar in tars]
         return Unpacker(
-            self.root,
+            root,
             self.count,
             diff_ids=self.config.diff_ids or None,
             progress=self.progress,
@@ -535,21 +560,29 @@ class _Unpacking:
             keep_tars=keep,
         )
 
+    def _on_host(self) -> Unpacker:
+        """An unpacker into a folder: a scratch folder in memory, or ``disk_root``."""
+        self.root = self.disk_root
+        if self.in_memory and self._scratch is None:
+            self._scratch = scratch_folder(self._need)
+        if self._scratch is not None:
+            self.root = self._scratch / "rootfs"
+        return self._new_unpacker(self.root)
+
     def start(self, config: ImageConfig, layers: Sequence[Descriptor]) -> None:
         self.config = config
         self.count = len(layers)
+        self._need = UNPACK_ESTIMATE * sum(max(layer.size, 0) for layer in layers)
         diff_ids = self._diff_ids()
         if diff_ids is not None:
             self.index = rootindex.load_index(self.store, diff_ids)
             if self.index is not None:
                 log.info("the root of these layers is indexed: nothing to unpack")
                 return
-        if self.in_memory:
-            need = UNPACK_ESTIMATE * sum(max(layer.size, 0) for layer in layers)
-            self._scratch = scratch_folder(need)
-            if self._scratch is not None:
-                self.root = self._scratch / "rootfs"
-        self.unpacker = self._new_unpacker()
+            if _root_in_memory(self.disk_root.parent):
+                self.unpacker = self._new_unpacker(None)
+                return
+        self.unpacker = self._on_host()
 
     def layer(self, number: int, path: Path) -> None:
         if self.index is not None:
@@ -564,18 +597,30 @@ class _Unpacking:
             log.info("%s is full: unpacking on disk instead", self._scratch.parent)
             atomic.remove(self._scratch)
             self._scratch = None
-            self.root = self.disk_root
-            self.unpacker = self._new_unpacker()
+            self.in_memory = False
+            self.unpacker = self._on_host()
             for again, earlier in enumerate(self.paths, start=1):
                 self.unpacker.apply(again, earlier)
 
     def finish(self) -> Root:
-        """Apply the folders' modes and index the root; the root, unpacked, or the index."""
+        """The root: the index of the layers, or the folder they were unpacked in."""
         if self.index is not None:
             return self.index
         assert self.unpacker is not None, "start() comes first"
         self.unpacker.finish()
-        contents, diff_ids = self.unpacker.contents, self._diff_ids()
+        diff_ids = self._diff_ids()
+        if self.unpacker.dest_root is None:
+            assert diff_ids is not None
+            self.index = rootindex.save_index(self.store, diff_ids, self.unpacker.rows())
+            if self.index is not None:
+                return self.index
+            log.info("the layers' tars are not all kept: unpacking them in a folder")
+            paths, self.paths = self.paths, []
+            self.unpacker = self._on_host()
+            for number, earlier in enumerate(paths, start=1):
+                self.layer(number, earlier)
+            self.unpacker.finish()
+        contents = self.unpacker.contents
         if contents is not None and diff_ids is not None and not self.unpacker.collisions:
             try:
                 rootindex.write_index(self.store, self.root, diff_ids, contents)

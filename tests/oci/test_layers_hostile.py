@@ -280,7 +280,9 @@ def test_trailing_zeros_over_the_limit_are_refused(
 ) -> None:
     monkeypatch.setenv("PYOPS_LIMIT_TRAILING_BYTES", str(MiB))
     raw = tar_bytes([F("a", b"1")])
-    zeros = bytes(3 * MiB)
+    # More than the limit and all that the reading thread may read ahead of the refusal
+    # (layers._AHEAD chunks and a few more), so that reading all of it would be seen.
+    zeros = bytes(8 * MiB)
     data = {
         "plain": raw + zeros,
         "in-gzip": gzip.compress(raw + zeros, mtime=0),

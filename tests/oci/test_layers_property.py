@@ -4,6 +4,7 @@ only errors are pyops's own."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import stat
 import tempfile
@@ -13,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyops.errors import PyopsError
-from pyops.oci.layers import unpack_layers
+from pyops.oci import rootindex
+from pyops.oci.layers import Unpacker, unpack_layers
 
 from ..layer_fixtures import Entry, make_canary, tar_bytes, tree_state
 
@@ -165,3 +167,47 @@ def test_the_writer_thread_changes_nothing_but_the_speed(
         finally:
             layers_module._WRITER_BYTES = writer_bytes
         assert threaded == in_turn
+
+
+def _rows(paths: list[Path], diff_ids: list[str], root: Path | None) -> tuple[str, object]:
+    """The index of the root the layers make: unpacked in ``root``, or in memory (None)."""
+    keep = [root.parent / f"{root.name}-tar{n}" for n in range(len(paths))] if root else None
+    unpacker = Unpacker(root, len(paths), diff_ids=diff_ids, keep_tars=keep)
+    try:
+        for number, path in enumerate(paths, start=1):
+            unpacker.apply(number, path)
+        unpacker.finish()
+    except PyopsError as exc:
+        return ("error", type(exc).__name__)
+    if root is None:
+        rows = unpacker.rows()
+    else:
+        assert unpacker.contents is not None
+        found = rootindex.host_rows(root, unpacker.contents)
+        assert found is not None, "every file's bytes are known"
+        rows = found
+    assert rows[0][:2] == ["/", "d"]
+    return ("tree", rows[1:])  # the root folder's own mode and time are the caller's
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
+@given(st.lists(layer, min_size=1, max_size=3))
+def test_the_root_made_in_memory_is_the_one_made_on_the_host(
+    layers: list[tuple[list[Entry], bool]],
+) -> None:
+    """Both hold the same rules: the same entries, modes, times, link targets, hard links,
+    and each file's bytes at the same place in the same layer; or the same error."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, diff_ids = [], []
+        for number, (entries, compress) in enumerate(layers):
+            raw = tar_bytes([_place(e, Path(tmp) / "host") for e in entries])
+            diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
+            path = Path(tmp) / f"layer{number}"
+            path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
+            paths.append(path)
+        assert _rows(paths, diff_ids, None) == _rows(paths, diff_ids, Path(tmp) / "root")

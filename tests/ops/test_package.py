@@ -328,10 +328,10 @@ def test_from_docker_packages_exactly_the_closure(
 ) -> None:
     import pyops.ops.package
 
-    unpacked_into: list[Path] = []
+    unpacked_into: list[Path | None] = []
     real_unpacker = pyops.ops.package.Unpacker
 
-    def recording_unpacker(dest: Path, count: int, **kw: object) -> object:
+    def recording_unpacker(dest: Path | None, count: int, **kw: object) -> object:
         unpacked_into.append(dest)
         return real_unpacker(dest, count, **kw)  # type: ignore[arg-type]
 
@@ -341,11 +341,8 @@ def test_from_docker_packages_exactly_the_closure(
     assert package.name == "pkgroot_pkg"
     assert package.path == packages_dir(store.root, Arch.AMD64) / "pkgroot_pkg"
     assert package.arch == Arch.AMD64 and package.platform == "linux/amd64"
-    # The temporary root was in memory (this machine has a /dev/shm) or in the package
-    # store, and is gone.
-    assert unpacked_into
-    assert unpacked_into[0].parent.parent in (packages_dir(store.root), Path("/dev/shm"))
-    assert not unpacked_into[0].parent.exists()
+    # The root was made in memory: no folder was unpacked in, only what is kept written.
+    assert unpacked_into == [None]
     assert _store_entries(store) == ["pkgroot_pkg"]
     assert sorted(os.listdir(package.path)) == [CONTENTS_FILE, MANIFEST_FILE, "sysroot"]
 
@@ -448,7 +445,10 @@ def test_a_second_package_of_the_same_layers_reads_their_index(
 ) -> None:
     import pyops.ops.package
 
-    first = from_docker(pkg_image.ref, "ls", name="first", copy=copy, store=store)
+    # The first unpacked in a folder, then indexed; the third made in memory (below).
+    with monkeypatch.context() as patch:
+        patch.setattr(pyops.ops.package, "_root_in_memory", lambda folder: False)
+        first = from_docker(pkg_image.ref, "ls", name="first", copy=copy, store=store)
     indexes = list((store.root / "roots").iterdir())
     assert len(indexes) == 1
     assert len(list((store.root / "layers/sha256").iterdir())) == 3  # one tar per layer
@@ -466,7 +466,7 @@ def test_a_second_package_of_the_same_layers_reads_their_index(
         assert not (second.sysroot / "opt/lib/libgreet.so").exists()
         assert ("/usr/bin/dir", "/usr/bin/ls") in _state(second.sysroot)["linked"]
 
-    # A damaged index is not used: the layers are unpacked again, and indexed anew.
+    # A damaged index is not used: the layers are applied again, and indexed anew.
     monkeypatch.undo()
     indexes[0].write_text('{"format": 1, "layers": [], "entries": []}')
     third = from_docker(pkg_image.ref, "ls", name="third", copy=copy, store=store)
@@ -742,13 +742,49 @@ def _snapshot(sysroot: Path) -> dict[str, tuple[int, int, bytes | str | None]]:
 def test_unpacking_in_memory_or_on_disk_makes_the_same_package(
     pkg_image: PkgImage, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The root made in memory (the index), unpacked in a scratch folder in memory, or
+    unpacked on disk: the same package, entry for entry."""
     import pyops.ops.package
 
-    in_memory = from_docker(pkg_image.ref, "greet", store=store, name="mem")
+    index = from_docker(pkg_image.ref, "greet", store=store, name="index")
+    atomic.remove(store.root / "roots")
+    monkeypatch.setattr(pyops.ops.package, "_root_in_memory", lambda folder: False)
+    scratch = from_docker(pkg_image.ref, "greet", store=store, name="scratch")
+    atomic.remove(store.root / "roots")
     monkeypatch.setattr(pyops.ops.package, "SCRATCH_FOLDERS", ())
     on_disk = from_docker(pkg_image.ref, "greet", store=store, name="disk")
-    assert _snapshot(in_memory.sysroot) == _snapshot(on_disk.sysroot)
-    assert _snapshot(in_memory.sysroot)  # not empty
+    assert _snapshot(index.sysroot) == _snapshot(scratch.sysroot) == _snapshot(on_disk.sysroot)
+    assert _snapshot(index.sysroot)  # not empty
+
+
+def test_layers_whose_tars_cannot_be_kept_are_unpacked_in_a_folder(
+    pkg_image: PkgImage, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index needs every layer's tar: when one cannot be kept (a full disk), the
+    layers are unpacked in a folder instead, and the package is the same."""
+    import pyops.ops.package
+    from pyops.oci import layers
+
+    expected = from_docker(pkg_image.ref, "greet", store=store, name="expected")
+    for name in ("roots", "layers"):
+        atomic.remove(store.root / name)
+    unpacked_into: list[Path | None] = []
+    real_unpacker = pyops.ops.package.Unpacker
+
+    def recording_unpacker(dest: Path | None, count: int, **kw: object) -> object:
+        unpacked_into.append(dest)
+        return real_unpacker(dest, count, **kw)  # type: ignore[arg-type]
+
+    def full(self: layers._Tee, data: bytes) -> None:
+        self.drop()  # what a failed write does
+
+    monkeypatch.setattr(pyops.ops.package, "Unpacker", recording_unpacker)
+    monkeypatch.setattr(layers._Tee, "write", full)
+    package = from_docker(pkg_image.ref, "greet", store=store, name="package")
+    assert _snapshot(package.sysroot) == _snapshot(expected.sysroot)
+    assert unpacked_into[0] is None and len(unpacked_into) == 2
+    assert unpacked_into[1] is not None and not unpacked_into[1].exists()  # removed after
+    assert not (store.root / "roots").exists() or not list((store.root / "roots").iterdir())
 
 
 def test_a_full_scratch_folder_falls_back_to_the_disk(
@@ -759,6 +795,7 @@ def test_a_full_scratch_folder_falls_back_to_the_disk(
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    monkeypatch.setattr(pyops.ops.package, "_root_in_memory", lambda folder: False)
     monkeypatch.setattr(pyops.ops.package, "SCRATCH_FOLDERS", (str(scratch),))
     real_apply = pyops.ops.package.Unpacker.apply
     roots: list[Path] = []
