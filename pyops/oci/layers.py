@@ -353,20 +353,34 @@ class _Ahead:
         except BaseException as exc:  # handed to the reading thread, raised there
             self._put(exc)
 
+    def _next_chunk(self) -> bool:
+        """Take the next chunk read ahead; False at the end."""
+        if self._done:
+            return False
+        item = self._chunks.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if not item:
+            self._done = True
+            return False
+        # Hashed and kept here, while the thread decompresses what follows.
+        self.reader.take(item)
+        self._buf, self._pos = item, 0
+        return True
+
+    def skip(self, size: int, /) -> int:
+        """Pass over up to ``size`` bytes without copying them: how many (0 at the end)."""
+        if self._pos >= len(self._buf) and not self._next_chunk():
+            return 0
+        count = min(size, len(self._buf) - self._pos)
+        self._pos += count
+        self.handed += count
+        return count
+
     def read(self, size: int = -1, /) -> bytes:
-        if self._pos >= len(self._buf):
-            if self._done:
-                return b""
-            item = self._chunks.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            if not item:
-                self._done = True
-                return b""
-            # Hashed and kept here, while the thread decompresses what follows.
-            self.reader.take(item)
-            self._buf, self._pos = item, 0
+        if self._pos >= len(self._buf) and not self._next_chunk():
+            return b""
         if size < 0 or (self._pos == 0 and size >= len(self._buf)):
             data = self._buf[self._pos :] if self._pos else self._buf
             self._pos = len(self._buf)
