@@ -1,4 +1,9 @@
-"""Applying image layers (tar, tar+gzip) to a directory, safely.
+"""Applying image layers (tar, tar+gzip) to a directory, or to a root in memory, safely.
+
+The rules are written once (:class:`_Rules`), over a few primitives that two appliers
+give: :class:`_Applier` works in a host folder, :class:`_MemoryApplier` in a tree in memory
+whose files are where their bytes are in the layers' uncompressed tars (the root's index,
+:mod:`pyops.oci.rootindex`). Both make the same root.
 
 Rules from OCI image-spec ``layer.md`` (changesets, whiteouts, opaque whiteouts, hard links),
 with the handling recorded in the reference doc section 5:
@@ -14,8 +19,9 @@ with the handling recorded in the reference doc section 5:
   from a layer, so nothing can be written outside the destination;
 - names with ``..`` or NUL are refused; a leading ``/`` is stripped (what tar does);
 - device nodes and FIFOs are skipped (a 0/0 character device, an overlayfs-style whiteout,
-  counts as a whiteout); sparse files are refused; setuid, setgid and sticky bits are cleared;
-  ownership is not applied;
+  counts as a whiteout); sparse files and symlinks with an empty target are refused;
+  setuid, setgid and sticky bits are cleared; ownership is not applied; a folder made on
+  the way to a member, which no member names, has mode 0755 and time 0;
 - folder modes and times are applied last, through folder descriptors opened from the root
   without following any link, and only to folders the unpacker itself made or kept (a folder
   later replaced, for instance by a symlink, is forgotten with everything below it);

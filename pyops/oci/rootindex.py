@@ -1,29 +1,27 @@
-"""The index of an unpacked image: every entry of the root its layers make, and where each
-regular file's bytes are in the layers' uncompressed tars.
+"""The index of an image's root: every entry its layers make, and where each regular
+file's bytes are in the layers' uncompressed tars.
 
-Unpacking an image is most of what ``pkg from-docker`` costs: every layer is decompressed,
-every member applied, every file created, although a package keeps a few hundred of them.
-So the first unpack of a list of layers also keeps, in the store:
+A package keeps a few hundred files of an image of thousands, so from-docker does not
+unpack the image: it applies the layers to a root in memory (:class:`~pyops.oci.layers.Unpacker`
+without a folder), which is this index, and writes only what the package keeps, copied out
+of the tars. So it keeps, in the store:
 
 - each layer's uncompressed tar, ``layers/sha256/<diff_id>`` (written in the same pass as
-  it is unpacked, and moved into place once its digest matched the config's diff_id);
-- an index of the finished root, ``roots/<key>.json``: each entry's path, type, mode, time
-  and size, a symlink's target, and for a regular file the layer and offset of its bytes.
-  The key is a digest of the diff_ids in order and of the pyops version (whose unpacker
-  made the root).
+  the layer is applied, and moved into place once its digest matched the config's diff_id);
+- the index, ``roots/<key>.json``: each entry's path, type, mode, time and size, a
+  symlink's target, and for a regular file the layer and offset of its bytes (:data:`Row`).
+  The key is a digest of the diff_ids in order and of the pyops version (whose rules made
+  the root).
 
 A later from-docker of an image made of the same layers reads the index instead of
-unpacking (:class:`IndexFiles`, a :class:`~pyops.rootfs.RootFiles`): the program is found,
-its libraries resolved and the policy applied on the index, and only the kept files are
-written, copied from the tars. The index records what the unpacker made, so both ways give
-the same package.
+applying them (:class:`IndexFiles`, a :class:`~pyops.rootfs.RootFiles`). Where the layers
+are unpacked in a folder instead (:class:`pyops.ops.package._Unpacking` says when), the
+folder is indexed once unpacked (:func:`write_index`): the two give the same index.
 
 Both are pyops' own files, yet read as if they were not: a name with ``/``, NUL, ``.`` or
 ``..``, an entry whose folder is missing, a window past its tar's end, a tar whose size is
-not the one recorded, an unknown type: the index is not used (and the image is unpacked
-again, which writes a new one). Neither is written when the unpack folder folds names
-(:mod:`pyops.oci.folding`): the index holds the image's names, the folder would not.
-Deleting ``layers/`` and ``roots/`` loses nothing but time.
+not the one recorded, an unknown type: the index is not used (and the layers are applied
+again, which writes a new one). Deleting ``layers/`` and ``roots/`` loses nothing but time.
 """
 
 from __future__ import annotations
