@@ -61,6 +61,7 @@ from pyops import atomic, limits, rootfs
 from pyops.errors import DigestMismatch, HostFileError, LayerError, UnsafeLayerPath
 from pyops.oci import folding
 from pyops.oci.rootindex import Row
+from pyops.oci.store import ArrivingBlob
 from pyops.oci.tarstream import ByteSource, TarStream
 from pyops.progress import NULL_PROGRESS, Progress
 
@@ -141,7 +142,7 @@ class _Budget:
 class _Counting:
     """Wraps the layer file to report how much of it has been read."""
 
-    def __init__(self, raw: IO[bytes], progress: Progress, key: str) -> None:
+    def __init__(self, raw: _ByteSource, progress: Progress, key: str) -> None:
         self._raw = raw
         self._progress = progress
         self._key = key
@@ -1644,19 +1645,21 @@ class Unpacker:
         """Members applied so far, in all layers."""
         return self._applier.budget.entries
 
-    def apply(self, number: int, path: Path) -> None:
-        """Apply layer ``number`` (1-based), the blob at ``path``."""
+    def apply(self, number: int, path: Path, arriving: ArrivingBlob | None = None) -> None:
+        """Apply layer ``number`` (1-based), the blob at ``path``, or read from ``arriving``
+        while it downloads (to its end: the blob at ``path`` then)."""
         if number != self.applied + 1 or number > self.count:
             raise ValueError(f"layer {number} applied after layer {self.applied} of {self.count}")
         label = f"layer {number} ({path.name[:12]})"
         key = f"unpack:{number}:{path}"
-        size = path.stat().st_size
+        size = arriving.size if arriving is not None else path.stat().st_size
         self.progress.start(key, f"unpacking {label}", size)
         keep = self._keep_tars[number - 1] if self._keep_tars is not None else None
         tee = _Tee(keep) if keep is not None else None
         self._applier.layer_index = number - 1
         try:
-            digest = _apply_layer(self._applier, path, label, size, self.progress, key, tee)
+            with arriving.open() if arriving is not None else open(path, "rb") as raw:
+                digest = _apply_layer(self._applier, raw, label, size, self.progress, key, tee)
             if self.diff_ids is not None and digest != self.diff_ids[number - 1]:
                 raise DigestMismatch(
                     f"{label}: its uncompressed content has digest {digest}, but the image "
@@ -1682,9 +1685,14 @@ class Unpacker:
             raise LayerError(f"cannot apply folder modes in {self.dest_root}: {exc}") from exc
 
 
+class _Blob(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+
 def _apply_layer(
     applier: _Rules,
-    path: Path,
+    raw: _Blob,
     label: str,
     size: int,
     progress: Progress,
@@ -1693,28 +1701,29 @@ def _apply_layer(
 ) -> str:
     applier.start_layer(label)
     budget = applier.budget
-    with open(path, "rb") as raw:
-        magic = raw.read(4)
-        raw.seek(0)
-        if magic.startswith(_ZSTD_MAGIC):
-            raise LayerError(
-                f"{label} is compressed with zstd (application/vnd.oci.image.layer.v1.tar+zstd), "
-                "which pyops cannot decompress.",
-                hint="Push the image with gzip layers (skopeo copy --dest-compress-format gzip).",
-            )
-        counted = _Counting(raw, progress, key)
-        stream: _ByteSource = counted
-        if magic.startswith(_GZIP_MAGIC):
-            stream = _Gunzip(counted, label, budget.trailing_limit)
-        ahead = _Ahead(_Reader(stream, budget, label, size, tee))
-        failed = True
-        try:
-            end = _apply_tar(applier, ahead, label)
-            count, digest = ahead.drain(end)
-            failed = False
-        finally:
-            ahead.close()
-            applier.end_layer(failed=failed)
+    magic = b""
+    while len(magic) < 4 and (more := raw.read(4 - len(magic))):
+        magic += more  # a blob still arriving gives what it has
+    raw.seek(0)
+    if magic.startswith(_ZSTD_MAGIC):
+        raise LayerError(
+            f"{label} is compressed with zstd (application/vnd.oci.image.layer.v1.tar+zstd), "
+            "which pyops cannot decompress.",
+            hint="Push the image with gzip layers (skopeo copy --dest-compress-format gzip).",
+        )
+    counted = _Counting(raw, progress, key)
+    stream: _ByteSource = counted
+    if magic.startswith(_GZIP_MAGIC):
+        stream = _Gunzip(counted, label, budget.trailing_limit)
+    ahead = _Ahead(_Reader(stream, budget, label, size, tee))
+    failed = True
+    try:
+        end = _apply_tar(applier, ahead, label)
+        count, digest = ahead.drain(end)
+        failed = False
+    finally:
+        ahead.close()
+        applier.end_layer(failed=failed)
     budget.unpacked += count
     return digest
 

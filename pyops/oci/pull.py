@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pyops import limits
 from pyops.errors import LayerError, PlatformNotFound, RegistryError
@@ -38,7 +38,7 @@ from pyops.oci.schema import (
     iter_platform_candidates,
     parse_manifest,
 )
-from pyops.oci.store import Cancel, Store
+from pyops.oci.store import ArrivingBlob, Cancel, Store
 from pyops.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,18 @@ class LayerConsumer(Protocol):
     def start(self, config: ImageConfig, layers: Sequence[Descriptor]) -> None: ...
 
     def layer(self, number: int, path: Path) -> None: ...
+
+
+@runtime_checkable
+class StreamingLayerConsumer(LayerConsumer, Protocol):
+    """A :class:`LayerConsumer` that also takes a layer while it downloads: when the layers
+    before it are taken and its download has started, :meth:`layer_arriving` is called
+    instead of :meth:`~LayerConsumer.layer`, with the layer's bytes as they arrive (read to
+    their end, they are the whole blob, verified; a failed download raises its error in
+    the reader). ``path`` is where the blob will be once it is complete.
+    """
+
+    def layer_arriving(self, number: int, path: Path, arriving: ArrivingBlob) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +289,8 @@ def _download_layers(
             paths[desc.digest] = store.blob_path(desc.digest)
 
     cancel = Cancel()
+    streaming = isinstance(consumer, StreamingLayerConsumer)
+    arriving = {d.digest: ArrivingBlob(d.size) for _, d in missing} if streaming else {}
 
     def fetch(number: int, desc: Descriptor) -> Path:
         def opener(offset: int) -> RegistryBlobStream:
@@ -291,16 +305,25 @@ def _download_layers(
             label=f"{name} layer {number}/{total} {desc.digest[7:19]}",
             progress=progress,
             cancel=cancel,
+            arriving=arriving.get(desc.digest),
         )
 
     delivered = 0
 
     def deliver() -> None:
+        # A streaming consumer takes a layer still downloading; it returns once the layer is
+        # complete, while the later layers go on downloading.
         nonlocal delivered
-        while delivered < total and manifest.layers[delivered].digest in paths:
+        while delivered < total:
+            digest = manifest.layers[delivered].digest
+            if digest in paths:
+                if consumer is not None:
+                    consumer.layer(delivered + 1, paths[digest])
+            elif isinstance(consumer, StreamingLayerConsumer) and digest in arriving:
+                consumer.layer_arriving(delivered + 1, store.blob_path(digest), arriving[digest])
+            else:
+                return
             delivered += 1
-            if consumer is not None:
-                consumer.layer(delivered, paths[manifest.layers[delivered - 1].digest])
 
     if missing:  # the downloads start before a cached layer is handed over
         _run_all(fetch, missing, paths, workers, cancel, deliver)

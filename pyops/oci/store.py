@@ -103,6 +103,133 @@ class Cancel:
                 self._hooks.pop(key, None)
 
 
+class ArrivingBlob:
+    """A blob being downloaded, read while its bytes arrive (:meth:`open`).
+
+    :meth:`Store.ensure_blob` tells it where the bytes go (:meth:`begin`), how many are
+    written (:meth:`wrote`), and how the download ended (:meth:`finished`: verified and in
+    place; :meth:`failed`). A reader gets the bytes as they are written, waits for more, and
+    sees the end only once the whole blob is verified; a failed download raises its error
+    in the reader. So the reader may hand out bytes of a blob whose digest turns out wrong:
+    what it feeds must be undone by that error (the layer applier checks the uncompressed
+    stream against its own digest, the config's diff_id, before it keeps anything).
+    """
+
+    _WAIT = 0.1  # seconds a reader waits at a time (so Ctrl-C is seen)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._cond = threading.Condition()
+        self._where: Path | None = None
+        self._have = 0
+        self._complete = False
+        self._error: BaseException | None = None
+
+    def begin(self, partial: Path, have: int) -> None:
+        with self._cond:
+            self._where, self._have = partial, have
+            self._cond.notify_all()
+
+    def wrote(self, have: int) -> None:
+        """The first ``have`` bytes are in the file (fewer than before: it was restarted)."""
+        with self._cond:
+            self._have = have
+            self._cond.notify_all()
+
+    def finished(self, final: Path) -> None:
+        with self._cond:
+            self._where, self._have, self._complete = final, self.size, True
+            self._cond.notify_all()
+
+    def failed(self, error: BaseException) -> None:
+        with self._cond:
+            if not self._complete:
+                self._error = error
+            self._cond.notify_all()
+
+    def wait_past(self, position: int) -> tuple[Path, int, bool]:
+        """Wait until more than ``position`` bytes are there, or the blob is complete: the
+        file, how many bytes it has, whether that is all. Raises the download's error."""
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._where is not None and (self._have > position or self._complete):
+                    return self._where, self._have, self._complete
+                self._cond.wait(self._WAIT)
+
+    def open(self) -> ArrivingReader:
+        """A new reader, at the blob's first byte."""
+        return ArrivingReader(self)
+
+
+class ArrivingReader:
+    """Reads an :class:`ArrivingBlob` from its start, waiting for the bytes to arrive."""
+
+    def __init__(self, blob: ArrivingBlob) -> None:
+        self._blob = blob
+        self._pos = 0
+        self._fd: int | None = None
+
+    def read(self, size: int = -1, /) -> bytes:
+        while True:
+            where, have, complete = self._blob.wait_past(self._pos)
+            if have <= self._pos:
+                return b""  # complete
+            if self._fd is None:
+                try:
+                    self._fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # moved into place meanwhile
+            count = have - self._pos if size < 0 else min(size, have - self._pos)
+            data = os.pread(self._fd, count, self._pos)
+            if data:
+                self._pos += len(data)
+                return data
+            if complete:
+                raise DigestMismatch(f"{where} is shorter than its {self._blob.size} bytes.")
+            # emptied by a restarted download: wait for the bytes again
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int:
+        if whence != os.SEEK_SET or offset < 0:
+            raise ValueError("an arriving blob is read from a position")
+        self._pos = offset
+        return offset
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ArrivingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Announcing:
+    """A sink that writes through to the file and tells an :class:`ArrivingBlob`."""
+
+    __slots__ = ("_arriving", "_handle", "offset")
+
+    def __init__(self, handle: IO[bytes], arriving: ArrivingBlob, offset: int) -> None:
+        self._handle = handle
+        self._arriving = arriving
+        self.offset = offset
+
+    def write(self, data: bytes, /) -> int | None:
+        written = self._handle.write(data)
+        self._handle.flush()
+        self.offset += len(data)
+        self._arriving.wrote(self.offset)
+        return written
+
+    def restart_at(self, offset: int) -> None:
+        self.offset = offset
+        self._arriving.wrote(offset)
+
+
 _swept: set[Path] = set()
 _swept_lock = threading.Lock()
 
@@ -217,6 +344,7 @@ class Store:
         progress: Progress = NULL_PROGRESS,
         attempts: int = 3,
         cancel: Cancel | None = None,
+        arriving: ArrivingBlob | None = None,
     ) -> Path:
         """Return the path of the blob, downloading it with ``open_blob`` if it is not cached.
 
@@ -226,7 +354,31 @@ class Store:
         later call when the tries run out, the deadline passes or ``cancel`` is set. A
         mismatch or a full disk removes the partial file and raises
         :class:`~pyops.errors.DigestMismatch` or :class:`~pyops.errors.DiskFull`.
+        ``arriving`` is told of the bytes as they are written, and of the end.
         """
+        try:
+            final = self._ensure_blob(
+                digest, size, open_blob, label, progress, attempts, cancel, arriving
+            )
+        except BaseException as exc:
+            if arriving is not None:
+                arriving.failed(exc)
+            raise
+        if arriving is not None:
+            arriving.finished(final)
+        return final
+
+    def _ensure_blob(
+        self,
+        digest: str,
+        size: int,
+        open_blob: BlobOpener,
+        label: str | None,
+        progress: Progress,
+        attempts: int,
+        cancel: Cancel | None,
+        arriving: ArrivingBlob | None,
+    ) -> Path:
         final = self.blob_path(digest)
         name = label or digest
         if self.has_blob(digest, size):
@@ -252,6 +404,7 @@ class Store:
                     progress=progress,
                     attempts=attempts,
                     cancel=cancel,
+                    arriving=arriving,
                 )
             finally:
                 progress.finish(digest)
@@ -278,6 +431,7 @@ def resume_download(
     key: str | None = None,
     attempts: int = 3,
     cancel: Cancel | None = None,
+    arriving: ArrivingBlob | None = None,
 ) -> str:
     """Complete the download in ``handle`` (the partial file at ``path``) to ``size`` bytes.
 
@@ -295,10 +449,15 @@ def resume_download(
         handle.truncate(0)
         have = 0
     # hashlib state cannot be saved, so a resumed download re-hashes what it has.
+    sink: _Sink = handle
+    announcing = None
+    if arriving is not None:
+        sink = announcing = _Announcing(handle, arriving, have)
+        arriving.begin(path, have)
     writer = BlobWriter(
         digest,
         size,
-        handle,
+        sink,
         name=name,
         have=have,
         hasher=_hash_prefix(handle, hash_name, have),
@@ -325,6 +484,8 @@ def resume_download(
                         progress.advance(key, -writer.have)
                         writer.restart()
                     handle.seek(writer.have)
+                    if announcing is not None:
+                        announcing.restart_at(writer.have)
                     writer.write_all(stream.chunks(), cancel)
                 except NetworkError:
                     handle.flush()

@@ -108,7 +108,7 @@ from pyops.oci.net import HttpClient
 from pyops.oci.pull import PulledImage, pull
 from pyops.oci.reference import ImageRef
 from pyops.oci.schema import Descriptor, ImageConfig, Platform
-from pyops.oci.store import Store
+from pyops.oci.store import ArrivingBlob, Store
 from pyops.ops.advice import Note, wrapper_note
 from pyops.ops.build import CA_BUNDLES
 from pyops.ops.contents import (
@@ -524,7 +524,7 @@ class _Unpacking:
         self.root = disk_root
         self.config: ImageConfig | None = None
         self.count = 0
-        self.paths: list[Path] = []
+        self.paths: list[tuple[Path, ArrivingBlob | None]] = []  # the layers applied
         self.unpacker: Unpacker | None = None
         self.index: rootindex.IndexFiles | None = None
         self._need = 0
@@ -585,12 +585,16 @@ class _Unpacking:
         self.unpacker = self._on_host()
 
     def layer(self, number: int, path: Path) -> None:
+        self.layer_arriving(number, path, None)
+
+    def layer_arriving(self, number: int, path: Path, arriving: ArrivingBlob | None) -> None:
+        """Apply layer ``number``: the blob at ``path``, or its bytes as they download."""
         if self.index is not None:
             return
         assert self.unpacker is not None, "start() comes first"
-        self.paths.append(path)
+        self.paths.append((path, arriving))
         try:
-            self.unpacker.apply(number, path)
+            self.unpacker.apply(number, path, arriving)
         except DiskFull:
             if self._scratch is None:
                 raise
@@ -599,8 +603,8 @@ class _Unpacking:
             self._scratch = None
             self.in_memory = False
             self.unpacker = self._on_host()
-            for again, earlier in enumerate(self.paths, start=1):
-                self.unpacker.apply(again, earlier)
+            for again, (earlier, still) in enumerate(self.paths, start=1):
+                self.unpacker.apply(again, earlier, still)
 
     def finish(self) -> Root:
         """The root: the index of the layers, or the folder they were unpacked in."""
@@ -617,8 +621,8 @@ class _Unpacking:
             log.info("the layers' tars are not all kept: unpacking them in a folder")
             paths, self.paths = self.paths, []
             self.unpacker = self._on_host()
-            for number, earlier in enumerate(paths, start=1):
-                self.layer(number, earlier)
+            for number, (earlier, _) in enumerate(paths, start=1):
+                self.layer(number, earlier)  # all downloaded by now
             self.unpacker.finish()
         contents = self.unpacker.contents
         if contents is not None and diff_ids is not None and not self.unpacker.collisions:

@@ -29,7 +29,7 @@ from pyops.oci.layers import resolve_in_root, split_image_path, unpack_layers
 from pyops.oci.net import HttpClient, HttpResponse
 from pyops.oci.pull import PulledImage, pull
 from pyops.oci.registry import Challenge, RegistryClient
-from pyops.oci.store import Store
+from pyops.oci.store import ArrivingBlob, Store
 
 from ..fake_registry import FakeRegistry, serve, sha256
 from ..layer_fixtures import F, tar_bytes
@@ -596,6 +596,56 @@ def test_layers_reach_the_consumer_in_order_while_later_ones_download(
     # Layers 1 and 2 were handed over before the last one was complete, in order.
     assert recorder.layers == [(1, False), (2, False), (3, True)]
     assert [p.read_bytes() for p in pulled.layers] == [first, second, slow]
+
+
+class _Streamer(_Recorder):
+    """A streaming LayerConsumer: reads each layer handed over as it arrives, noting
+    whether its download was complete then."""
+
+    def __init__(self, store: Store, last: str) -> None:
+        super().__init__(store, last)
+        self.order: list[int] = []
+        self.read: dict[int, bytes] = {}
+        self.complete: dict[int, bool] = {}
+
+    def layer(self, number: int, path: Path) -> None:
+        self.order.append(number)
+        super().layer(number, path)
+
+    def layer_arriving(self, number: int, path: Path, arriving: ArrivingBlob) -> None:
+        self.order.append(number)
+        self.complete[number] = path.is_file()
+        with arriving.open() as reader:
+            self.read[number] = b"".join(iter(lambda: reader.read(1 << 16), b""))
+        assert path.is_file()  # read to its end: the blob is in place
+
+
+def test_a_streaming_consumer_reads_a_layer_while_it_downloads(
+    fake: FakeRegistry, store: Store
+) -> None:
+    first = _layer(F("bin/app", b"app"))
+    slow = _layer(F("data/big", os.urandom(60_000)))
+    ref = _fake_image(fake, [first, slow])
+    fake.slow[sha256(slow)] = 0.01
+    streamer = _Streamer(store, sha256(slow))
+    pulled = pull(ref, store=store, consumer=streamer)
+    assert streamer.order == [1, 2]  # each layer once, in order
+    assert streamer.complete[2] is False  # handed over before its download ended
+    assert streamer.read[2] == slow
+    assert [p.read_bytes() for p in pulled.layers] == [first, slow]
+
+
+def test_a_streamed_layer_with_a_wrong_digest_fails_the_pull(
+    fake: FakeRegistry, store: Store
+) -> None:
+    good = _layer(F("data/big", os.urandom(60_000)))
+    ref = _fake_image(fake, [good])
+    fake.corrupt_blobs[sha256(good)] = good[:-1] + bytes([good[-1] ^ 1])
+    streamer = _Streamer(store, sha256(good))
+    with pytest.raises(DigestMismatch):
+        pull(ref, store=store, consumer=streamer)
+    assert streamer.order == [1] and streamer.read == {}  # the reader raised, never ended
+    assert not store.has_blob(sha256(good))
 
 
 def test_a_consumer_error_stops_the_downloads(fake: FakeRegistry, store: Store) -> None:

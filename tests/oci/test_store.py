@@ -452,3 +452,91 @@ def test_a_store_rooted_at_a_string_path(tmp_path: Path) -> None:
     digest = store.put_blob(b"hello")
     assert store.root == tmp_path
     assert store.read_blob(digest) == b"hello"
+
+
+# -- a blob read while it arrives -------------------------------------------------------------
+
+
+class GatedOpener(Opener):
+    """An :class:`Opener` whose stream waits, after ``gate_at`` bytes, for ``gate``."""
+
+    def __init__(self, gate_at: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.gate_at = gate_at
+        self.gate = threading.Event()
+
+    def __call__(self, offset: int) -> Stream:
+        stream = super().__call__(offset)
+        chunks = stream.chunks
+
+        def gated() -> Iterator[bytes]:
+            sent = stream.offset
+            for chunk in chunks():
+                if sent >= self.gate_at:
+                    assert self.gate.wait(10), "the reader never let the download on"
+                sent += len(chunk)
+                yield chunk
+
+        stream.chunks = gated  # type: ignore[method-assign]
+        return stream
+
+
+def _download(
+    store: Store, opener: Opener, arriving: store_module.ArrivingBlob
+) -> threading.Thread:
+    def run() -> None:
+        try:
+            store.ensure_blob(DIGEST, len(BLOB), opener, arriving=arriving)
+        except Exception:
+            pass  # the reader sees it
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_an_arriving_blob_is_read_before_its_download_ends(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    opener = GatedOpener(gate_at=100_000)
+    arriving = store_module.ArrivingBlob(len(BLOB))
+    thread = _download(store, opener, arriving)
+    with arriving.open() as reader:
+        first = b""
+        while len(first) < 100_000:
+            first += reader.read(100_000 - len(first))
+        assert first == BLOB[:100_000]
+        assert not store.has_blob(DIGEST)  # the download waits at the gate
+        opener.gate.set()
+        rest = b"".join(iter(lambda: reader.read(65_536), b""))
+    thread.join()
+    assert first + rest == BLOB
+    assert store.has_blob(DIGEST)  # the end is seen only once the blob is in place
+    with arriving.open() as again:  # and read again from the start
+        assert b"".join(iter(lambda: again.read(1 << 20), b"")) == BLOB
+
+
+def test_an_arriving_blob_whose_digest_is_wrong_raises_in_the_reader(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    bad = bytearray(BLOB)
+    bad[-1] ^= 1
+    arriving = store_module.ArrivingBlob(len(BLOB))
+    thread = _download(store, Opener(data=bytes(bad)), arriving)
+    with arriving.open() as reader, pytest.raises(DigestMismatch):
+        while reader.read(65_536):
+            pass
+    thread.join()
+    assert not store.has_blob(DIGEST)
+
+
+def test_an_arriving_blob_restarted_by_the_server_reads_on(tmp_path: Path) -> None:
+    """A server that ignores Range sends the blob again from its start: the file is
+    rewritten, and the reader goes on where it was."""
+    store = Store(tmp_path)
+    opener = Opener(cuts=[150_000], honour_range=False)
+    arriving = store_module.ArrivingBlob(len(BLOB))
+    thread = _download(store, opener, arriving)
+    with arriving.open() as reader:
+        got = b"".join(iter(lambda: reader.read(30_000), b""))
+    thread.join()
+    assert got == BLOB
+    assert opener.offsets == [0, 150_000]

@@ -29,6 +29,7 @@ from pyops.arch import Arch
 from pyops.cli import cli
 from pyops.errors import (
     CaseCollision,
+    DigestMismatch,
     LibraryNotFound,
     ManifestNotFound,
     PackageError,
@@ -800,12 +801,12 @@ def test_a_full_scratch_folder_falls_back_to_the_disk(
     real_apply = pyops.ops.package.Unpacker.apply
     roots: list[Path] = []
 
-    def apply(self: object, number: int, path: Path) -> None:
+    def apply(self: object, number: int, path: Path, arriving: object = None) -> None:
         root: Path = self.dest_root  # type: ignore[attr-defined]
         roots.append(root)
         if root.is_relative_to(scratch) and number == 2:
             raise DiskFull(f"disk full at {root}")
-        real_apply(self, number, path)  # type: ignore[arg-type]
+        real_apply(self, number, path, arriving)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pyops.ops.package.Unpacker, "apply", apply)
     package = from_docker(pkg_image.ref, "greet", store=store)
@@ -1018,3 +1019,30 @@ def test_nodiscover_goes_with_copy(tmp_path: Path, store: Store) -> None:
     assert (made.sysroot / "app/tool").is_file()
     result = CliRunner().invoke(cli, ["pkg", "from-docker", "img", "--nodiscover"])
     assert result.exit_code == 2 and "--nodiscover goes with --copy" in result.output
+
+
+def test_a_layer_corrupt_in_transit_leaves_nothing(store: Store) -> None:
+    """A layer is applied while it downloads; when its digest turns out wrong at the end,
+    from-docker fails and keeps nothing of it: no package, no layer tar, no index."""
+    import gzip
+
+    from ..fake_registry import serve, sha256
+    from ..layer_fixtures import tar_bytes
+
+    base = gzip.compress(tar_bytes([F("bin/app", b"app")]), mtime=0)
+    big = gzip.compress(tar_bytes([F("data/big", os.urandom(80_000))]), mtime=0)
+    diff_ids = [sha256(gzip.decompress(layer)) for layer in (base, big)]
+    config = {"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/bin/app"]},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}  # fmt: skip
+    with serve() as fake:
+        fake.add_image("test/corrupt", "1", [base, big], config)
+        fake.slow[sha256(big)] = 0.002
+        fake.corrupt_blobs[sha256(big)] = big[:-1] + bytes([big[-1] ^ 1])
+        with pytest.raises(DigestMismatch):
+            from_docker(f"127.0.0.1:{fake.port}/test/corrupt:1", "/bin/app", store=store)
+    assert _store_entries(store) == []
+    assert not store.has_blob(sha256(big))
+    # The first layer was whole and checked: its tar is kept for the next try.
+    tars = store.root / "layers/sha256"
+    assert sorted(p.name for p in tars.iterdir()) == [diff_ids[0][len("sha256:") :]]
+    assert not (store.root / "roots").exists() or not list((store.root / "roots").iterdir())
