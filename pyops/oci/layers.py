@@ -705,9 +705,14 @@ class _Rules:
     def _remember(self, given: Parts, folders: Parts) -> None:
         """``given`` resolves to ``folders``, which are all real folders now."""
         self._known = (given, folders)
+        self._known_changed()
 
     def _invalidate(self) -> None:
         self._known = ((), ())
+        self._known_changed()
+
+    def _known_changed(self) -> None:
+        """The folder remembered changed: forget what was derived from it."""
 
     def _mark(self, parts: Parts) -> None:
         self.added.add(parts)
@@ -979,12 +984,7 @@ class _Applier(_Rules):
             folder = self._known_host = self.host(self._known[1])
         return folder
 
-    def _remember(self, given: Parts, folders: Parts) -> None:
-        super()._remember(given, folders)
-        self._known_host = None
-
-    def _invalidate(self) -> None:
-        super()._invalidate()
+    def _known_changed(self) -> None:
         self._known_host = None
 
     def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
@@ -1202,12 +1202,7 @@ class _MemoryApplier(_Rules):
         assert self._known_node is not None and self._known_node.children is not None
         return self._known_node.children
 
-    def _remember(self, given: Parts, folders: Parts) -> None:
-        super()._remember(given, folders)
-        self._known_node = None
-
-    def _invalidate(self) -> None:
-        super()._invalidate()
+    def _known_changed(self) -> None:
         self._known_node = None
 
     def directory(self, info: tarfile.TarInfo, parts: Parts) -> None:
