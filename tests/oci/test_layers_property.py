@@ -8,6 +8,7 @@ import hashlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -92,13 +93,36 @@ def _place(entry: Entry, host: Path) -> Entry:
     return Entry(entry.name, entry.kind, entry.data, link, entry.mode, entry.dev)
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    database=None,
-)
-@given(st.lists(layer, min_size=1, max_size=3))
+def _random_layers(examples: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A test run on ``examples`` lists of one to three random layers."""
+
+    def wrap(test: Callable[..., None]) -> Callable[..., None]:
+        run = settings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+            database=None,
+        )
+        return run(given(st.lists(layer, min_size=1, max_size=3))(test))
+
+    return wrap
+
+
+def _layer_files(
+    layers: list[tuple[list[Entry], bool]], folder: Path, host: Path
+) -> tuple[list[Path], list[str]]:
+    """The layers written in ``folder`` (gzip or not, as each says), and their diff_ids."""
+    paths, diff_ids = [], []
+    for number, (entries, compress) in enumerate(layers):
+        raw = tar_bytes([_place(e, host) for e in entries])
+        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
+        path = folder / f"layer{number}"
+        path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
+        paths.append(path)
+    return paths, diff_ids
+
+
+@_random_layers(150)
 def test_random_layers_change_nothing_outside_the_root(
     layers: list[tuple[list[Entry], bool]],
 ) -> None:
@@ -106,12 +130,7 @@ def test_random_layers_change_nothing_outside_the_root(
         top = Path(tmp) / "canary"
         root = make_canary(top)
         before = tree_state(top, root)
-        paths = []
-        for number, (entries, compress) in enumerate(layers):
-            raw = tar_bytes([_place(e, top / "host") for e in entries])
-            path = Path(tmp) / f"layer{number}"
-            path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
-            paths.append(path)
+        paths, _ = _layer_files(layers, Path(tmp), top / "host")
         try:
             unpack_layers(paths, root)
         except PyopsError:
@@ -138,13 +157,7 @@ def _outcome(paths: list[Path], root: Path) -> tuple[str, object]:
     return ("tree", (state, links))
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    database=None,
-)
-@given(st.lists(layer, min_size=1, max_size=3))
+@_random_layers(300)
 def test_the_writer_thread_changes_nothing_but_the_speed(
     layers: list[tuple[list[Entry], bool]],
 ) -> None:
@@ -153,12 +166,7 @@ def test_the_writer_thread_changes_nothing_but_the_speed(
     import pyops.oci.layers as layers_module
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for number, (entries, compress) in enumerate(layers):
-            raw = tar_bytes([_place(e, Path(tmp) / "host") for e in entries])
-            path = Path(tmp) / f"layer{number}"
-            path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
-            paths.append(path)
+        paths, _ = _layer_files(layers, Path(tmp), Path(tmp) / "host")
         threaded = _outcome(paths, Path(tmp) / "threaded")
         writer_bytes = layers_module._WRITER_BYTES
         layers_module._WRITER_BYTES = -1
@@ -190,24 +198,12 @@ def _rows(paths: list[Path], diff_ids: list[str], root: Path | None) -> tuple[st
     return ("tree", rows[1:])  # the root folder's own mode and time are the caller's
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    database=None,
-)
-@given(st.lists(layer, min_size=1, max_size=3))
+@_random_layers(300)
 def test_the_root_made_in_memory_is_the_one_made_on_the_host(
     layers: list[tuple[list[Entry], bool]],
 ) -> None:
     """Both hold the same rules: the same entries, modes, times, link targets, hard links,
     and each file's bytes at the same place in the same layer; or the same error."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths, diff_ids = [], []
-        for number, (entries, compress) in enumerate(layers):
-            raw = tar_bytes([_place(e, Path(tmp) / "host") for e in entries])
-            diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
-            path = Path(tmp) / f"layer{number}"
-            path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
-            paths.append(path)
+        paths, diff_ids = _layer_files(layers, Path(tmp), Path(tmp) / "host")
         assert _rows(paths, diff_ids, None) == _rows(paths, diff_ids, Path(tmp) / "root")
