@@ -1,19 +1,13 @@
 """Copying file contents into an image file: streamed, zero-copy where the OS can, on two cores.
 
-:func:`pyops.nanos.tfs.write_volume` places every file's data, then starts a :class:`DataCopy`
-before it encodes the log.  Host files are cut into runs (:mod:`pyops.nanos.copyfile`: a large
-file alone, or up to 1 MiB of small files placed back to back).  When a volume holds many
-host files, a worker process starts copying runs at once, from the first one up, while this
-process encodes the log; when the log is done, this process copies too, from the last run
-down, until the two meet.  No thread shares this process's interpreter with the encoder,
-and neither process waits for the other.
-
-The two processes share the job table, a temporary file both map into memory, with one
-claim flag per run for each process.  Each side sets its flag for a run before it copies
-it, then reads the other's flag for that run; a run both have taken goes to the worker, and
-is where they stop.  A stale read can only make both copy the same run, which writes the
-same bytes to the same place, never make both skip one.  Flags are single bytes: a counter
-of several bytes could be read half written and send both processes past each other.
+:func:`pyops.nanos.tfs.write_volume` hands each file to a :class:`DataCopy` as soon as it
+has placed its data, while it is still walking the tree and encoding the log.  Host files
+are cut into runs (:mod:`pyops.nanos.copyfile`: a large file alone, or up to 1 MiB of small
+files placed back to back).  Once a volume has many host files, a worker process copies
+them from then on, while this process walks and encodes: the jobs go to a temporary job
+file, which the worker reads as this process tells it, on a pipe, how much of the file is
+complete; the worker tells on another pipe how many bytes it copied.  Neither process holds
+more than a batch of jobs, so the memory does not grow with the number of files.
 
 Contents are never held in memory beyond one run: ``os.copy_file_range`` copies large files
 inside the kernel (Linux), otherwise data goes through in 8 MiB pieces.
@@ -23,124 +17,157 @@ from __future__ import annotations
 
 import errno
 import json
-import mmap
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from pyops.errors import HostFileError, ImageFormatError, PyopsError
 from pyops.nanos import copyfile
-from pyops.nanos.copyfile import CHUNK, CopyFailed, JobTable
+from pyops.nanos.copyfile import CHUNK, NOTE, CopyFailed, encode_job
 from pyops.nanos.tree import Contents, HostFile, ImageData, Source
 from pyops.progress import NULL_PROGRESS, Progress
 
-# From these on, host files are copied by a worker process as well: starting one costs
-# about 50 ms of the other core, and saves most of the copying time of a large volume.
+# From these on, host files are copied by a worker process: starting one costs about 50 ms
+# of the other core, and saves most of the copying time of a large volume.
 WORKER_MIN_FILES = 512
 WORKER_MIN_BYTES = 256 * 1024 * 1024
+_FLUSH = 256 * 1024  # bytes of job records handed to the worker at a time
 
 
 class DataCopy:
-    """Copies of file contents into the open file ``fd``: started when it is made, ended by
-    :meth:`finish` (or abandoned by :meth:`cancel`)."""
+    """Copies of file contents into the open file ``fd``, given one by one (:meth:`add`),
+    ended by :meth:`finish` (or abandoned by :meth:`cancel`)."""
 
     def __init__(
-        self,
-        fd: int,
-        offsets: Sequence[int],
-        sources: Sequence[Source],
-        progress: Progress = NULL_PROGRESS,
-        *,
-        worker: bool | None = None,
+        self, fd: int, progress: Progress = NULL_PROGRESS, *, worker: bool | None = None
     ) -> None:
-        """Start writing each ``sources[i]`` at byte ``offsets[i]`` of ``fd``.
-
-        ``worker`` forces the worker process on or off; by default it copies when there
-        are at least ``WORKER_MIN_FILES`` host files or ``WORKER_MIN_BYTES`` of them.
-        """
+        """``worker`` forces the worker process on or off; by default it starts once there
+        are ``WORKER_MIN_FILES`` host files or ``WORKER_MIN_BYTES`` of them."""
         self._fd = fd
         self._progress = progress
+        self._allow = worker is not False
         self._rest: list[tuple[int, Source]] = []
-        host_offsets: list[int] = []
-        host_sizes: list[int] = []
-        host_paths: list[str] = []
-        for offset, source in zip(offsets, sources, strict=True):  # one pass: 250k on 4 GB
-            if type(source) is HostFile:
-                if source.size:
-                    host_offsets.append(offset)
-                    host_sizes.append(source.size)
-                    host_paths.append(source.path)
-            elif source.size:
-                self._rest.append((offset, source))
-        self._jobs = JobTable(host_offsets, host_sizes, host_paths)
+        # host files not handed to a worker (yet): offsets, sizes, paths
+        self._offsets: list[int] = []
+        self._sizes: list[int] = []
+        self._paths: list[str] = []
+        self._bytes = 0
         self._proc: subprocess.Popen[bytes] | None = None
-        self._table: mmap.mmap | None = None
-        self._copied_here = 0  # host bytes this process copied
-        if worker is None:
-            worker = len(host_sizes) >= WORKER_MIN_FILES or sum(host_sizes) >= WORKER_MIN_BYTES
-        if worker and host_sizes:
+        self._jobs: BinaryIO | None = None
+        self._notes = -1  # the pipe to the worker
+        self._told = -1  # the pipe from it
+        self._buffer = bytearray()
+        self._published = 0
+        if worker:
+            self._start_worker()
+
+    def add(self, offset: int, source: Source) -> None:
+        """Write ``source`` at byte ``offset`` of the file (now, or by :meth:`finish`)."""
+        if not source.size:
+            return
+        if type(source) is not HostFile:
+            self._rest.append((offset, source))
+            return
+        if self._proc is not None:
+            self._buffer += encode_job(offset, source.size, source.path)
+            if len(self._buffer) >= _FLUSH:
+                self._publish()
+            return
+        self._offsets.append(offset)
+        self._sizes.append(source.size)
+        self._paths.append(source.path)
+        self._bytes += source.size
+        if self._allow and (
+            len(self._sizes) >= WORKER_MIN_FILES or self._bytes >= WORKER_MIN_BYTES
+        ):
             self._start_worker()
 
     def _start_worker(self) -> None:
-        with tempfile.TemporaryFile() as f:
-            f.write(self._jobs.encode())
-            f.flush()
-            self._table = mmap.mmap(f.fileno(), 0)
+        self._jobs = tempfile.TemporaryFile()
+        notes_r, self._notes = os.pipe()
+        self._told, told_w = os.pipe()
+        jobs_fd = self._jobs.fileno()
+        try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", copyfile.__file__, str(self._fd), str(f.fileno())],
+                [sys.executable, "-I", "-S", copyfile.__file__]
+                + [str(n) for n in (self._fd, jobs_fd, notes_r, told_w)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(self._fd, f.fileno()),
+                pass_fds=(self._fd, jobs_fd, notes_r, told_w),
             )
+        finally:
+            os.close(notes_r)
+            os.close(told_w)
+        os.set_blocking(self._told, False)
+        for job in zip(self._offsets, self._sizes, self._paths, strict=True):
+            self._buffer += encode_job(*job)
+        self._offsets, self._sizes, self._paths = [], [], []
+        self._publish()
+
+    def _publish(self) -> None:
+        """Hand the buffered jobs to the worker, and take in what it copied so far."""
+        assert self._jobs is not None
+        if self._buffer:
+            os.write(self._jobs.fileno(), self._buffer)
+            self._published += len(self._buffer)
+            self._buffer.clear()
+            try:
+                os.write(self._notes, self._published.to_bytes(NOTE, "little"))
+            except BrokenPipeError:
+                pass  # the worker stopped: finish() reports why
+        self._take_progress()
+
+    def _take_progress(self) -> None:
+        try:
+            told = os.read(self._told, 64 * NOTE)
+        except BlockingIOError:
+            return
+        for i in range(0, len(told) - NOTE + 1, NOTE):
+            self._progress.advance("tfs", int.from_bytes(told[i : i + NOTE], "little"))
 
     def finish(self) -> None:
         """Copy what is left here, wait for the worker, and raise its error if it had one."""
         try:
+            if self._proc is not None:
+                self._publish()
+                os.close(self._notes)
+                self._notes = -1
+            else:
+                copyfile.copy_jobs(self._offsets, self._sizes, self._paths, self._fd, self._copied)
             for offset, source in self._rest:
                 copy_source(source, self._fd, offset)
                 self._progress.advance("tfs", source.size)
-            self._copy_down()
+        except CopyFailed as exc:
+            self.cancel()
+            raise _copy_error(exc.message, exc.hint, exc.errno) from exc
         except BaseException:
             self.cancel()
             raise
         if self._proc is not None:
             self._wait()
 
-    def _copy_down(self) -> None:
-        """Copy runs from the last one down, until the worker's share is reached.
-
-        This process takes run i (sets its flag), then looks whether the worker has taken
-        it: if so, the worker copies it (it copies every run it takes) and all below it.
-        """
-        table, jobs = self._table, self._jobs
-        runs = list(jobs.runs())
-        worker_flags, own_flags = jobs.flags()
-        for i in range(len(runs) - 1, -1, -1):
-            if table is not None:
-                table[own_flags + i] = 1
-                if table[worker_flags + i]:
-                    return
-            try:
-                copied = jobs.copy(*runs[i], self._fd)
-            except CopyFailed as exc:
-                raise _copy_error(exc.message, exc.hint, exc.errno) from exc
-            self._copied_here += copied
-            self._progress.advance("tfs", copied)
+    def _copied(self, n: int) -> None:
+        self._progress.advance("tfs", n)
 
     def _wait(self) -> None:
         proc = self._proc
         assert proc is not None and proc.stdout is not None and proc.stderr is not None
+        os.set_blocking(self._told, True)
+        while True:  # what it copied, until it ends
+            told = os.read(self._told, 64 * NOTE)
+            if not told:
+                break
+            for i in range(0, len(told) - NOTE + 1, NOTE):
+                self._progress.advance("tfs", int.from_bytes(told[i : i + NOTE], "little"))
         out, err = proc.stdout.read(), proc.stderr.read()
         proc.wait()
         self._close()
         if proc.returncode != 0:
             raise _worker_error(out, err, proc.returncode)
-        # the worker's share, reported once it is known to be written
-        self._progress.advance("tfs", sum(self._jobs.sizes) - self._copied_here)
 
     def cancel(self) -> None:
         """Stop copying; the output is being abandoned."""
@@ -150,9 +177,13 @@ class DataCopy:
         self._close()
 
     def _close(self) -> None:
-        if self._table is not None:
-            self._table.close()
-            self._table = None
+        for fd in (self._notes, self._told):
+            if fd >= 0:
+                os.close(fd)
+        self._notes = self._told = -1
+        if self._jobs is not None:
+            self._jobs.close()
+            self._jobs = None
 
 
 def _copy_error(message: str, hint: str | None, code: int) -> Exception:

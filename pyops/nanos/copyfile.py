@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import errno
 import json
-import mmap
 import os
 import struct
 import sys
-from array import array
 from collections.abc import Callable, Iterator, Sequence
 
 CHUNK = 8 * 1024 * 1024
@@ -26,14 +24,6 @@ SECTOR = 512
 SMALL_FILE = 64 * 1024  # at most this: copied as part of a run
 RUN_BYTES = 1024 * 1024  # a run ends after this many bytes ...
 RUN_FILES = 256  # ... or this many files
-
-# The job table: the number of jobs n (an unsigned 64-bit integer), two columns of n such
-# integers (output offsets, sizes), two rows of n claim flags (one byte per run: taken by
-# the worker, taken by the other process), then the n paths separated by NUL bytes.  A run
-# has at least one job, so n flags are enough.  A flag is one byte, written once from 0 to
-# 1: the other process reads it whole (a number of several bytes could be read half old,
-# half new).
-HEADER = struct.Struct("<Q")
 
 _ZEROS = memoryview(bytes(SECTOR))
 
@@ -137,8 +127,7 @@ def copy_run(paths: Sequence[str], sizes: Sequence[int], dst: int, dst_offset: i
 def iter_runs(offsets: Sequence[int], sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
     """Cut jobs into runs: a large file alone, else small files placed back to back.
 
-    Yields each run as ``(first job, job after the last)``.  Both processes cut the same
-    jobs the same way, so run numbers mean the same to both; the worker cuts as it goes.
+    Yields each run as ``(first job, job after the last)``.
     """
     start = 0
     run_end = -1  # where the open run's next file would have to start
@@ -163,78 +152,100 @@ def iter_runs(offsets: Sequence[int], sizes: Sequence[int]) -> Iterator[tuple[in
         yield start, len(offsets)
 
 
-class JobTable:
-    """Jobs (each file's path, size and output offset), and their encoding for the worker."""
-
-    def __init__(self, offsets: Sequence[int], sizes: Sequence[int], paths: Sequence[str]):
-        self.offsets = offsets
-        self.sizes = sizes
-        self.paths = paths
-
-    @classmethod
-    def decode(cls, table: mmap.mmap) -> JobTable:
-        """Read a table written by :meth:`encode`."""
-        jobs = HEADER.unpack_from(table, 0)[0]
-        start = HEADER.size + 16 * jobs
-        with memoryview(table)[HEADER.size : start] as raw, raw.cast("Q") as columns:
-            numbers = columns.tolist()
-        paths = table[start + 2 * jobs :].decode("utf-8", "surrogateescape").split("\0")
-        return cls(numbers[:jobs], numbers[jobs:], paths)
-
-    def encode(self) -> bytes:
-        """The table's bytes, with no run taken."""
-        jobs = len(self.offsets)
-        columns = array("Q", self.offsets)
-        columns.extend(self.sizes)
-        paths = "\0".join(self.paths).encode("utf-8", "surrogateescape")
-        return HEADER.pack(jobs) + columns.tobytes() + bytes(2 * jobs) + paths
-
-    def flags(self) -> tuple[int, int]:
-        """Where the worker's and the other process's claim flags start in the table."""
-        worker = HEADER.size + 16 * len(self.offsets)
-        return worker, worker + len(self.offsets)
-
-    def runs(self) -> Iterator[tuple[int, int]]:
-        """The runs, as :func:`iter_runs` cuts them."""
-        return iter_runs(self.offsets, self.sizes)
-
-    def copy(self, start: int, end: int, dst: int) -> int:
-        """Copy the run of jobs ``start`` to ``end`` (excluded) to ``dst``; the bytes it held."""
-        copy_run(self.paths[start:end], self.sizes[start:end], dst, self.offsets[start])
-        return sum(self.sizes[start:end])
+# A job in the worker's job file: the output offset, the size, the length of the path's
+# bytes; then the path.  The job file grows while the worker copies: the other process
+# appends jobs, then writes on the notes pipe how many bytes of the file are complete (an
+# unsigned 64-bit little-endian number: a pipe write of 8 bytes is atomic).  The end of the
+# pipe is the end of the jobs.  The worker writes on the progress pipe how many bytes it
+# copied, in the same form, after each batch.
+JOB = struct.Struct("<QQI")
+NOTE = 8
+_BATCH = 8 * 1024 * 1024  # at most this much of the job file is read at once
 
 
-def work(dst: int, table: mmap.mmap) -> None:
-    """Copy runs from the first one up, until the other process has copied the rest.
+def encode_job(offset: int, size: int, path: str) -> bytes:
+    """One job's record in the job file."""
+    raw = path.encode("utf-8", "surrogateescape")
+    return JOB.pack(offset, size, len(raw)) + raw
 
-    The worker copies every run it takes.  It takes run i (sets its flag), then looks
-    whether the other process, coming down from the last run, has taken it too: if so, that
-    process has copied everything above it, and run i is the last one left to copy here.
-    """
-    jobs = JobTable.decode(table)
-    mine, theirs = jobs.flags()
-    for i, (start, end) in enumerate(jobs.runs()):
-        table[mine + i] = 1
-        met = table[theirs + i]
-        jobs.copy(start, end, dst)
-        if met:
+
+def decode_jobs(data: bytes) -> tuple[list[int], list[int], list[str], int]:
+    """The whole job records at the start of ``data``, and how many bytes they took."""
+    offsets: list[int] = []
+    sizes: list[int] = []
+    paths: list[str] = []
+    pos, end, head = 0, len(data), JOB.size
+    unpack = JOB.unpack_from
+    while pos + head <= end:
+        offset, size, n = unpack(data, pos)
+        if pos + head + n > end:
             break
+        offsets.append(offset)
+        sizes.append(size)
+        paths.append(data[pos + head : pos + head + n].decode("utf-8", "surrogateescape"))
+        pos += head + n
+    return offsets, sizes, paths, pos
+
+
+def copy_jobs(
+    offsets: Sequence[int],
+    sizes: Sequence[int],
+    paths: Sequence[str],
+    dst: int,
+    copied: Callable[[int], None],
+) -> None:
+    """Copy jobs to ``dst`` run by run, telling ``copied`` the bytes of each run."""
+    for start, end in iter_runs(offsets, sizes):
+        copy_run(paths[start:end], sizes[start:end], dst, offsets[start])
+        copied(sum(sizes[start:end]))
+
+
+def work(dst: int, jobs: int, notes: int, progress: int) -> None:
+    """Copy the jobs of the job file ``jobs`` as the notes pipe says they are complete,
+    until the pipe ends; tell the progress pipe the bytes copied."""
+    done = 0  # bytes of the job file copied
+    published = 0
+    pending = 0  # bytes copied and not told yet
+
+    def copied(n: int) -> None:
+        nonlocal pending
+        pending += n
+        if pending >= RUN_BYTES:
+            os.write(progress, pending.to_bytes(NOTE, "little"))
+            pending = 0
+
+    while True:
+        note = os.read(notes, 512 * NOTE)
+        if len(note) >= NOTE:
+            whole = len(note) // NOTE * NOTE
+            published = int.from_bytes(note[whole - NOTE : whole], "little")
+        while done < published:
+            data = os.pread(jobs, min(published - done, _BATCH), done)
+            if not data:
+                raise CopyFailed("the job file ended early", errno=errno.EIO)
+            offsets, sizes, paths, used = decode_jobs(data)
+            if not used:  # one record longer than a batch: a path cannot be that long
+                raise CopyFailed("a job in the job file is too long", errno=errno.EIO)
+            copy_jobs(offsets, sizes, paths, dst, copied)
+            done += used
+        if not note:
+            break
+    if pending:
+        os.write(progress, pending.to_bytes(NOTE, "little"))
 
 
 def main() -> int:
-    """``copyfile.py OUTPUT_FD TABLE_FD``: the worker; errors as JSON on standard output."""
-    dst, table_fd = int(sys.argv[1]), int(sys.argv[2])
-    with mmap.mmap(table_fd, 0) as table:
-        try:
-            work(dst, table)
-        except CopyFailed as exc:
-            sys.stdout.write(
-                json.dumps({"error": exc.message, "hint": exc.hint, "errno": exc.errno})
-            )
-            return 1
-        except OSError as exc:  # a write to the output failed (a full disk)
-            sys.stdout.write(json.dumps({"error": str(exc), "hint": None, "errno": exc.errno}))
-            return 1
+    """``copyfile.py OUTPUT_FD JOBS_FD NOTES_FD PROGRESS_FD``: the worker; errors as JSON on
+    standard output."""
+    dst, jobs, notes, progress = (int(arg) for arg in sys.argv[1:5])
+    try:
+        work(dst, jobs, notes, progress)
+    except CopyFailed as exc:
+        sys.stdout.write(json.dumps({"error": exc.message, "hint": exc.hint, "errno": exc.errno}))
+        return 1
+    except OSError as exc:  # a write to the output failed (a full disk)
+        sys.stdout.write(json.dumps({"error": str(exc), "hint": None, "errno": exc.errno}))
+        return 1
     return 0
 
 

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pyops import atomic
 from pyops.arch import Arch
@@ -47,6 +47,8 @@ from pyops.nanos.copier import iter_image_data
 from pyops.nanos.manifest import Manifest
 from pyops.nanos.tfs import (
     SECTOR,
+    Root,
+    RootTuple,
     Volume,
     VolumeInfo,
     read_volume,
@@ -111,7 +113,7 @@ def partition_entry(type_: int, lba_start: int, sectors: int) -> bytes:
     )
 
 
-def boot_tuple(kernel: HostFile, klibs: Mapping[str, HostFile]) -> dict[str, Any]:
+def boot_tuple(kernel: HostFile, klibs: Mapping[str, HostFile]) -> RootTuple:
     """The root tuple of the boot FS: ``kernel`` and ``klib/<name>`` (names sorted)."""
     tree = Tree()
     tree.add_file("/kernel", kernel)
@@ -222,8 +224,8 @@ def _boot_sectors(arch: Arch, boot_img: str | os.PathLike[str] | None) -> bytes:
 def _write_disk(
     output: str | os.PathLike[str],
     boot: bytes,
-    boot_root: dict[str, Any],
-    root: dict[str, Any],
+    boot_root: Root,
+    root: Root,
     root_size: int | None,
     size: int | None,
     label: str,

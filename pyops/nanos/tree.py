@@ -21,7 +21,6 @@ from typing import Any, TypeAlias
 
 from pyops import rootfs
 from pyops.errors import HostFileError, InvalidInput, UnsafeLayerPath
-from pyops.nanos.gcpause import gc_paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +31,9 @@ class HostFile:
     size: int
     mtime_ns: int = 0
     """When it was last changed, as seen when it was added (0: unknown)."""
+    inode: tuple[int, int] | None = None
+    """The host's (device, inode) when the file has other names on the host: the names of
+    one inode in a tree become hard links of one file in the image."""
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str]) -> HostFile:
@@ -127,12 +129,48 @@ class HardLink:
     target: str
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Directory:
-    """A directory.  Its entries are changed only through :class:`Tree`."""
+    """A directory.  Its entries are changed only through :class:`Tree`.
 
-    entries: dict[str, Node] = field(default_factory=dict)
-    attributes: Attributes = field(default_factory=dict)
+    A directory made from a host folder (``host``) reads the folder when its entries are
+    first asked for, one level at a time: until then it holds nothing but the folder's path,
+    and an image writer that meets it reads the folder itself (:func:`host_entries`) without
+    keeping what it read.  So writing a large host tree costs memory per folder being
+    written, not per entry.
+    """
+
+    __slots__ = ("_entries", "attributes", "host")
+
+    def __init__(
+        self,
+        entries: dict[str, Node] | None = None,
+        attributes: Attributes | None = None,
+        *,
+        host: str | None = None,
+    ) -> None:
+        self._entries = entries if entries is not None or host is not None else {}
+        self.attributes: Attributes = attributes if attributes is not None else {}
+        self.host = host
+        """The host folder whose content this directory is, or None."""
+
+    @property
+    def entries(self) -> dict[str, Node]:
+        """The entries, by name (a host folder's are read now if they were not yet)."""
+        entries = self._entries
+        if entries is None:
+            assert self.host is not None
+            entries = self._entries = dict(host_entries(self.host))
+        return entries
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the entries are in memory (else they are a host folder's, unread)."""
+        return self._entries is not None
+
+    def __repr__(self) -> str:
+        if self._entries is None:
+            return f"Directory(host={self.host!r})"
+        return f"Directory({self._entries!r}, {dict(self.attributes)!r})"
 
 
 Node: TypeAlias = File | Symlink | HardLink | Directory
@@ -186,6 +224,63 @@ def _host_symlink(host: str) -> Symlink:
         return Symlink(os.readlink(host))
     except OSError as exc:
         raise HostFileError(f"{host}: cannot read the link ({exc.strerror})") from exc
+
+
+def _host_source(host: str, st: os.stat_result) -> HostFile:
+    inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+    return HostFile(host, st.st_size, st.st_mtime_ns, inode)
+
+
+def host_entries(host: str) -> list[tuple[str, Node]]:
+    """The entries of the host folder ``host``, in byte order of their names.
+
+    Files are ``stat``-ed for their size, symlinks read, folders become unread
+    :class:`Directory` nodes; sockets, fifos and devices are left out (Nanos cannot store
+    them).  The entry's type comes from the listing, so only regular files cost a ``stat``.
+    """
+    try:
+        with os.scandir(host) as it:
+            listing = {entry.name: entry for entry in it}
+    except OSError as exc:
+        raise HostFileError(f"{host}: cannot list it ({exc.strerror})") from exc
+    out: list[tuple[str, Node]] = []
+    append = out.append
+    for name in sorted_names(listing):
+        entry = listing[name]
+        try:
+            if entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                if st.st_nlink == 1:
+                    source = HostFile(entry.path, st.st_size, st.st_mtime_ns)
+                else:
+                    source = _host_source(entry.path, st)
+                append((name, File(source, _NO_ATTRIBUTES)))
+            elif entry.is_dir(follow_symlinks=False):
+                append((name, Directory(host=entry.path)))
+            elif entry.is_symlink():
+                append((name, _host_symlink(entry.path)))
+        except OSError as exc:
+            raise HostFileError(f"{entry.path}: cannot read it ({exc.strerror})") from exc
+    return out
+
+
+def _merge_host_dir(directory: Directory, host: str) -> None:
+    """Put the entries of the host folder ``host`` into ``directory``: they replace entries
+    of the same name, and folders that meet folders are merged (as far down as they meet)."""
+    todo = [(directory, host)]
+    while todo:
+        into, folder = todo.pop()
+        entries = into.entries
+        for name, node in host_entries(folder):
+            existing = entries.get(name)
+            if isinstance(node, Directory) and isinstance(existing, Directory):
+                assert node.host is not None
+                if existing.loaded and not existing.entries:
+                    entries[name] = Directory(attributes=existing.attributes, host=node.host)
+                else:
+                    todo.append((existing, node.host))
+            else:
+                entries[name] = node
 
 
 class Tree:
@@ -247,91 +342,41 @@ class Tree:
     def add_host_path(self, host_path: str | os.PathLike[str], path: str) -> None:
         """Copy a host file, symlink or directory tree to ``path``.
 
-        Symlinks stay symlinks (their text is kept), files that share an inode become hard
-        links, and sockets, fifos and devices are skipped: Nanos cannot store them.
-        File contents are read only when the image is written.
+        Symlinks stay symlinks (their text is kept), names of one host inode become hard
+        links of one file when the image is written, and sockets, fifos and devices are
+        skipped: Nanos cannot store them.  A folder is read when its entries are first
+        needed (see :class:`Directory`), and file contents when the image is written.
         """
         top = os.fspath(host_path)
         st = host_stat(top, follow_symlinks=False)
         parts = split_path(path)
-        dest = "/" + "/".join(parts)
-        inodes: dict[tuple[int, int], str] = {}
         if stat.S_ISDIR(st.st_mode):
-            directory = self._directory(parts, create=True, path=path)
-            with gc_paused():
-                self._add_host_dir(top, directory, dest, inodes)
+            self._add_host_dir(top, parts, path)
             return
-        node = self._host_node(top, st, dest, inodes)
-        if node is not None:
-            self.add(dest, node)
+        if stat.S_ISREG(st.st_mode):
+            self.add("/" + "/".join(parts), File(_host_source(top, st), _NO_ATTRIBUTES))
+        elif stat.S_ISLNK(st.st_mode):
+            self.add("/" + "/".join(parts), _host_symlink(top))
+        # sockets, fifos, devices: nothing
 
-    def _host_node(
-        self, host: str, st: os.stat_result, path: str, inodes: dict[tuple[int, int], str]
-    ) -> Node | None:
-        mode = st.st_mode
-        if stat.S_ISREG(mode):
-            return self._host_file(host, st, path, inodes)
-        if stat.S_ISLNK(mode):
-            return _host_symlink(host)
-        return None  # sockets, fifos, devices
-
-    @staticmethod
-    def _host_file(
-        host: str, st: os.stat_result, path: str, inodes: dict[tuple[int, int], str]
-    ) -> Node:
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            first = inodes.get(key)
-            if first is not None:
-                return HardLink(first)
-            inodes[key] = path
-        return File(HostFile(host, st.st_size, st.st_mtime_ns), _NO_ATTRIBUTES)
-
-    def _add_host_dir(
-        self, host: str, directory: Directory, path: str, inodes: dict[tuple[int, int], str]
-    ) -> None:
-        # The hot loop of building a tree from a large folder: the entry's type comes from
-        # the directory listing, so only regular files cost a stat (for their size).  The
-        # walk is iterative (depth first, names in byte order), so any depth of folders works.
-        stack = [self._host_listing(host, directory, path)]
-        while stack:
-            listing, names, children, base = stack[-1]
-            for name in names:
-                entry = listing[name]
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        if st.st_nlink == 1:
-                            source = HostFile(entry.path, st.st_size, st.st_mtime_ns)
-                            children[name] = File(source, _NO_ATTRIBUTES)
-                        else:  # perhaps a hard link to a file met before
-                            image_path = f"{base}/{name}"
-                            children[name] = self._host_file(entry.path, st, image_path, inodes)
-                    elif entry.is_dir(follow_symlinks=False):
-                        sub = children.get(name)
-                        if not isinstance(sub, Directory):
-                            sub = Directory()
-                            children[name] = sub
-                        stack.append(self._host_listing(entry.path, sub, f"{base}/{name}"))
-                        break
-                    elif entry.is_symlink():
-                        children[name] = _host_symlink(entry.path)
-                    # sockets, fifos and devices are skipped: Nanos cannot store them
-                except OSError as exc:
-                    raise HostFileError(f"{entry.path}: cannot read it ({exc.strerror})") from exc
+    def _add_host_dir(self, host: str, parts: list[str], path: str) -> None:
+        if not parts:
+            if self.root.loaded and not self.root.entries:
+                self.root = Directory(attributes=self.root.attributes, host=host)
             else:
-                stack.pop()
-
-    @staticmethod
-    def _host_listing(
-        host: str, directory: Directory, path: str
-    ) -> tuple[dict[str, os.DirEntry[str]], Iterator[str], dict[str, Node], str]:
-        try:
-            with os.scandir(host) as it:
-                listing = {entry.name: entry for entry in it}
-        except OSError as exc:
-            raise HostFileError(f"{host}: cannot list it ({exc.strerror})") from exc
-        return listing, iter(sorted_names(listing)), directory.entries, path.rstrip("/")
+                _merge_host_dir(self.root, host)
+            return
+        parent = self._directory(parts[:-1], create=True, path=path)
+        existing = parent.entries.get(parts[-1])
+        if existing is None:
+            parent.entries[parts[-1]] = Directory(host=host)
+        elif isinstance(existing, Directory):
+            if existing.loaded and not existing.entries:
+                parent.entries[parts[-1]] = Directory(attributes=existing.attributes, host=host)
+            else:
+                _merge_host_dir(existing, host)
+        else:
+            self._directory(parts, create=True, path=path)  # raises: not a directory
 
     # --- reading ----------------------------------------------------------------------------
 

@@ -1,28 +1,32 @@
-"""Copying file contents into an image: runs, the worker process, and how the two processes
-share the work (pyops/copier.py and pyops/copyfile.py)."""
+"""Copying file contents into an image: runs, the worker process, and how jobs reach it
+while they are made (pyops/nanos/copier.py and pyops/nanos/copyfile.py)."""
 
 from __future__ import annotations
 
-import mmap
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from pyops.errors import HostFileError
-from pyops.nanos.copier import DataCopy
+from pyops.nanos.copier import WORKER_MIN_FILES, DataCopy
 from pyops.nanos.copyfile import (
+    JOB,
+    NOTE,
     RUN_BYTES,
     RUN_FILES,
     SECTOR,
     SMALL_FILE,
     CopyFailed,
-    JobTable,
     copy_run,
+    decode_jobs,
+    encode_job,
     iter_runs,
     work,
 )
 from pyops.nanos.tree import Contents, HostFile, Source
+from pyops.progress import NULL_PROGRESS, Progress
 
 
 def padded(n: int) -> int:
@@ -50,6 +54,21 @@ def packed(files: list[HostFile], start: int = 0) -> list[int]:
         offsets.append(pos)
         pos += padded(f.size)
     return offsets
+
+
+def copying(
+    fd: int,
+    offsets: list[int],
+    sources: list[HostFile] | list[Source],
+    progress: Progress = NULL_PROGRESS,
+    *,
+    worker: bool | None = None,
+) -> DataCopy:
+    """A copy given every source, not finished."""
+    copy = DataCopy(fd, progress, worker=worker)
+    for offset, source in zip(offsets, sources, strict=True):
+        copy.add(offset, source)
+    return copy
 
 
 def expected_image(files: list[HostFile], offsets: list[int]) -> bytes:
@@ -85,7 +104,7 @@ def test_every_file_lands_at_its_offset(tmp_path: Path, worker: bool) -> None:
     out = tmp_path / "image"
     fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        copy = DataCopy(fd, offsets, sources, worker=worker)
+        copy = copying(fd, offsets, sources, worker=worker)
         assert (copy._proc is not None) == worker
         copy.finish()
     finally:
@@ -96,84 +115,73 @@ def test_every_file_lands_at_its_offset(tmp_path: Path, worker: bool) -> None:
     assert data[offsets[-1] :] == b"bytes given in memory"
 
 
-def table_for(tmp_path: Path, count: int) -> tuple[JobTable, list[HostFile], list[int]]:
-    files = make_files(tmp_path / "src", [SMALL_FILE + 1] * count)  # one file per run
+def test_the_worker_copies_jobs_as_they_are_published(tmp_path: Path) -> None:
+    """The job file grows while the worker copies; the notes say how much of it is whole,
+    the end of the notes is the end of the jobs, and the progress pipe adds up to it all."""
+    files = make_files(tmp_path / "src", [SMALL_FILE + 1, 10, 20, 3 * RUN_BYTES, 30])
     offsets = packed(files)
-    jobs = JobTable(offsets, [f.size for f in files], [f.path for f in files])
-    assert len(list(jobs.runs())) == count
-    return jobs, files, offsets
-
-
-def copied_runs(image: Path, files: list[HostFile], offsets: list[int]) -> list[int]:
-    data = image.read_bytes()
-    done = []
-    for i, (f, o) in enumerate(zip(files, offsets, strict=True)):
-        if data[o : o + f.size] == Path(f.path).read_bytes():
-            done.append(i)
-    return done
-
-
-@pytest.mark.parametrize(
-    ("taken_from", "copied"),
-    [(None, [0, 1, 2, 3, 4, 5]), (3, [0, 1, 2, 3]), (0, [0])],
-)
-def test_worker_stops_at_the_first_run_the_other_process_took(
-    tmp_path: Path, taken_from: int | None, copied: list[int]
-) -> None:
-    """The worker copies every run it takes, up to and including the first one the other
-    process has taken too (the other process has copied everything above it)."""
-    jobs, files, offsets = table_for(tmp_path, 6)
-    mine, theirs = jobs.flags()
-    encoded = bytearray(jobs.encode())
-    if taken_from is not None:
-        for run in range(taken_from, 6):
-            encoded[theirs + run] = 1
-    (tmp_path / "table").write_bytes(encoded)
+    records = [encode_job(o, f.size, f.path) for o, f in zip(offsets, files, strict=True)]
+    jobs_path = tmp_path / "jobs"
+    jobs_path.write_bytes(b"")
+    notes_r, notes_w = os.pipe()
+    told_r, told_w = os.pipe()
     image = tmp_path / "image"
     fd = os.open(image, os.O_RDWR | os.O_CREAT, 0o644)
+    jobs = os.open(jobs_path, os.O_RDWR)
     try:
-        with open(tmp_path / "table", "r+b") as f, mmap.mmap(f.fileno(), 0) as table:
-            work(fd, table)
-            assert [table[mine + run] for run in range(6)] == [
-                int(run in copied) for run in range(6)
-            ]
+        worker = threading.Thread(target=work, args=(fd, jobs, notes_r, told_w))
+        worker.start()
+        published = 0
+        for batch in (records[:1], records[1:4], records[4:]):
+            data = b"".join(batch)
+            os.pwrite(jobs, data, published)
+            published += len(data)
+            os.write(notes_w, published.to_bytes(NOTE, "little"))
+        os.close(notes_w)
+        worker.join()
+        os.close(told_w)
+        told = b""
+        while chunk := os.read(told_r, 4096):
+            told += chunk
     finally:
-        os.close(fd)
-    assert copied_runs(image, files, offsets) == copied
+        for f in (fd, jobs, notes_r, told_r):
+            os.close(f)
+    assert image.read_bytes()[: sum(padded(f.size) for f in files)] == expected_image(
+        files, offsets
+    )
+    counts = [int.from_bytes(told[i : i + NOTE], "little") for i in range(0, len(told), NOTE)]
+    assert sum(counts) == sum(f.size for f in files)
 
 
-@pytest.mark.parametrize(("worker_took", "copied"), [(0, [0, 1, 2, 3, 4]), (3, [3, 4]), (5, [])])
-def test_main_process_copies_down_to_the_workers_share(
-    tmp_path: Path, worker_took: int, copied: list[int]
-) -> None:
-    """Coming down from the last run, this process stops at the first run the worker took
-    (the worker copies it, and everything below)."""
-    jobs, files, offsets = table_for(tmp_path, 5)
-    mine, _theirs = jobs.flags()
-    image = tmp_path / "image"
-    fd = os.open(image, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        copy = DataCopy(fd, [], [], worker=False)
-        copy._jobs = jobs
-        with mmap.mmap(-1, len(jobs.encode())) as table:
-            table[:] = jobs.encode()
-            for run in range(worker_took):
-                table[mine + run] = 1
-            copy._table = table
-            copy._copy_down()
-            copy._table = None
-    finally:
-        os.close(fd)
-    assert copied_runs(image, files, offsets) == copied
-
-
-def test_job_table_round_trip_with_odd_names(tmp_path: Path) -> None:
+def test_job_records_round_trip_with_odd_names(tmp_path: Path) -> None:
     names = ["plain", "with space", "ünïcødé", os.fsdecode(b"bad-\xff-byte")]
-    jobs = JobTable([0, 512, 1024, 1536], [1, 2, 3, 4], [str(tmp_path / n) for n in names])
-    with mmap.mmap(-1, len(jobs.encode())) as table:
-        table[:] = jobs.encode()
-        back = JobTable.decode(table)
-    assert (back.offsets, back.sizes, back.paths) == (jobs.offsets, jobs.sizes, jobs.paths)
+    paths = [str(tmp_path / n) for n in names]
+    data = b"".join(encode_job(i * 512, i + 1, p) for i, p in enumerate(paths))
+    assert decode_jobs(data) == ([0, 512, 1024, 1536], [1, 2, 3, 4], paths, len(data))
+    # a record cut short is left for later, whole
+    cut = data[:-3]
+    offsets, _sizes, got, used = decode_jobs(cut)
+    assert got == paths[:3] and used == len(data) - JOB.size - len(os.fsencode(paths[3]))
+
+
+def test_jobs_added_while_the_worker_copies_all_land(tmp_path: Path) -> None:
+    """Jobs of every kind, added one by one while the worker already copies: every byte
+    arrives, and the worker starts by itself once there are enough files."""
+    sizes = [SMALL_FILE + 1 + i for i in range(300)] + [100] * 600
+    files = make_files(tmp_path / "src", sizes)
+    offsets = packed(files)
+    want = expected_image(files, offsets)
+    out = tmp_path / "image"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        copy = DataCopy(fd)
+        for i, (offset, f) in enumerate(zip(offsets, files, strict=True)):
+            copy.add(offset, f)
+            assert (copy._proc is not None) == (i + 1 >= WORKER_MIN_FILES)
+        copy.finish()
+    finally:
+        os.close(fd)
+    assert out.read_bytes()[: len(want)] == want
 
 
 def test_a_file_that_shrank_or_vanished_is_named(tmp_path: Path) -> None:
@@ -191,33 +199,16 @@ def test_a_file_that_shrank_or_vanished_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("missing", [0, 699])
 def test_worker_error_reaches_the_caller(tmp_path: Path, missing: int) -> None:
-    """Whichever process meets the missing file, the caller gets its one-line error."""
+    """Wherever the worker meets the missing file, the caller gets its one-line error."""
     files = make_files(tmp_path / "src", [10] * 700)
     os.unlink(files[missing].path)
     fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        copy = DataCopy(fd, packed(files), files, worker=True)
+        copy = copying(fd, packed(files), files, worker=True)
         with pytest.raises(HostFileError, match=f"f{missing:04d}: no such file"):
             copy.finish()
     finally:
         os.close(fd)
-
-
-def test_both_processes_racing_leave_no_run_out(tmp_path: Path) -> None:
-    """Many runs (more than 256, so any claim written byte by byte could be read torn), the
-    worker and this process meeting somewhere in the middle: every byte arrives."""
-    sizes = [SMALL_FILE + 1 + i for i in range(300)] + [100] * 600
-    files = make_files(tmp_path / "src", sizes)
-    offsets = packed(files)
-    want = expected_image(files, offsets)
-    for attempt in range(3):
-        out = tmp_path / f"image{attempt}"
-        fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            DataCopy(fd, offsets, files, worker=True).finish()
-        finally:
-            os.close(fd)
-        assert out.read_bytes()[: len(want)] == want
 
 
 class Tally:
@@ -242,7 +233,7 @@ def test_progress_counts_every_byte_once(tmp_path: Path, worker: bool) -> None:
     tally = Tally()
     fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        DataCopy(fd, packed(files), files, tally, worker=worker).finish()
+        copying(fd, packed(files), files, tally, worker=worker).finish()
     finally:
         os.close(fd)
     assert tally.total == sum(f.size for f in files)
@@ -261,7 +252,7 @@ def test_a_full_output_is_a_full_disk_not_a_host_file_error(
     files = make_files(tmp_path / "src", sizes)
     fd = os.open("/dev/full", os.O_WRONLY)
     try:
-        copy = DataCopy(fd, packed(files), files, worker=worker)
+        copy = copying(fd, packed(files), files, worker=worker)
         with pytest.raises(OSError) as caught:
             copy.finish()
         assert caught.value.errno == errno.ENOSPC
@@ -273,7 +264,7 @@ def _copy_image(tmp_path: Path, name: str, files: list[HostFile], offsets: list[
     out = tmp_path / name
     fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        DataCopy(fd, offsets, list(files), worker=False).finish()
+        copying(fd, offsets, files, worker=False).finish()
     finally:
         os.close(fd)
     return out.read_bytes()

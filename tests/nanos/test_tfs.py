@@ -20,7 +20,6 @@ from pyops.nanos.tfs import (
     _filesystem_type,
     _preallocate,
     format_uuid,
-    place_files,
     read_file_bytes,
     read_volume,
     root_tuple,
@@ -424,6 +423,7 @@ def test_worker_process_reports_a_removed_file_and_leaves_nothing(tmp_path: Path
         (src / f"f{i:03d}").write_bytes(b"x" * i)
     tree = Tree()
     tree.add_host_path(src, "/")
+    assert len(list(tree.walk())) == 601  # the folder is read now, the files later
     (src / "f599").unlink()
     out = tmp_path / "out"
     out.mkdir()
@@ -439,39 +439,93 @@ def test_worker_process_reports_a_removed_file_and_leaves_nothing(tmp_path: Path
     assert read_file_bytes(node.source) == b"y" * 599
 
 
+def test_a_folder_nothing_read_is_read_when_the_volume_is_written(tmp_path: Path) -> None:
+    """A host folder is listed when its entries are needed: the volume holds what the
+    folder holds then, and host files of one inode are one file of two names."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "gone").write_bytes(b"removed before writing")
+    (src / "sub" / "a").write_bytes(b"a")
+    tree = Tree()
+    tree.add_host_path(src, "/top")
+    node = tree.get("/top")
+    assert isinstance(node, Directory) and not node.loaded
+    (src / "gone").unlink()
+    (src / "sub" / "late").write_bytes(b"added before writing")
+    os.link(src / "sub" / "a", src / "b")
+    write_raw_volume(tmp_path / "v.img", tree)
+    assert not node.loaded  # the writer did not keep what it read
+    with open(tmp_path / "v.img", "rb") as f:
+        volume = read_volume(f)
+    back = volume_tree(volume, str(tmp_path / "v.img"))
+    assert sorted(path for path, _ in back.walk()) == [
+        "/",
+        "/top",
+        "/top/b",
+        "/top/sub",
+        "/top/sub/a",
+        "/top/sub/late",
+    ]
+    top = volume.root["children"]["top"]["children"]
+    assert top["b"] is top["sub"]["children"]["a"]
+    assert top["b"]["nlink"] == 2
+    late = back.get("/top/sub/late")
+    assert isinstance(late, File) and isinstance(late.source, ImageData)
+    assert read_file_bytes(late.source) == b"added before writing"
+
+
 def test_unrolled_file_records_match_generic_updates() -> None:
     """The writer's fast per-file updates are the bytes :meth:`Encoder.update` gives, with
-    empty files, files of several extents, and file names equal to the update's symbols."""
-    tree = Tree()
+    empty files, files of several extents, file names equal to the update's symbols, and
+    a file of two names (its nlink)."""
     sizes = [0, 1, 512, 513, 40 * 1024 * 1024, 7, 0, 100, 70 * 1024 * 1024, 3]
+    folders: dict[str, dict[str, Any]] = {f"d{i}": {} for i in range(3)}
+    files = []
     for i, size in enumerate(sizes):
-        tree.add_file(f"/d{i % 3}/f{i}", HostFile(f"/not/read/{i}", size))
-    for name in ("extents", "0", "offset", "filelength"):
-        tree.add_file(f"/d1/{name}", HostFile(f"/not/read/{name}", 9))
-    root = root_tuple(tree)
-    placement = place_files(root)
+        entry = FileEntry(HostFile(f"/not/read/{i}", size))
+        folders[f"d{i % 3}"][f"f{i}"] = entry
+        files.append(entry)
+    for name in ("extents", "0", "offset", "filelength", "nlink"):
+        entry = FileEntry(HostFile(f"/not/read/{name}", 9))
+        folders["d1"][name] = entry
+        files.append(entry)
+    root = {"children": {name: {"children": inner} for name, inner in folders.items()}}
+    starts, pos = [], 3073
+    for entry in files:
+        starts.append(pos)
+        pos += -(-entry.source.size // 512)
+    names = [2 if i == 4 else 0 for i in range(len(files))]  # file 4 has two names
+
     fast = Encoder()
     fast.value(bytearray(), root)
-    got = list(_file_records(fast, placement))
+    placed = [
+        (fast.index_of(entry) or 0, start, entry.source.size, n)
+        for entry, start, n in zip(files, starts, names, strict=True)
+    ]
+    got = list(_file_records(fast, placed))
 
     slow = Encoder()
     slow.value(bytearray(), root)
     want = []
-    for entry, start in zip(placement.files, placement.starts, strict=True):
+    for entry, start, n in zip(files, starts, names, strict=True):
         out = bytearray()
         extents: dict[str, Any] = {}
         slow.update(out, entry, "extents", extents)
         want.append(bytes(out))
         nsec = -(-entry.source.size // 512)
         for done in range(0, nsec, 65536):
-            n = min(65536, nsec - done)
+            length = min(65536, nsec - done)
             out = bytearray()
-            extent = {"offset": start + done, "length": n, "allocated": n}
+            extent = {"offset": start + done, "length": length, "allocated": length}
             slow.update(out, extents, str(done), extent)
             want.append(bytes(out))
         out = bytearray()
         slow.update(out, entry, "filelength", entry.source.size)
         want.append(bytes(out))
+        if n:
+            out = bytearray()
+            slow.update(out, entry, "nlink", n)
+            want.append(bytes(out))
     assert got == want
     assert fast.count == slow.count
 
