@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from pyops.errors import HostFileError, ImageFormatError, PyopsError
 from pyops.nanos import copyfile
-from pyops.nanos.copyfile import CHUNK, NOTE, CopyFailed, encode_job
+from pyops.nanos.copyfile import CHUNK, JOB, NOTE, CopyFailed, encode_job
 from pyops.nanos.tree import Contents, HostFile, ImageData, Source
 from pyops.progress import NULL_PROGRESS, Progress
 
@@ -35,6 +35,7 @@ from pyops.progress import NULL_PROGRESS, Progress
 WORKER_MIN_FILES = 512
 WORKER_MIN_BYTES = 256 * 1024 * 1024
 _FLUSH = 256 * 1024  # bytes of job records handed to the worker at a time
+_JOB_HEAD = JOB.pack
 
 
 class DataCopy:
@@ -71,9 +72,12 @@ class DataCopy:
         if type(source) is not HostFile:
             self._rest.append((offset, source))
             return
-        if self._proc is not None:
-            self._buffer += encode_job(offset, source.size, source.path)
-            if len(self._buffer) >= _FLUSH:
+        if self._proc is not None:  # encode_job, inline: once per file of a large tree
+            raw = source.path.encode("utf-8", "surrogateescape")
+            buffer = self._buffer
+            buffer += _JOB_HEAD(offset, source.size, len(raw))
+            buffer += raw
+            if len(buffer) >= _FLUSH:
                 self._publish()
             return
         self._offsets.append(offset)

@@ -229,6 +229,21 @@ class _LogWriter:
             return
         self.record_chunks(total, (record,))
 
+    def records(self, records: Iterable[bytes]) -> None:
+        """Add records, in order (:meth:`record` for many small ones)."""
+        cur = self._cur
+        limit = self._LIMIT
+        for record in records:
+            total = len(record)
+            if total < 128 and len(cur) < limit:
+                cur.append(TUPLE_AVAILABLE)
+                cur.append(total)
+                cur.append(total)
+                cur += record
+            else:
+                self.record_chunks(total, (record,))
+                cur = self._cur
+
     def record_chunks(self, total: int, chunks: Iterable[bytes | bytearray]) -> None:
         """Add one record of ``total`` bytes, given as pieces in order."""
         pieces = iter(chunks)
@@ -341,27 +356,45 @@ class _Placer:
         self.files = 0
         self.placed = _Spill(1024 * 1024)
         self.counts: list[int] = [0]  # names of each group of hard links (group 0: none)
-        self._reserved = offset + FIRST_DATA_SECTOR * SECTOR  # preallocated up to here
         self._prealloc = _can_preallocate(fd)
+        self._reserved = FIRST_DATA_SECTOR  # sectors preallocated up to here
+        # Up to this sector, a file needs neither a reservation nor the size check.
+        self._horizon = self._limit if self._limit is not None else 1 << 62
+        if self._prealloc:
+            self._horizon = min(self._horizon, self._reserved)
 
     def place(self, index: int, source: Source, group: int) -> None:
         start = self.next
-        self.next = end = start + (source.size + SECTOR - 1) // SECTOR
+        size = source.size
+        self.next = end = start + (size + SECTOR - 1) // SECTOR
         self.files += 1
-        self.placed.buf += _PLACED.pack(index, start, source.size, group)
-        self.placed.check()
+        placed = self.placed.buf
+        placed += _PLACED.pack(index, start, size, group)
+        if len(placed) >= _PLACED_SPILL:
+            self.placed.check()
+        if end > self._horizon and self._beyond(end):
+            return
+        self._copy.add(self._offset + start * SECTOR, source)
+
+    def _beyond(self, end: int) -> bool:
+        """Past the horizon: True if the volume is too small for ``end`` (the error comes
+        once the whole need is known, and nothing more is copied), else reserve ahead."""
         if self._limit is not None and end > self._limit:
-            return  # too small: the error comes once the whole need is known
-        end_byte = self._offset + end * SECTOR
-        if self._prealloc and end_byte > self._reserved:
+            self._horizon = 1 << 62
+            self._prealloc = False
+            self._copy = _NO_COPY
+            return True
+        if self._prealloc:
             # Reserve ahead, in large steps: the file system then allocates long runs of
             # blocks instead of growing the file a file at a time (7% faster on ext4).
-            ahead = end_byte + _PREALLOCATE_STEP
+            ahead = end + _PREALLOCATE_STEP // SECTOR
             if self._limit is not None:
-                ahead = min(ahead, self._offset + self._limit * SECTOR)
-            _preallocate(self._fd, self._reserved, ahead - self._reserved)
+                ahead = min(ahead, self._limit)
+            at = self._offset + self._reserved * SECTOR
+            _preallocate(self._fd, at, (ahead - self._reserved) * SECTOR)
             self._reserved = ahead
-        self._copy.add(self._offset + start * SECTOR, source)
+            self._horizon = ahead
+        return False
 
     def new_group(self) -> int:
         self.counts.append(1)
@@ -376,6 +409,17 @@ class _Placer:
 
 
 _PREALLOCATE_STEP = 64 * 1024 * 1024
+_PLACED_SPILL = 1024 * 1024
+
+
+class _NoCopy:
+    """Where files go once the volume is known to be too small: nowhere."""
+
+    def add(self, offset: int, source: Source) -> None:
+        pass
+
+
+_NO_COPY: Any = _NoCopy()
 
 
 def _encode_dict(root: dict[str, Any], encoder: Encoder, out: _Spill, placer: _Placer) -> None:
@@ -770,8 +814,7 @@ def _write_log(
 
     log = _LogWriter(extension_sector, emit)
     log.record_chunks(snapshot.size, snapshot.chunks())
-    for record in _file_records(encoder, placer.records()):
-        log.record(record)
+    log.records(_file_records(encoder, placer.records()))
     last, length = log.end()
     last_sector = extension_sector(last)
     used_end = max(last_sector + _sectors(length), data_end if placer.files else 0)

@@ -272,6 +272,14 @@ def test_requested_size_and_too_small_size(tmp_path: Path) -> None:
     with pytest.raises(FilesystemFull, match="at least"):
         write_raw_volume(tmp_path / "w.img", tree, size=4096)
     assert not (tmp_path / "w.img").exists()
+    # the need named is the whole tree's, though the writer knew it too small early on
+    for i in range(3):
+        tree.add_file(f"/more{i}", b"2" * 700_000)
+    full = write_raw_volume(tmp_path / "full.img", tree)
+    with pytest.raises(FilesystemFull) as caught:
+        write_raw_volume(tmp_path / "w.img", tree, size=2 * 1024 * 1024)
+    assert caught.value.needed == full.data_end * 512
+    assert not (tmp_path / "w.img").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
